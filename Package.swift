@@ -1,0 +1,48 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// Layers (DESIGN.md §2): each target depends only on the layers above it.
+let package = Package(
+    name: "Convoy",
+    products: [
+        .executable(name: "convoy", targets: ["convoy"]),
+        .library(name: "ConvoyTensor", targets: ["ConvoyTensor"]),
+        .library(name: "ConvoyNN", targets: ["ConvoyNN"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "COpenBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        .systemLibrary(
+            name: "CMPI",
+            pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]
+        ),
+        .target(
+            name: "ConvoyTensor",
+            dependencies: ["COpenBLAS"]
+        ),
+        .target(
+            name: "ConvoyNN",
+            dependencies: ["ConvoyTensor"]
+        ),
+        .executableTarget(
+            name: "convoy",
+            dependencies: [
+                "ConvoyNN", "ConvoyTensor", "CMPI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "ConvoyTensorTests", dependencies: ["ConvoyTensor"]),
+        .testTarget(
+            name: "ConvoyNNTests",
+            dependencies: ["ConvoyNN", "ConvoyTensor"],
+            resources: [.copy("Fixtures")]
+        ),
+    ]
+)

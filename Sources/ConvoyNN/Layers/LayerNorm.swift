@@ -1,0 +1,20 @@
+import ConvoyTensor
+
+/// Layer normalisation over the last axis with learned scale and shift.
+public final class LayerNorm: Module {
+    public let weight: Parameter
+    public let bias: Parameter
+    public let epsilon: Float
+
+    public init(width: Int, epsilon: Float = 1e-5, initializer: Initializer) {
+        weight = initializer.constant([width], value: 1)
+        bias = initializer.constant([width], value: 0)
+        self.epsilon = epsilon
+    }
+
+    public override var localParameters: [(name: String, parameter: Parameter)] { [("weight", weight), ("bias", bias)] }
+
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        Tensor.layerNorm(x, weight: weight, bias: bias, epsilon: epsilon)
+    }
+}

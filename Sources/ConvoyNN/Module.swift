@@ -1,0 +1,96 @@
+import ConvoyTensor
+
+/// A trainable parameter: a leaf tensor that requires gradients. Its ``Tensor/name`` is the stable
+/// hierarchical name the module tree gives it (e.g. `h.0.attn.c_attn.weight`).
+public typealias Parameter = Tensor
+
+/// A building block of a model: it owns parameters and child modules under stable names.
+///
+/// Names and order are stable: parameters come depth-first in declaration order, children after the
+/// module's own parameters, so every rank enumerates them identically (data parallelism builds its buckets
+/// and ZeRO its shards from this order). A parameter reachable under two names (a tied weight) is listed
+/// once, under the first name.
+open class Module {
+    /// Whether the module is in training mode (dropout active).
+    public private(set) var isTraining = true
+
+    public init() {}
+
+    /// This module's own parameters with their local names, in declaration order.
+    open var localParameters: [(name: String, parameter: Parameter)] { [] }
+
+    /// This module's own buffers (non-trainable state saved with the model) with local names.
+    open var localBuffers: [(name: String, buffer: Tensor)] { [] }
+
+    /// Child modules with their local names, in declaration order.
+    open var children: [(name: String, module: Module)] { [] }
+
+    /// Every parameter of the tree with its full dotted name, each parameter once.
+    public final func namedParameters() -> [(name: String, parameter: Parameter)] {
+        var seen = Set<ObjectIdentifier>()
+        var result: [(String, Parameter)] = []
+        visit(prefix: "") { prefix, module in
+            for (name, parameter) in module.localParameters where seen.insert(ObjectIdentifier(parameter)).inserted {
+                result.append((prefix + name, parameter))
+            }
+        }
+        return result
+    }
+
+    /// Every buffer of the tree with its full dotted name.
+    public final func namedBuffers() -> [(name: String, buffer: Tensor)] {
+        var result: [(String, Tensor)] = []
+        visit(prefix: "") { prefix, module in
+            for (name, buffer) in module.localBuffers { result.append((prefix + name, buffer)) }
+        }
+        return result
+    }
+
+    /// Every parameter of the tree, each once, in stable order.
+    public final var parameters: [Parameter] { namedParameters().map(\.parameter) }
+
+    /// Total number of parameter elements.
+    public final var parameterCount: Int { parameters.reduce(0) { $0 + $1.count } }
+
+    /// Sets training mode on this module and all its descendants.
+    public final func train(_ training: Bool = true) {
+        visit(prefix: "") { _, module in module.isTraining = training }
+    }
+
+    /// Evaluation mode (dropout off).
+    public final func eval() { train(false) }
+
+    /// Clears the gradients of every parameter.
+    public final func zeroGradients() {
+        for parameter in parameters { parameter.grad = nil }
+    }
+
+    /// Writes each parameter's full name into its ``Tensor/name`` (called once the tree is built).
+    public final func assignParameterNames() {
+        for (name, parameter) in namedParameters() { parameter.name = name }
+    }
+
+    private func visit(prefix: String, _ body: (String, Module) -> Void) {
+        body(prefix, self)
+        for (name, child) in children { child.visit(prefix: prefix + name + ".", body) }
+    }
+}
+
+/// How parameters are initialised: deterministically from (seed, parameter name), so that every rank and
+/// every process builds bit-identical weights regardless of construction order.
+public struct Initializer: Sendable {
+    /// The run's seed.
+    public var seed: UInt64
+
+    public init(seed: UInt64) { self.seed = seed }
+
+    /// N(0, std²) values for the parameter `name`.
+    public func normal(_ shape: [Int], std: Float, name: String) -> Parameter {
+        Tensor.randomNormal(shape, std: std, seed: seed, stream: PhiloxRandom.streamID(name), requiresGrad: true)
+    }
+
+    /// A parameter filled with `value`.
+    public func constant(_ shape: [Int], value: Float) -> Parameter {
+        Tensor.full(shape, value: value, requiresGrad: true)
+    }
+}

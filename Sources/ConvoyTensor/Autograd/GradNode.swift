@@ -1,0 +1,56 @@
+import Synchronization
+
+/// One recorded operation on the autograd tape: the inputs that need gradients and the function that turns
+/// the gradient of the operation's output into gradients of those inputs.
+final class GradNode {
+    /// Creation order; backward runs ready nodes latest-first, the reverse of forward.
+    let sequence: Int
+    /// The operation's name, for error messages.
+    let operation: String
+    /// Inputs of the operation that require gradients.
+    private(set) var inputs: [Tensor]
+    /// Maps the output's gradient to one gradient (or nil) per entry of `inputs`; released after use.
+    private(set) var backward: ((Tensor) -> [Tensor?])?
+
+    private static let counter = Atomic<Int>(0)
+
+    init(operation: String, inputs: [Tensor], backward: @escaping (Tensor) -> [Tensor?]) {
+        sequence = Self.counter.wrappingAdd(1, ordering: .relaxed).newValue
+        self.operation = operation
+        self.inputs = inputs
+        self.backward = backward
+    }
+
+    /// Frees the saved tensors once the node has run.
+    func release() {
+        backward = nil
+        inputs = []
+    }
+}
+
+extension Tensor {
+    /// Records `output` as the result of `operation` on `inputs` when any input requires gradients and the
+    /// thread records operations. `backward` receives the output's gradient and returns one gradient per
+    /// input (nil where an input needs none); it is never called for inputs that do not require gradients.
+    @discardableResult
+    public static func record(
+        _ output: Tensor, operation: String, inputs: [Tensor], backward: @escaping (Tensor) -> [Tensor?]
+    ) -> Tensor {
+        guard GradMode.isEnabled, inputs.contains(where: { $0.requiresGrad }) else { return output }
+        let needed = inputs.map(\.requiresGrad)
+        let tracked = inputs.filter(\.requiresGrad)
+        output.requiresGrad = true
+        if needed.allSatisfy({ $0 }) {
+            output.gradNode = GradNode(operation: operation, inputs: tracked, backward: backward)
+        } else {
+            output.gradNode = GradNode(operation: operation, inputs: tracked) { gradient in
+                var kept: [Tensor?] = []
+                for (inputGradient, isNeeded) in zip(backward(gradient), needed) where isNeeded {
+                    kept.append(inputGradient)
+                }
+                return kept
+            }
+        }
+        return output
+    }
+}

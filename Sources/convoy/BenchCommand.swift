@@ -1,0 +1,9 @@
+import ArgumentParser
+
+/// `convoy bench …`: benchmarks that print a table, or JSON for scripts.
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Benchmarks (each prints a table, or --json for scripts).",
+        subcommands: [BenchTrainCommand.self])
+}

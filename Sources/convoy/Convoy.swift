@@ -1,0 +1,31 @@
+import ArgumentParser
+import CMPI
+import ConvoyTensor
+
+/// The `convoy` command line.
+@main
+struct Convoy: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "convoy",
+        abstract: "Convoy: hybrid-parallel training of GPT models.",
+        version: "0.1.0",
+        subcommands: [TrainCommand.self, EvalCommand.self, BenchCommand.self, InfoCommand.self],
+        defaultSubcommand: nil)
+}
+
+/// `convoy info`: what this build links against.
+struct InfoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "info", abstract: "Show the BLAS and MPI libraries this build uses.")
+
+    func run() throws {
+        print("BLAS: OpenBLAS \(BLAS.configuration)")
+        var major: Int32 = 0, minor: Int32 = 0
+        _ = convoy_mpi_version(&major, &minor)
+        var buffer = [CChar](repeating: 0, count: Int(convoy_mpi_max_library_version_string()) + 1)
+        var length: Int32 = 0
+        _ = convoy_mpi_library_version(&buffer, &length)
+        let library = String(decoding: buffer.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        print("MPI: standard \(major).\(minor); \(library.split(separator: "\n").first.map(String.init) ?? "")")
+        print("compute threads (default): \(ComputePool.defaultThreadCount)")
+    }
+}

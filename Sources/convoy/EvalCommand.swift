@@ -1,0 +1,79 @@
+import ArgumentParser
+import ConvoyNN
+import ConvoyTensor
+import Foundation
+
+/// `convoy eval`: mean cross-entropy of a checkpoint on a file's bytes.
+struct EvalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "eval",
+        abstract: "Mean cross-entropy of a checkpoint on the bytes of a file.",
+        discussion: """
+        Window i has inputs bytes[i·T ..< (i+1)·T] and targets bytes[i·T+1 ..< (i+1)·T+1], \
+        for i in 0 ..< min((length−1)/T, B·K).
+        """)
+
+    @Option(help: "Checkpoint directory (model.safetensors + config.json).") var checkpoint: String
+    @Option(help: "File whose bytes are the tokens.") var data: String
+    @Option(help: "Context length T of each window.") var context: Int
+    @Option(help: "Windows per forward pass.") var batch: Int = 8
+    @Option(name: .customLong("max-batches"), help: "Evaluate at most this many batches (default: the whole file).") var maxBatches: Int?
+    @Option(help: "Compute threads (default: CONVOY_THREADS or all cores).") var threads: Int?
+    @Flag(help: "Print one JSON line {\"loss\": …, \"tokens\": …}.") var json = false
+
+    func validate() throws {
+        guard context > 0 else { throw ValidationError("--context must be positive") }
+        guard batch > 0 else { throw ValidationError("--batch must be positive") }
+        if let maxBatches, maxBatches <= 0 { throw ValidationError("--max-batches must be positive") }
+        if let threads, threads <= 0 { throw ValidationError("--threads must be positive") }
+    }
+
+    func run() throws {
+        if let threads { ComputePool.setSharedThreadCount(threads) }
+        let model = try GPTCheckpoint.load(from: checkpoint)
+        model.eval()
+        guard context <= model.configuration.contextLength else {
+            throw ValidationError("--context \(context) exceeds the checkpoint's context length \(model.configuration.contextLength)")
+        }
+        guard let contents = FileManager.default.contents(atPath: data) else {
+            throw ConvoyError.io("cannot read --data \(data)")
+        }
+        let bytes = [UInt8](contents)
+        var windows = bytes.count > 1 ? (bytes.count - 1) / context : 0
+        if let maxBatches { windows = min(windows, batch * maxBatches) }
+        guard windows > 0 else {
+            throw ValidationError("\(data) has \(bytes.count) bytes: too short for one window of \(context) tokens plus a target")
+        }
+        guard model.configuration.vocabularySize >= 256 else {
+            throw ValidationError("the checkpoint's vocabulary (\(model.configuration.vocabularySize)) cannot hold byte tokens (256)")
+        }
+        var totalLoss = 0.0
+        var start = 0
+        try withNoGrad {
+            while start < windows {
+                let count = min(batch, windows - start)
+                var inputs = [Int32](), targets = [Int32]()
+                inputs.reserveCapacity(count * context)
+                targets.reserveCapacity(count * context)
+                for window in start..<(start + count) {
+                    let base = window * context
+                    for i in 0..<context {
+                        inputs.append(Int32(bytes[base + i]))
+                        targets.append(Int32(bytes[base + i + 1]))
+                    }
+                }
+                let loss = model.loss(inputs, targets: targets, batch: count, time: context)
+                guard loss.scalarValue.isFinite else { throw ConvoyError.incompatible("the loss is not finite: the checkpoint's weights are broken") }
+                totalLoss += Double(loss.scalarValue) * Double(count * context)
+                start += count
+            }
+        }
+        let tokens = windows * context
+        let mean = totalLoss / Double(tokens)
+        if json {
+            print("{\"loss\": \(mean), \"tokens\": \(tokens)}")
+        } else {
+            print(String(format: "loss %.6f over %d tokens (%d windows of %d)", mean, tokens, windows, context))
+        }
+    }
+}
