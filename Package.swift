@@ -8,9 +8,11 @@ let package = Package(
         .executable(name: "convoy", targets: ["convoy"]),
         .library(name: "ConvoyTensor", targets: ["ConvoyTensor"]),
         .library(name: "ConvoyNN", targets: ["ConvoyNN"]),
+        .library(name: "ConvoyTrain", targets: ["ConvoyTrain"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         .systemLibrary(
@@ -31,10 +33,14 @@ let package = Package(
             name: "ConvoyNN",
             dependencies: ["ConvoyTensor"]
         ),
+        .target(
+            name: "ConvoyTrain",
+            dependencies: ["ConvoyNN", "ConvoyTensor", .product(name: "TOMLKit", package: "TOMLKit")]
+        ),
         .executableTarget(
             name: "convoy",
             dependencies: [
-                "ConvoyNN", "ConvoyTensor", "CMPI",
+                "ConvoyTrain", "ConvoyNN", "ConvoyTensor", "CMPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -44,5 +50,6 @@ let package = Package(
             dependencies: ["ConvoyNN", "ConvoyTensor"],
             resources: [.copy("Fixtures")]
         ),
+        .testTarget(name: "ConvoyTrainTests", dependencies: ["ConvoyTrain", "ConvoyNN", "ConvoyTensor"]),
     ]
 )

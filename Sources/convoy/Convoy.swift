@@ -1,6 +1,7 @@
 import ArgumentParser
 import CMPI
 import ConvoyTensor
+import Foundation
 
 /// The `convoy` command line.
 @main
@@ -9,8 +10,25 @@ struct Convoy: ParsableCommand {
         commandName: "convoy",
         abstract: "Convoy: hybrid-parallel training of GPT models.",
         version: "0.1.0",
-        subcommands: [TrainCommand.self, EvalCommand.self, BenchCommand.self, InfoCommand.self],
+        subcommands: [TrainCommand.self, EvalCommand.self, GenerateCommand.self, BenchCommand.self, InfoCommand.self],
         defaultSubcommand: nil)
+
+    /// Errors a person can cause (bad flags, files, checkpoints) end in one clear line and exit status 1,
+    /// never a stack trace.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let error as ConvoyError {
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            Foundation.exit(1)
+        } catch let error as CocoaError {
+            FileHandle.standardError.write(Data("error: \(error.localizedDescription)\n".utf8))
+            Foundation.exit(1)
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 /// `convoy info`: what this build links against.

@@ -1,28 +1,37 @@
 import ArgumentParser
 import ConvoyNN
 import ConvoyTensor
+import ConvoyTrain
 import Foundation
 
 /// `convoy eval`: mean cross-entropy of a checkpoint on a file's bytes.
 struct EvalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "eval",
-        abstract: "Mean cross-entropy of a checkpoint on the bytes of a file.",
+        abstract: "Evaluate a checkpoint: cross-entropy on a file's bytes (--data), or held-out accuracy (--task arithmetic).",
         discussion: """
-        Window i has inputs bytes[i·T ..< (i+1)·T] and targets bytes[i·T+1 ..< (i+1)·T+1], \
-        for i in 0 ..< min((length−1)/T, B·K).
+        With --data, window i has inputs bytes[i·T ..< (i+1)·T] and targets bytes[i·T+1 ..< (i+1)·T+1], \
+        for i in 0 ..< min((length−1)/T, B·K). With --task arithmetic, the held-out problems are those of the \
+        run that trained the checkpoint (its seed, digits and held-out count, from trainer.json), unless given.
         """)
 
     @Option(help: "Checkpoint directory (model.safetensors + config.json).") var checkpoint: String
-    @Option(help: "File whose bytes are the tokens.") var data: String
-    @Option(help: "Context length T of each window.") var context: Int
+    @Option(help: "File whose bytes are the tokens.") var data: String?
+    @Option(help: "Task to score instead of a file: arithmetic (exact-match accuracy on held-out additions).") var task: String?
+    @Option(help: "Context length T of each window (with --data).") var context: Int?
+    @Option(help: "Arithmetic: the seed that chose the held-out problems (default: the checkpoint's).") var seed: Int?
+    @Option(help: "Arithmetic: digits per operand (default: the checkpoint's).") var digits: Int?
+    @Option(name: .customLong("held-out"), help: "Arithmetic: number of held-out problems (default: the checkpoint's).") var heldOut: Int?
     @Option(help: "Windows per forward pass.") var batch: Int = 8
     @Option(name: .customLong("max-batches"), help: "Evaluate at most this many batches (default: the whole file).") var maxBatches: Int?
     @Option(help: "Compute threads (default: CONVOY_THREADS or all cores).") var threads: Int?
     @Flag(help: "Print one JSON line {\"loss\": …, \"tokens\": …}.") var json = false
 
     func validate() throws {
-        guard context > 0 else { throw ValidationError("--context must be positive") }
+        guard (data == nil) != (task == nil) else { throw ValidationError("give exactly one of --data FILE or --task arithmetic") }
+        if let task, task != "arithmetic" { throw ValidationError("--task must be 'arithmetic', got '\(task)'") }
+        if data != nil, context == nil { throw ValidationError("--data needs --context T") }
+        if let context, context <= 0 { throw ValidationError("--context must be positive") }
         guard batch > 0 else { throw ValidationError("--batch must be positive") }
         if let maxBatches, maxBatches <= 0 { throw ValidationError("--max-batches must be positive") }
         if let threads, threads <= 0 { throw ValidationError("--threads must be positive") }
@@ -30,10 +39,15 @@ struct EvalCommand: ParsableCommand {
 
     func run() throws {
         if let threads { ComputePool.setSharedThreadCount(threads) }
-        let model = try GPTCheckpoint.load(from: checkpoint)
+        let directory = try TrainingCheckpoint.resolvedDirectory(checkpoint)
+        let model = try GPTCheckpoint.load(from: directory)
         model.eval()
+        guard let data, let context else {
+            try evaluateArithmetic(model, directory: directory)
+            return
+        }
         guard context <= model.configuration.contextLength else {
-            throw ValidationError("--context \(context) exceeds the checkpoint's context length \(model.configuration.contextLength)")
+            throw ConvoyError.invalidArgument("--context \(context) exceeds the checkpoint's context length \(model.configuration.contextLength); use --context \(model.configuration.contextLength) or less")
         }
         guard let contents = FileManager.default.contents(atPath: data) else {
             throw ConvoyError.io("cannot read --data \(data)")
@@ -42,10 +56,10 @@ struct EvalCommand: ParsableCommand {
         var windows = bytes.count > 1 ? (bytes.count - 1) / context : 0
         if let maxBatches { windows = min(windows, batch * maxBatches) }
         guard windows > 0 else {
-            throw ValidationError("\(data) has \(bytes.count) bytes: too short for one window of \(context) tokens plus a target")
+            throw ConvoyError.invalidArgument("\(data) has \(bytes.count) bytes: too short for one window of \(context) tokens plus a target")
         }
         guard model.configuration.vocabularySize >= 256 else {
-            throw ValidationError("the checkpoint's vocabulary (\(model.configuration.vocabularySize)) cannot hold byte tokens (256)")
+            throw ConvoyError.incompatible("the checkpoint's vocabulary (\(model.configuration.vocabularySize)) cannot hold byte tokens (256)")
         }
         var totalLoss = 0.0
         var start = 0
@@ -74,6 +88,24 @@ struct EvalCommand: ParsableCommand {
             print("{\"loss\": \(mean), \"tokens\": \(tokens)}")
         } else {
             print(String(format: "loss %.6f over %d tokens (%d windows of %d)", mean, tokens, windows, context))
+        }
+    }
+
+    private func evaluateArithmetic(_ model: GPT, directory: String) throws {
+        var trained = TrainingConfiguration()
+        if let state = FileManager.default.contents(atPath: directory + "/" + TrainingCheckpoint.trainerFileName) {
+            let decoded = try JSONDecoder().decode(TrainerState.self, from: state)
+            try TrainingSettings.apply(toml: decoded.configuration, source: directory + "/trainer.json", to: &trained)
+        }
+        let dataset = try ArithmeticDataset(
+            seed: seed.map(UInt64.init) ?? trained.seed, digits: digits ?? trained.digits,
+            contextLength: model.configuration.contextLength, heldOutCount: heldOut ?? trained.heldOut)
+        let report = try ArithmeticEvaluator.evaluate(model: model, problems: dataset.heldOutProblems)
+        if json {
+            print("{\"accuracy\": \(report.accuracy), \"problems\": \(report.problems)}")
+        } else {
+            print(String(format: "held-out arithmetic: %d/%d exact (accuracy %.2f%%)", report.correct, report.problems, report.accuracy * 100))
+            for example in report.examples.prefix(5) { print("  wrong: \(example)") }
         }
     }
 }

@@ -1,7 +1,66 @@
 import ArgumentParser
+import ConvoyTensor
+import ConvoyTrain
+import Foundation
 
-/// `convoy train` (placeholder until the trainer lands; see the training issue).
+/// `convoy train`: trains a GPT. With no arguments it trains the default small GPT on the built-in
+/// `arithmetic` dataset and reports exact-match accuracy on held-out additions.
 struct TrainCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "train", abstract: "Train a GPT.")
-    func run() throws { throw ValidationError("not yet implemented") }
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train a GPT (default: a small GPT on built-in arithmetic, then held-out accuracy).",
+        discussion: "Settings come from defaults, then --config FILE (TOML sections [model], [data], [training]), then flags.")
+
+    @Option(help: "TOML configuration file; flags override its values.") var config: String?
+    @Option(help: "Train on this text file's bytes instead of the arithmetic dataset.") var data: String?
+    @Option(help: "Dataset: arithmetic or text.") var dataset: String?
+    @Option(help: "Maximum digits per arithmetic operand.") var digits: Int?
+    @Option(help: "Transformer blocks.") var layers: Int?
+    @Option(name: .customLong("d-model"), help: "Model width.") var dModel: Int?
+    @Option(help: "Attention heads.") var heads: Int?
+    @Option(help: "Context length in tokens.") var context: Int?
+    @Option(help: "Dropout probability (embeddings, attention, residuals).") var dropout: Double?
+    @Option(help: "Global batch: sequences per optimizer step.") var batch: Int?
+    @Option(name: .customLong("accumulate-steps"), help: "Micro-batches per step (gradient accumulation).") var accumulateSteps: Int?
+    @Option(help: "Optimizer steps.") var steps: Int?
+    @Option(help: "Peak learning rate.") var lr: Double?
+    @Option(name: .customLong("min-lr"), help: "Final learning rate of the cosine schedule.") var minLR: Double?
+    @Option(help: "Learning-rate schedule: cosine or constant.") var schedule: String?
+    @Option(help: "Linear warm-up steps.") var warmup: Int?
+    @Option(name: .customLong("weight-decay"), help: "Weight decay of matrices.") var weightDecay: Double?
+    @Option(name: .customLong("grad-clip"), help: "Clip gradients to this global norm (0: off).") var gradClip: Double?
+    @Option(help: "Optimizer: adamw, adam, sgd, momentum, nesterov.") var optimizer: String?
+    @Option(help: "Random seed (data, initialisation, dropout).") var seed: Int?
+    @Option(name: .customLong("eval-every"), help: "Validation loss every N steps (0: only at the end).") var evalEvery: Int?
+    @Option(name: .customLong("checkpoint-every"), help: "Periodic checkpoint every N steps (0: off).") var checkpointEvery: Int?
+    @Option(name: .customLong("log-every"), help: "Metrics (and plain progress lines) every N steps.") var logEvery: Int?
+    @Option(help: "Directory of the run's outputs (config.toml, metrics.jsonl, periodic checkpoint).") var output: String?
+    @Option(help: "Directory of the final checkpoint (default: <output>/final).") var save: String?
+    @Option(help: "Resume from this checkpoint directory.") var resume: String?
+    @Option(help: "Compute threads (default: CONVOY_THREADS or all cores).") var threads: Int?
+
+    func run() throws {
+        var flags: [(flag: String, value: String)] = []
+        func add(_ flag: String, _ value: CustomStringConvertible?) { if let value { flags.append((flag, value.description)) } }
+        add("--dataset", dataset); add("--data", data); add("--digits", digits)
+        add("--layers", layers); add("--d-model", dModel); add("--heads", heads); add("--context", context); add("--dropout", dropout)
+        add("--batch", batch); add("--accumulate-steps", accumulateSteps); add("--steps", steps); add("--lr", lr); add("--min-lr", minLR)
+        add("--schedule", schedule); add("--warmup", warmup); add("--weight-decay", weightDecay); add("--grad-clip", gradClip)
+        add("--optimizer", optimizer); add("--seed", seed); add("--eval-every", evalEvery); add("--checkpoint-every", checkpointEvery)
+        add("--log-every", logEvery); add("--output", output); add("--save", save); add("--threads", threads)
+        let configuration = try TrainingSettings.resolve(configFile: config, flags: flags)
+        if let threads = configuration.threads { ComputePool.setSharedThreadCount(threads) }
+
+        let display = ProgressDisplay(plainEvery: configuration.logEvery)
+        let trainer = try Trainer(configuration: configuration, resume: resume, display: display)
+        if trainer.firstStep > 0 { display.message("resumed from \(resume!) at step \(trainer.firstStep)") }
+        let summary = try trainer.run()
+        var lines = [String(format: "trained %d steps in %@ (%.0f tokens/s); final loss %.4f", summary.steps, ProgressDisplay.duration(summary.seconds), summary.tokensPerSecond, summary.finalLoss)]
+        if let validation = summary.validationLoss { lines.append(String(format: "validation loss %.4f", validation)) }
+        if let report = summary.arithmetic {
+            lines.append(String(format: "held-out arithmetic: %d/%d exact (accuracy %.1f%%)", report.correct, report.problems, report.accuracy * 100))
+        }
+        lines.append("checkpoint: \(summary.checkpoint); metrics: \(configuration.output)/metrics.jsonl")
+        for line in lines { display.message(line) }
+    }
 }

@@ -166,6 +166,9 @@ extension Tensor {
     /// Back-propagates from a non-scalar output given the gradient of the objective with respect to it
     /// (a pipeline stage receives it from the next stage).
     public func backward(outputGradient: Tensor) {
-        BackwardEngine.run(root: self, gradient: outputGradient.dtype == .float32 ? outputGradient : outputGradient.converted(to: .float32))
+        // A private copy: pass-through ops would otherwise hand the caller's tensor to a leaf as its .grad,
+        // and the next accumulation would write into it.
+        let gradient = withNoGrad { outputGradient.converted(to: .float32).copy() }
+        BackwardEngine.run(root: self, gradient: gradient)
     }
 }

@@ -32,8 +32,10 @@ extension Tensor {
                             while j + 8 <= classes { total += VectorMath.exp(VectorMath.load(row + j) - m); j += 8 }
                             var sum = total.sum()
                             while j < classes { sum += VectorMath.exp(row[j] - maximum); j += 1 }
-                            lse[r] = maximum + Foundation.log(sum)
-                            loss[r] = t[r] == ignoredTarget ? 0 : lse[r] - row[Int(t[r])]
+                            let logSum = Foundation.log(sum)
+                            lse[r] = maximum + logSum
+                            // (max − x[t]) + log Σ keeps full precision for large logits.
+                            loss[r] = t[r] == ignoredTarget ? 0 : (maximum - row[Int(t[r])]) + logSum
                         }
                     }
                 }

@@ -69,7 +69,7 @@ extension Tensor {
             argmax[r] = best
             output[r] = row[best]
         }
-        let permutedShape = layout.keptShape + [length]
+        let permutedShape = layout.keptShape + layout.axes.map { shape[$0] }
         let kept = (0..<rank).filter { !layout.axes.contains($0) }
         let order = kept + layout.axes
         var inverse = [Int](repeating: 0, count: rank)

@@ -65,8 +65,9 @@ extension Tensor {
             let maximum = VectorMath.max(row, n)
             var sum: Float = 0
             for j in 0..<n { sum += VectorMath.exp(row[j] - maximum) }
-            let logNormalizer = maximum + Foundation.log(sum)
-            for j in 0..<n { out[j] = row[j] - logNormalizer }
+            // (x − max) − log Σ keeps full precision for large logits, unlike x − (max + log Σ).
+            let logSum = Foundation.log(sum)
+            for j in 0..<n { out[j] = (row[j] - maximum) - logSum }
         }
         return Tensor.record(result, operation: "logSoftmax", inputs: [self]) { gradient in
             let g = gradient.contiguous()

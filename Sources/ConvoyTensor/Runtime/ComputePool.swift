@@ -15,77 +15,80 @@ public final class ComputePool: @unchecked Sendable {
     /// Number of threads a loop runs on, the caller included.
     public let threadCount: Int
 
-    private typealias Job = (Int) -> Void
+    /// The state workers share with the pool. Workers hold it strongly and the pool only through it, so
+    /// dropping the last reference to the pool stops its workers instead of leaking them.
+    private final class Shared: @unchecked Sendable {
+        typealias Job = (Int) -> Void
+        let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        let workAvailable = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+        let workFinished = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+        var generation = 0
+        var pendingWorkers = 0
+        var currentJob: UnsafeMutableRawPointer?
+        var shuttingDown = false
 
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let workAvailable = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private let workFinished = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+        init() {
+            pthread_mutex_init(mutex, nil)
+            pthread_cond_init(workAvailable, nil)
+            pthread_cond_init(workFinished, nil)
+        }
+
+        deinit {
+            pthread_cond_destroy(workAvailable)
+            pthread_cond_destroy(workFinished)
+            pthread_mutex_destroy(mutex)
+            mutex.deallocate()
+            workAvailable.deallocate()
+            workFinished.deallocate()
+        }
+
+        func workerLoop(index: Int) {
+            var seenGeneration = 0
+            ComputePool.insideLoop.value = true
+            while true {
+                pthread_mutex_lock(mutex)
+                while generation == seenGeneration && !shuttingDown {
+                    pthread_cond_wait(workAvailable, mutex)
+                }
+                if shuttingDown { pthread_mutex_unlock(mutex); return }
+                seenGeneration = generation
+                let job = currentJob!
+                pthread_mutex_unlock(mutex)
+
+                job.assumingMemoryBound(to: Job.self).pointee(index)
+
+                pthread_mutex_lock(mutex)
+                pendingWorkers -= 1
+                if pendingWorkers == 0 { pthread_cond_signal(workFinished) }
+                pthread_mutex_unlock(mutex)
+            }
+        }
+    }
+
+    private let shared = Shared()
     /// Serialises loops submitted from different threads that share this pool.
     private let submission = Mutex(())
-    private var generation = 0
-    private var pendingWorkers = 0
-    private var currentJob: UnsafeMutableRawPointer?
-    private var shuttingDown = false
-    private var workers: [Thread] = []
 
-    private static let insideLoop = ThreadLocal<Bool> { false }
+    fileprivate static let insideLoop = ThreadLocal<Bool> { false }
 
     /// Creates a pool that runs loops on `threadCount` threads (at least 1).
     public init(threadCount: Int) {
         self.threadCount = max(1, threadCount)
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(workAvailable, nil)
-        pthread_cond_init(workFinished, nil)
         for workerIndex in 1..<self.threadCount {
-            let thread = Thread { [unowned self] in self.workerLoop(index: workerIndex) }
+            let state = shared
+            let thread = Thread { state.workerLoop(index: workerIndex) }
             thread.name = "convoy-compute-\(workerIndex)"
             thread.stackSize = 8 << 20
-            workers.append(thread)
             thread.start()
         }
     }
 
     deinit {
-        pthread_mutex_lock(mutex)
-        shuttingDown = true
-        pthread_cond_broadcast(workAvailable)
-        pthread_mutex_unlock(mutex)
-        // Workers hold `unowned self`; wait until they have all left the loop before freeing the primitives.
-        while true {
-            pthread_mutex_lock(mutex)
-            let remaining = workers.filter { !$0.isFinished }.count
-            pthread_mutex_unlock(mutex)
-            if remaining == 0 { break }
-            usleep(100)
-        }
-        pthread_cond_destroy(workAvailable)
-        pthread_cond_destroy(workFinished)
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-        workAvailable.deallocate()
-        workFinished.deallocate()
-    }
-
-    private func workerLoop(index: Int) {
-        var seenGeneration = 0
-        Self.insideLoop.value = true
-        while true {
-            pthread_mutex_lock(mutex)
-            while generation == seenGeneration && !shuttingDown {
-                pthread_cond_wait(workAvailable, mutex)
-            }
-            if shuttingDown { pthread_mutex_unlock(mutex); return }
-            seenGeneration = generation
-            let job = currentJob!
-            pthread_mutex_unlock(mutex)
-
-            job.assumingMemoryBound(to: Job.self).pointee(index)
-
-            pthread_mutex_lock(mutex)
-            pendingWorkers -= 1
-            if pendingWorkers == 0 { pthread_cond_signal(workFinished) }
-            pthread_mutex_unlock(mutex)
-        }
+        // No loop can be running (it would hold a reference); workers wake, see the flag and exit.
+        pthread_mutex_lock(shared.mutex)
+        shared.shuttingDown = true
+        pthread_cond_broadcast(shared.workAvailable)
+        pthread_mutex_unlock(shared.mutex)
     }
 
     /// Runs `body(part)` for `part` in 0 ..< threadCount, one part per thread, and returns when all are done.
@@ -95,23 +98,24 @@ public final class ComputePool: @unchecked Sendable {
             for part in 0..<threadCount { body(part) }
             return
         }
+        let shared = self.shared
         submission.withLock { _ in
             withoutActuallyEscaping(body) { escapingBody in
-                var job: Job = escapingBody
+                var job: Shared.Job = escapingBody
                 withUnsafeMutablePointer(to: &job) { jobPointer in
-                    pthread_mutex_lock(mutex)
-                    currentJob = UnsafeMutableRawPointer(jobPointer)
-                    pendingWorkers = threadCount - 1
-                    generation += 1
-                    pthread_cond_broadcast(workAvailable)
-                    pthread_mutex_unlock(mutex)
+                    pthread_mutex_lock(shared.mutex)
+                    shared.currentJob = UnsafeMutableRawPointer(jobPointer)
+                    shared.pendingWorkers = threadCount - 1
+                    shared.generation += 1
+                    pthread_cond_broadcast(shared.workAvailable)
+                    pthread_mutex_unlock(shared.mutex)
 
                     Self.insideLoop.withValue(true) { escapingBody(0) }
 
-                    pthread_mutex_lock(mutex)
-                    while pendingWorkers > 0 { pthread_cond_wait(workFinished, mutex) }
-                    currentJob = nil
-                    pthread_mutex_unlock(mutex)
+                    pthread_mutex_lock(shared.mutex)
+                    while shared.pendingWorkers > 0 { pthread_cond_wait(shared.workFinished, shared.mutex) }
+                    shared.currentJob = nil
+                    pthread_mutex_unlock(shared.mutex)
                 }
             }
         }

@@ -1,0 +1,141 @@
+import ConvoyTensor
+import Foundation
+
+/// A dataset over the bytes of one text file, tokenized byte by byte (vocabulary 256).
+///
+/// The first `1 − validationFraction` of the bytes are the training part and the rest the validation part,
+/// split at a byte boundary so no window straddles both. Training example `i` is a window of
+/// `contextLength + 1` bytes at an offset drawn from (seed, `i`) alone, uniform over every start that fits in
+/// the training part; validation examples are consecutive non-overlapping windows of the validation part, so
+/// evaluation sees the same sequences every time and each validation byte at most once as an input.
+public struct TextDataset: TrainingDataset {
+    /// The file path (or the name given with raw bytes), for messages and the summary.
+    public let name: String
+    public let contextLength: Int
+    public let seed: UInt64
+    /// The share of the bytes held out for validation, in 0 ... 0.5.
+    public let validationFraction: Double
+    /// Bytes in the training part (the file's first bytes).
+    public let trainingByteCount: Int
+    /// Bytes in the validation part (the file's last bytes).
+    public var validationByteCount: Int { bytes.count - trainingByteCount }
+
+    private let bytes: [UInt8]
+    private let offsetStream: PhiloxRandom
+
+    /// Reads the whole file at `path`.
+    ///
+    /// Throws ``ConvoyTensor/ConvoyError/io(_:)`` when the file cannot be read, and
+    /// ``ConvoyTensor/ConvoyError/invalidConfiguration(_:)`` when it is too short for the context and
+    /// validation fraction (see ``init(bytes:name:contextLength:seed:validationFraction:)``).
+    public init(path: String, contextLength: Int, seed: UInt64, validationFraction: Double = 0.1) throws {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw ConvoyError.io("text dataset \(path) does not exist; check the --data path")
+        }
+        guard !isDirectory.boolValue else {
+            throw ConvoyError.io("text dataset \(path) is a directory; give the path of one text file")
+        }
+        let contents: Data
+        do {
+            contents = try Data(contentsOf: URL(fileURLWithPath: path))
+        } catch {
+            throw ConvoyError.io("cannot read text dataset \(path) (\(error.localizedDescription)); check its permissions")
+        }
+        try self.init(bytes: [UInt8](contents), name: path, contextLength: contextLength, seed: seed,
+                      validationFraction: validationFraction)
+    }
+
+    /// A dataset over `bytes`; `name` stands for them in messages and the summary.
+    ///
+    /// Throws ``ConvoyTensor/ConvoyError/invalidConfiguration(_:)`` when the bytes are empty, the context is
+    /// not positive, the validation fraction is outside 0 ... 0.5, the training part is shorter than one
+    /// window (`contextLength + 1` bytes), or a non-zero validation fraction leaves a validation part too short
+    /// for one window.
+    public init(bytes: [UInt8], name: String, contextLength: Int, seed: UInt64, validationFraction: Double = 0.1) throws {
+        guard contextLength > 0 else {
+            throw ConvoyError.invalidConfiguration("--context must be positive, got \(contextLength)")
+        }
+        guard validationFraction >= 0, validationFraction <= 0.5 else {
+            throw ConvoyError.invalidConfiguration(
+                "validation fraction \(validationFraction) for \(name) is outside 0 ... 0.5; use e.g. 0.1, or 0 for no validation")
+        }
+        guard !bytes.isEmpty else {
+            throw ConvoyError.invalidConfiguration(
+                "text dataset \(name) is empty; give a text file with at least \(contextLength + 1) bytes for --context \(contextLength)")
+        }
+        let window = contextLength + 1
+        // A non-zero fraction always keeps at least one validation byte, so "0.1 of a tiny file" is reported
+        // as too short rather than silently meaning "no validation".
+        let validationBytes = validationFraction == 0
+            ? 0 : min(bytes.count, max(1, Int((Double(bytes.count) * validationFraction).rounded())))
+        let trainingBytes = bytes.count - validationBytes
+        guard trainingBytes >= window else {
+            let neededTotal = validationFraction == 0
+                ? window : Int((Double(window) / (1 - validationFraction)).rounded(.up))
+            throw ConvoyError.invalidConfiguration(
+                "text dataset \(name) has \(trainingBytes) training bytes (of \(bytes.count)); the training part needs at least \(window) bytes for --context \(contextLength); use a smaller --context or a file of at least \(neededTotal) bytes")
+        }
+        guard validationFraction == 0 || validationBytes >= window else {
+            throw ConvoyError.invalidConfiguration(
+                "the validation part of text dataset \(name) has \(validationBytes) bytes (validation fraction \(validationFraction)), too short for one window of \(window) bytes at --context \(contextLength); use a smaller --context, a larger validation fraction (at most 0.5), or validation fraction 0 to skip validation")
+        }
+        self.name = name
+        self.contextLength = contextLength
+        self.seed = seed
+        self.validationFraction = validationFraction
+        self.trainingByteCount = trainingBytes
+        self.bytes = bytes
+        self.offsetStream = PhiloxRandom(seed: seed, stream: PhiloxRandom.streamID("text.train-offsets"))
+    }
+
+    /// Number of distinct window starts in the training part.
+    private var trainingStarts: Int { trainingByteCount - contextLength }
+
+    /// Where training window `index` starts, from (seed, index) alone.
+    public func trainingOffset(_ index: Int) -> Int {
+        precondition(index >= 0, "training example index must be non-negative, got \(index)")
+        let words = offsetStream.block(UInt64(index))
+        let random = UInt64(words.0) << 32 | UInt64(words.1)
+        // The high word of random × starts is uniform up to a bias of starts / 2^64, unlike `random % starts`
+        // which would need the same rejection for large files.
+        return Int(random.multipliedFullWidth(by: UInt64(trainingStarts)).high)
+    }
+
+    private func example(windowStart start: Int) -> TrainingExample {
+        let inputs = bytes[start..<(start + contextLength)].map { Int32($0) }
+        let targets = bytes[(start + 1)...(start + contextLength)].map { Int32($0) }
+        return TrainingExample(inputs: inputs, targets: targets)
+    }
+
+    public func trainingExample(_ index: Int) -> TrainingExample {
+        example(windowStart: trainingOffset(index))
+    }
+
+    /// Windows that fit in the validation part: each takes `contextLength` new bytes plus the next one as
+    /// its last target.
+    public var validationCount: Int {
+        validationByteCount == 0 ? 0 : (validationByteCount - 1) / contextLength
+    }
+
+    public func validationExample(_ index: Int) -> TrainingExample {
+        precondition(index >= 0 && index < validationCount, "validation example \(index) is outside 0..<\(validationCount)")
+        return example(windowStart: trainingByteCount + index * contextLength)
+    }
+
+    public var summary: String {
+        let (divisor, unit) = Self.unit(for: bytes.count)
+        func format(_ count: Int) -> String {
+            divisor == 1 ? "\(count) B" : String(format: "%.1f", Double(count) / divisor) + " " + unit
+        }
+        return "\(name): \(format(bytes.count)) (\(format(trainingByteCount)) train, \(format(validationByteCount)) validation)"
+    }
+
+    /// One decimal unit for all three sizes of the summary, chosen by the total so the parts read against it.
+    private static func unit(for count: Int) -> (Double, String) {
+        if count >= 1_000_000_000 { return (1e9, "GB") }
+        if count >= 1_000_000 { return (1e6, "MB") }
+        if count >= 1_000 { return (1e3, "KB") }
+        return (1, "B")
+    }
+}

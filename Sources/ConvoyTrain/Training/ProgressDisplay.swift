@@ -1,0 +1,52 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Shows training progress: on a terminal a live status line (step/total, loss, tokens/s, learning rate,
+/// ETA) redrawn in place; otherwise one plain line every `plainEvery` steps, for logs.
+public final class ProgressDisplay {
+    public let isTerminal: Bool
+    private let plainEvery: Int
+    private var lastDraw: Double = 0
+    private let output = FileHandle.standardOutput
+
+    /// `isTerminal` defaults to whether standard output is a terminal.
+    public init(plainEvery: Int, isTerminal: Bool = isatty(STDOUT_FILENO) == 1) {
+        self.isTerminal = isTerminal
+        self.plainEvery = max(1, plainEvery)
+    }
+
+    /// Reports a finished step.
+    public func step(_ step: Int, of total: Int, loss: Double, tokensPerSecond: Double, learningRate: Double, elapsed: Double, remaining: Double) {
+        let line = String(format: "step %d/%d | loss %.4f | %.0f tok/s | lr %.2e | elapsed %@ | ETA %@",
+                          step, total, loss, tokensPerSecond, learningRate, Self.duration(elapsed), Self.duration(remaining))
+        if isTerminal {
+            // Redraw at most 10 times a second, and always on the last step.
+            guard elapsed - lastDraw >= 0.1 || step == total else { return }
+            lastDraw = elapsed
+            write("\r\u{1B}[2K" + line + (step == total ? "\n" : ""))
+        } else if step % plainEvery == 0 || step == total {
+            write(line + "\n")
+        }
+    }
+
+    /// Prints a message on its own line (clearing a live line first).
+    public func message(_ text: String) {
+        write((isTerminal ? "\r\u{1B}[2K" : "") + text + "\n")
+    }
+
+    /// Unbuffered, so the live line and messages appear in order and at once.
+    private func write(_ text: String) {
+        output.write(Data(text.utf8))
+    }
+
+    /// "1h02m", "3m05s", "12s".
+    public static func duration(_ seconds: Double) -> String {
+        guard seconds.isFinite, seconds >= 0 else { return "?" }
+        let total = Int(seconds.rounded())
+        if total >= 3600 { return String(format: "%dh%02dm", total / 3600, (total % 3600) / 60) }
+        if total >= 60 { return String(format: "%dm%02ds", total / 60, total % 60) }
+        return "\(total)s"
+    }
+}

@@ -1,0 +1,127 @@
+import ConvoyNN
+import ConvoyTensor
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A training checkpoint directory: the model in Hugging Face GPT-2 form (`model.safetensors`,
+/// `config.json`), the optimizer state (`optimizer.safetensors`), and the trainer state (`trainer.json`).
+///
+/// Saving never damages the last good checkpoint: the new one is written completely into a temporary
+/// sibling directory, every file and the directory are fsynced, and only then is it renamed into place.
+/// Replacing an existing checkpoint takes two renames (old aside, new in); a crash between them leaves the
+/// previous checkpoint under its aside name, which ``load(from:)`` falls back to.
+public enum TrainingCheckpoint {
+    public static let optimizerFileName = "optimizer.safetensors"
+    public static let trainerFileName = "trainer.json"
+
+    /// A stage at which ``save(model:optimizer:state:to:failingAt:)`` can be made to fail, to test that a
+    /// failed save leaves the previous checkpoint intact.
+    public enum SaveStage: Sendable {
+        case afterModel
+        case beforeRename
+    }
+
+    /// Everything a checkpoint holds.
+    public struct Contents {
+        public var state: TrainerState
+        public var optimizerState: OptimizerState
+    }
+
+    static func asidePath(_ directory: String) -> String { directory + ".previous" }
+
+    /// Writes a checkpoint of `model`, `optimizer` and `state` to `directory`, atomically.
+    public static func save(model: GPT, optimizer: any Optimizer, state: TrainerState, to directory: String, failingAt failure: SaveStage? = nil) throws {
+        let target = URL(fileURLWithPath: directory).standardizedFileURL
+        let parent = target.deletingLastPathComponent().path
+        try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
+        let temporary = parent + "/.\(target.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false)
+        var published = false
+        defer { if !published { try? FileManager.default.removeItem(atPath: temporary) } }
+
+        try GPTCheckpoint.save(model, to: temporary)
+        if failure == .afterModel { throw ConvoyError.io("simulated failure while saving \(directory)") }
+        let optimizerState = optimizer.state()
+        var metadata = ["format": "convoy-optimizer", "optimizer": state.optimizer]
+        for (key, value) in optimizerState.scalars { metadata["scalar." + key] = String(value) }
+        try SafeTensors(tensors: optimizerState.tensors, metadata: metadata).write(to: temporary + "/" + optimizerFileName)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try AtomicFile.write(try encoder.encode(state), to: temporary + "/" + trainerFileName)
+        try syncDirectory(temporary)
+        if failure == .beforeRename { throw ConvoyError.io("simulated failure while saving \(directory)") }
+
+        let aside = asidePath(target.path)
+        try? FileManager.default.removeItem(atPath: aside)
+        let hadPrevious = FileManager.default.fileExists(atPath: target.path)
+        if hadPrevious, rename(target.path, aside) != 0 {
+            throw ConvoyError.io("could not move the previous checkpoint \(target.path) aside: \(String(cString: strerror(errno)))")
+        }
+        guard rename(temporary, target.path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            if hadPrevious { _ = rename(aside, target.path) }
+            throw ConvoyError.io("could not move the new checkpoint into \(target.path): \(reason)")
+        }
+        published = true
+        try syncDirectory(parent)
+        if hadPrevious { try? FileManager.default.removeItem(atPath: aside) }
+    }
+
+    private static func syncDirectory(_ path: String) throws {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw ConvoyError.io("cannot open directory \(path): \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        if fsync(descriptor) != 0 && errno != EINVAL {
+            throw ConvoyError.io("fsync of directory \(path) failed: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    /// The directory to read: `directory`, or its aside copy if a save was interrupted between renames.
+    public static func resolvedDirectory(_ directory: String) throws -> String {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue { return directory }
+        let aside = asidePath(URL(fileURLWithPath: directory).standardizedFileURL.path)
+        if FileManager.default.fileExists(atPath: aside, isDirectory: &isDirectory), isDirectory.boolValue { return aside }
+        throw ConvoyError.io("checkpoint directory \(directory) does not exist")
+    }
+
+    /// Reads the trainer and optimizer state of a checkpoint and loads its weights into `model`, after
+    /// checking that everything matches; on any error nothing is modified.
+    public static func load(from directory: String, into model: GPT) throws -> Contents {
+        let directory = try resolvedDirectory(directory)
+        let trainerPath = directory + "/" + trainerFileName
+        guard let trainerData = FileManager.default.contents(atPath: trainerPath) else {
+            throw ConvoyError.malformedFile(path: trainerPath, reason: "missing: \(directory) is not a training checkpoint (it has no trainer.json)")
+        }
+        let state: TrainerState
+        do { state = try JSONDecoder().decode(TrainerState.self, from: trainerData) } catch {
+            throw ConvoyError.malformedFile(path: trainerPath, reason: "not a valid trainer state (\(error))")
+        }
+        guard state.formatVersion == 1 else {
+            throw ConvoyError.incompatible("\(trainerPath) has format version \(state.formatVersion); this Convoy reads version 1")
+        }
+        let configuration = try GPTCheckpoint.readConfiguration(from: directory)
+        let expected = model.configuration
+        guard configuration.layers == expected.layers, configuration.width == expected.width, configuration.heads == expected.heads,
+              configuration.contextLength == expected.contextLength, configuration.vocabularySize == expected.vocabularySize else {
+            throw ConvoyError.incompatible(
+                "checkpoint \(directory) holds a GPT with \(configuration.layers) layers, d_model \(configuration.width), \(configuration.heads) heads, context \(configuration.contextLength); the run is configured for \(expected.layers) layers, d_model \(expected.width), \(expected.heads) heads, context \(expected.contextLength). Use the flags the checkpoint was trained with")
+        }
+        let optimizerPath = directory + "/" + optimizerFileName
+        let optimizerFile = try SafeTensors.read(contentsOf: optimizerPath)
+        var scalars: [String: Double] = [:]
+        for (key, value) in optimizerFile.metadata where key.hasPrefix("scalar.") {
+            guard let number = Double(value) else { throw ConvoyError.malformedFile(path: optimizerPath, reason: "metadata \(key) is not a number") }
+            scalars[String(key.dropFirst("scalar.".count))] = number
+        }
+        if let kind = optimizerFile.metadata["optimizer"], kind != state.optimizer {
+            throw ConvoyError.malformedFile(path: optimizerPath, reason: "written by optimizer \(kind) but trainer.json says \(state.optimizer)")
+        }
+        // Weights last: GPTCheckpoint validates every tensor before touching the model.
+        let contents = Contents(state: state, optimizerState: OptimizerState(tensors: optimizerFile.tensors, scalars: scalars))
+        try GPTCheckpoint.loadWeights(into: model, from: directory)
+        return contents
+    }
+}

@@ -1,0 +1,123 @@
+import ConvoyNN
+import ConvoyTensor
+import Foundation
+
+/// Everything a training run is configured by. Values come from defaults, then a TOML file
+/// (`--config`), then command-line flags; every key is validated by name (see ``TrainingSettings``).
+public struct TrainingConfiguration: Sendable, Equatable {
+    // [model]
+    public var layers = 4
+    public var dModel = 128
+    public var heads = 4
+    public var context = 16
+    public var dropout: Double = 0
+
+    // [data]
+    /// "arithmetic" (built-in) or "text" (needs `dataPath`).
+    public var dataset = "arithmetic"
+    public var dataPath: String?
+    public var digits = 2
+    public var heldOut = 1000
+    public var validationFraction: Double = 0.1
+
+    // [training]
+    public var seed: UInt64 = 1337
+    public var steps = 3000
+    /// Global batch: sequences per optimizer step.
+    public var batch = 64
+    public var accumulateSteps = 1
+    public var optimizer = "adamw"
+    public var learningRate: Double = 3e-3
+    public var minLearningRate: Double = 1e-4
+    /// "cosine" (linear warm-up then cosine decay) or "constant".
+    public var schedule = "cosine"
+    public var warmupSteps = 100
+    public var weightDecay: Double = 0.1
+    public var beta1: Double = 0.9
+    public var beta2: Double = 0.99
+    public var momentum: Double = 0.9
+    /// Clip gradients to this global norm; 0 disables clipping.
+    public var gradClip: Double = 1.0
+    public var evalEvery = 500
+    /// Validation batches per evaluation.
+    public var evalBatches = 8
+    /// Write a periodic checkpoint every N steps (0: only the final one).
+    public var checkpointEvery = 0
+    public var logEvery = 100
+    /// Compute threads (nil: CONVOY_THREADS or all cores).
+    public var threads: Int?
+    /// Directory for the run's outputs (effective configuration, metrics, periodic checkpoints).
+    public var output = "runs/train"
+    /// Where the final checkpoint goes (nil: `<output>/final`).
+    public var save: String?
+
+    public init() {}
+
+    /// The final checkpoint's directory.
+    public var finalCheckpointDirectory: String { save ?? output + "/final" }
+    /// The periodic checkpoint's directory (replaced atomically each time).
+    public var periodicCheckpointDirectory: String { output + "/checkpoint" }
+
+    /// The model this configuration trains.
+    public var modelConfiguration: GPTConfiguration {
+        GPTConfiguration(vocabularySize: ByteTokenizer.vocabularySize, contextLength: context, layers: layers, heads: heads, width: dModel,
+                         embeddingDropout: Float(dropout), attentionDropout: Float(dropout), residualDropout: Float(dropout))
+    }
+
+    /// Checks relations between keys that single-key validation cannot see.
+    public func validate() throws {
+        guard dModel % heads == 0 else {
+            throw ConvoyError.invalidConfiguration("model.d_model \(dModel) is not divisible by model.heads \(heads); choose a d_model that is a multiple of heads")
+        }
+        guard batch % accumulateSteps == 0 else {
+            throw ConvoyError.invalidConfiguration("training.batch \(batch) is not divisible by training.accumulate_steps \(accumulateSteps)")
+        }
+        switch dataset {
+        case "arithmetic":
+            let needed = ArithmeticDataset.longestLine(digits: digits)
+            guard context >= needed else {
+                throw ConvoyError.invalidConfiguration("model.context \(context) is too short for \(digits)-digit additions (lines up to \(needed) tokens); use --context \(needed) or more")
+            }
+        case "text":
+            guard dataPath != nil else {
+                throw ConvoyError.invalidConfiguration("data.dataset is \"text\" but no data.path is set; pass --data FILE")
+            }
+        default:
+            throw ConvoyError.invalidConfiguration("data.dataset must be \"arithmetic\" or \"text\", got \"\(dataset)\"")
+        }
+        guard minLearningRate <= learningRate else {
+            throw ConvoyError.invalidConfiguration("training.min_lr \(minLearningRate) exceeds training.lr \(learningRate)")
+        }
+        try modelConfiguration.validate()
+    }
+
+    /// The learning-rate schedule.
+    public var learningRateSchedule: any LearningRateSchedule {
+        switch schedule {
+        case "constant": return ConstantSchedule(Float(learningRate))
+        default: return WarmupCosineSchedule(peak: Float(learningRate), minimum: Float(minLearningRate), warmupSteps: warmupSteps, totalSteps: steps)
+        }
+    }
+
+    /// The optimizer over a model's parameters (matrices decay, biases and norms do not).
+    public func makeOptimizer(for model: Module) -> any Optimizer {
+        let groups = ParameterGroup.decayingMatrices(of: model, weightDecay: Float(weightDecay))
+        switch optimizer {
+        case "sgd": return SGD(groups, learningRate: Float(learningRate), momentum: 0)
+        case "momentum": return SGD(groups, learningRate: Float(learningRate), momentum: Float(momentum))
+        case "nesterov": return SGD(groups, learningRate: Float(learningRate), momentum: Float(momentum), nesterov: true)
+        case "adam": return Adam(groups, learningRate: Float(learningRate), beta1: Float(beta1), beta2: Float(beta2))
+        default: return Adam.adamW(groups, learningRate: Float(learningRate), beta1: Float(beta1), beta2: Float(beta2), weightDecay: Float(weightDecay))
+        }
+    }
+
+    /// The dataset this configuration trains on.
+    public func makeDataset() throws -> any TrainingDataset {
+        switch dataset {
+        case "text":
+            return try TextDataset(path: dataPath!, contextLength: context, seed: seed, validationFraction: validationFraction)
+        default:
+            return try ArithmeticDataset(seed: seed, digits: digits, contextLength: context, heldOutCount: heldOut)
+        }
+    }
+}

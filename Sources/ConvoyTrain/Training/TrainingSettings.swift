@@ -1,0 +1,241 @@
+import ConvoyTensor
+import Foundation
+import TOMLKit
+
+/// A configuration value as written in TOML or on the command line.
+public enum SettingValue: Sendable, Equatable, CustomStringConvertible {
+    case integer(Int)
+    case real(Double)
+    case text(String)
+    case boolean(Bool)
+
+    public var description: String {
+        switch self {
+        case .integer(let value): return String(value)
+        case .real(let value): return String(value)
+        case .text(let value): return "\"\(value)\""
+        case .boolean(let value): return String(value)
+        }
+    }
+}
+
+/// The registry of configuration keys: their TOML names (`section.key`), the flag that overrides each,
+/// their type and valid range, and how they are applied. TOML parsing, flag overrides and the effective
+/// configuration file all go through it, so a key is validated the same way wherever it comes from.
+public enum TrainingSettings {
+    /// One configuration key.
+    public struct Setting: Sendable {
+        /// `section.key`, as in the TOML file.
+        public let key: String
+        /// The command-line flag that overrides it.
+        public let flag: String
+        let apply: @Sendable (inout TrainingConfiguration, SettingValue) throws -> Void
+        let read: @Sendable (TrainingConfiguration) -> SettingValue?
+    }
+
+    private static func fail(_ key: String, _ message: String) -> ConvoyError {
+        .invalidConfiguration("\(key): \(message)")
+    }
+
+    private static func integer(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, Int> & Sendable, _ range: ClosedRange<Int>) -> Setting {
+        Setting(key: key, flag: flag, apply: { configuration, value in
+            guard case .integer(let number) = value else { throw fail(key, "expected an integer, got \(value)") }
+            guard range.contains(number) else { throw fail(key, "\(number) is out of range; use a value in \(range.lowerBound)...\(range.upperBound)") }
+            configuration[keyPath: path] = number
+        }, read: { .integer($0[keyPath: path]) })
+    }
+
+    private static func optionalInteger(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, Int?> & Sendable, _ range: ClosedRange<Int>) -> Setting {
+        Setting(key: key, flag: flag, apply: { configuration, value in
+            guard case .integer(let number) = value else { throw fail(key, "expected an integer, got \(value)") }
+            guard range.contains(number) else { throw fail(key, "\(number) is out of range; use a value in \(range.lowerBound)...\(range.upperBound)") }
+            configuration[keyPath: path] = number
+        }, read: { $0[keyPath: path].map { .integer($0) } })
+    }
+
+    private static func real(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, Double> & Sendable, _ range: ClosedRange<Double>, openUpper: Bool = false) -> Setting {
+        Setting(key: key, flag: flag, apply: { configuration, value in
+            let number: Double
+            switch value {
+            case .real(let x): number = x
+            case .integer(let x): number = Double(x)
+            default: throw fail(key, "expected a number, got \(value)")
+            }
+            guard number.isFinite, range.contains(number), !(openUpper && number == range.upperBound) else {
+                throw fail(key, "\(number) is out of range; use a value in \(range.lowerBound)...\(range.upperBound)\(openUpper ? " (exclusive)" : "")")
+            }
+            configuration[keyPath: path] = number
+        }, read: { .real($0[keyPath: path]) })
+    }
+
+    private static func choice(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, String> & Sendable, _ options: [String]) -> Setting {
+        Setting(key: key, flag: flag, apply: { configuration, value in
+            guard case .text(let text) = value else { throw fail(key, "expected a string, got \(value)") }
+            guard options.contains(text) else { throw fail(key, "\"\(text)\" is not one of \(options.map { "\"\($0)\"" }.joined(separator: ", "))") }
+            configuration[keyPath: path] = text
+        }, read: { .text($0[keyPath: path]) })
+    }
+
+    private static func path(_ key: String, _ flag: String, _ keyPath: WritableKeyPath<TrainingConfiguration, String> & Sendable) -> Setting {
+        Setting(key: key, flag: flag, apply: { configuration, value in
+            guard case .text(let text) = value, !text.isEmpty else { throw fail(key, "expected a non-empty path, got \(value)") }
+            configuration[keyPath: keyPath] = text
+        }, read: { .text($0[keyPath: keyPath]) })
+    }
+
+    private static func optionalPath(_ key: String, _ flag: String, _ keyPath: WritableKeyPath<TrainingConfiguration, String?> & Sendable) -> Setting {
+        Setting(key: key, flag: flag, apply: { configuration, value in
+            guard case .text(let text) = value, !text.isEmpty else { throw fail(key, "expected a non-empty path, got \(value)") }
+            configuration[keyPath: keyPath] = text
+        }, read: { $0[keyPath: keyPath].map { .text($0) } })
+    }
+
+    /// Every key, in the order the effective configuration is written.
+    public static let all: [Setting] = [
+        integer("model.layers", "--layers", \.layers, 1...256),
+        integer("model.d_model", "--d-model", \.dModel, 1...65536),
+        integer("model.heads", "--heads", \.heads, 1...1024),
+        integer("model.context", "--context", \.context, 1...1_048_576),
+        real("model.dropout", "--dropout", \.dropout, 0...1, openUpper: true),
+        choice("data.dataset", "--dataset", \.dataset, ["arithmetic", "text"]),
+        Setting(key: "data.path", flag: "--data", apply: { configuration, value in
+            guard case .text(let text) = value, !text.isEmpty else { throw fail("data.path", "expected a file path, got \(value)") }
+            configuration.dataPath = text
+            configuration.dataset = "text"
+        }, read: { $0.dataPath.map { .text($0) } }),
+        integer("data.digits", "--digits", \.digits, 1...9),
+        integer("data.held_out", "--held-out", \.heldOut, 1...1_000_000),
+        real("data.validation_fraction", "--validation-fraction", \.validationFraction, 0...0.5),
+        Setting(key: "training.seed", flag: "--seed", apply: { configuration, value in
+            guard case .integer(let number) = value, number >= 0 else { throw fail("training.seed", "expected a non-negative integer, got \(value)") }
+            configuration.seed = UInt64(number)
+        }, read: { .integer(Int(truncatingIfNeeded: $0.seed)) }),
+        integer("training.steps", "--steps", \.steps, 1...100_000_000),
+        integer("training.batch", "--batch", \.batch, 1...1_000_000),
+        integer("training.accumulate_steps", "--accumulate-steps", \.accumulateSteps, 1...65536),
+        choice("training.optimizer", "--optimizer", \.optimizer, ["adamw", "adam", "sgd", "momentum", "nesterov"]),
+        real("training.lr", "--lr", \.learningRate, 0...10),
+        real("training.min_lr", "--min-lr", \.minLearningRate, 0...10),
+        choice("training.schedule", "--schedule", \.schedule, ["cosine", "constant"]),
+        integer("training.warmup", "--warmup", \.warmupSteps, 0...100_000_000),
+        real("training.weight_decay", "--weight-decay", \.weightDecay, 0...10),
+        real("training.beta1", "--beta1", \.beta1, 0...1, openUpper: true),
+        real("training.beta2", "--beta2", \.beta2, 0...1, openUpper: true),
+        real("training.momentum", "--momentum", \.momentum, 0...1, openUpper: true),
+        real("training.grad_clip", "--grad-clip", \.gradClip, 0...1e9),
+        integer("training.eval_every", "--eval-every", \.evalEvery, 0...100_000_000),
+        integer("training.eval_batches", "--eval-batches", \.evalBatches, 1...1_000_000),
+        integer("training.checkpoint_every", "--checkpoint-every", \.checkpointEvery, 0...100_000_000),
+        integer("training.log_every", "--log-every", \.logEvery, 1...100_000_000),
+        optionalInteger("training.threads", "--threads", \.threads, 1...1024),
+        path("training.output", "--output", \.output),
+        optionalPath("training.save", "--save", \.save),
+    ]
+
+    private static let byKey: [String: Setting] = Dictionary(uniqueKeysWithValues: all.map { ($0.key, $0) })
+
+    /// Sets `key` (e.g. "training.lr") on a configuration, validating type and range.
+    public static func apply(_ key: String, _ value: SettingValue, to configuration: inout TrainingConfiguration) throws {
+        guard let setting = byKey[key] else {
+            throw ConvoyError.invalidConfiguration("unknown key '\(key)'; known keys: \(all.map(\.key).joined(separator: ", "))")
+        }
+        try setting.apply(&configuration, value)
+    }
+
+    /// Applies a TOML document's keys; unknown sections or keys, wrong types and bad values are errors that
+    /// name the key (and the file).
+    public static func apply(toml text: String, source: String, to configuration: inout TrainingConfiguration) throws {
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConvoyError.invalidConfiguration("\(source): \(error.description) at line \(error.source.begin.line), column \(error.source.begin.column)")
+        }
+        for (section, sectionValue) in table {
+            guard let entries = sectionValue.table else {
+                throw ConvoyError.invalidConfiguration("\(source): top-level key '\(section)' must be a section such as [training]; keys live in [model], [data] and [training]")
+            }
+            for (name, value) in entries {
+                let key = section + "." + name
+                let converted: SettingValue
+                switch value.type {
+                case .int: converted = .integer(value.int!)
+                case .double: converted = .real(value.double!)
+                case .string: converted = .text(value.string!)
+                case .bool: converted = .boolean(value.bool!)
+                default: throw ConvoyError.invalidConfiguration("\(source): \(key) has unsupported type \(value.type)")
+                }
+                do {
+                    try apply(key, converted, to: &configuration)
+                } catch let error as ConvoyError {
+                    if case .invalidConfiguration(let message) = error { throw ConvoyError.invalidConfiguration("\(source): \(message)") }
+                    throw error
+                }
+            }
+        }
+    }
+
+    /// Applies a flag's text, parsed as the key's type ("3e-4" for a number, "12" for an integer).
+    public static func applyFlag(_ flag: String, _ text: String, to configuration: inout TrainingConfiguration) throws {
+        guard let setting = all.first(where: { $0.flag == flag }) else {
+            throw ConvoyError.invalidConfiguration("unknown flag \(flag)")
+        }
+        let current = setting.read(configuration)
+        let value: SettingValue
+        switch current {
+        case .integer?:
+            guard let number = Int(text) else { throw ConvoyError.invalidConfiguration("\(flag): expected an integer, got '\(text)'") }
+            value = .integer(number)
+        case .real?:
+            guard let number = Double(text) else { throw ConvoyError.invalidConfiguration("\(flag): expected a number, got '\(text)'") }
+            value = .real(number)
+        default:
+            // Optional integers (threads) read as nil before they are set.
+            if setting.key == "training.threads" {
+                guard let number = Int(text) else { throw ConvoyError.invalidConfiguration("\(flag): expected an integer, got '\(text)'") }
+                value = .integer(number)
+            } else {
+                value = .text(text)
+            }
+        }
+        do {
+            try setting.apply(&configuration, value)
+        } catch let error as ConvoyError {
+            if case .invalidConfiguration(let message) = error { throw ConvoyError.invalidConfiguration("\(flag) (\(message))") }
+            throw error
+        }
+    }
+
+    /// The configuration as a TOML document (the effective configuration written beside a run's outputs).
+    public static func tomlText(_ configuration: TrainingConfiguration) -> String {
+        var sections: [(String, [String])] = []
+        for setting in all {
+            guard let value = setting.read(configuration) else { continue }
+            let parts = setting.key.split(separator: ".", maxSplits: 1).map(String.init)
+            let line: String
+            switch value {
+            case .text(let text):
+                let escaped = text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+                line = "\(parts[1]) = \"\(escaped)\""
+            case .real(let number): line = "\(parts[1]) = \(number)"
+            default: line = "\(parts[1]) = \(value)"
+            }
+            if let index = sections.firstIndex(where: { $0.0 == parts[0] }) { sections[index].1.append(line) } else { sections.append((parts[0], [line])) }
+        }
+        return sections.map { "[\($0.0)]\n" + $0.1.joined(separator: "\n") + "\n" }.joined(separator: "\n")
+    }
+
+    /// Loads defaults, then `configFile` (if any), then flag overrides, and validates the result.
+    public static func resolve(configFile: String?, flags: [(flag: String, value: String)]) throws -> TrainingConfiguration {
+        var configuration = TrainingConfiguration()
+        if let configFile {
+            guard let data = FileManager.default.contents(atPath: configFile), let text = String(data: data, encoding: .utf8) else {
+                throw ConvoyError.io("cannot read --config \(configFile)")
+            }
+            try apply(toml: text, source: configFile, to: &configuration)
+        }
+        for (flag, value) in flags { try applyFlag(flag, value, to: &configuration) }
+        try configuration.validate()
+        return configuration
+    }
+}

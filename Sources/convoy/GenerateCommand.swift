@@ -1,0 +1,33 @@
+import ArgumentParser
+import ConvoyNN
+import ConvoyTensor
+import ConvoyTrain
+
+/// `convoy generate`: continues a prompt with a trained checkpoint.
+struct GenerateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "generate", abstract: "Continue a prompt with a checkpoint (temperature 0 is greedy).")
+
+    @Option(help: "Checkpoint directory.") var checkpoint: String
+    @Option(help: "Text to continue.") var prompt: String
+    @Option(name: .customLong("max-tokens"), help: "Tokens to generate.") var maxTokens: Int = 64
+    @Option(help: "Sampling temperature (0: greedy).") var temperature: Double = 0
+    @Option(help: "Sampling seed.") var seed: Int = 0
+    @Option(help: "Compute threads.") var threads: Int?
+
+    func validate() throws {
+        guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be ≥ 0") }
+        guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be ≥ 0") }
+        guard seed >= 0 else { throw ValidationError("--seed must be ≥ 0") }
+        guard !prompt.isEmpty else { throw ValidationError("--prompt must not be empty") }
+    }
+
+    func run() throws {
+        if let threads { ComputePool.setSharedThreadCount(threads) }
+        let model = try GPTCheckpoint.load(from: try TrainingCheckpoint.resolvedDirectory(checkpoint))
+        model.eval()
+        let tokenizer = ByteTokenizer()
+        let generated = try TextGenerator(model: model).generate(
+            prompt: tokenizer.encode(prompt), maxNewTokens: maxTokens, temperature: Float(temperature), seed: UInt64(seed))
+        print(prompt + tokenizer.decode(generated))
+    }
+}
