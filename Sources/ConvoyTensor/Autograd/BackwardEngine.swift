@@ -14,12 +14,23 @@ enum BackwardEngine {
             return
         }
         precondition(rootNode.backward != nil, "backward() reached operation '\(rootNode.operation)' a second time: its saved tensors were freed by an earlier backward pass")
+        var pass = BackwardPass(root: rootNode, gradient: gradient)
+        pass.run()
+    }
+}
 
-        // Count dependencies over the graph reachable from the root.
-        var nodeDependencies: [ObjectIdentifier: Int] = [:]
-        var leafDependencies: [ObjectIdentifier: Int] = [:]
-        var visited: Set<ObjectIdentifier> = [ObjectIdentifier(rootNode)]
-        var stack = [rootNode]
+/// The state of one backward pass: remaining dependencies and pending gradients per node and leaf.
+private struct BackwardPass {
+    private var nodeDependencies: [ObjectIdentifier: Int] = [:]
+    private var leafDependencies: [ObjectIdentifier: Int] = [:]
+    private var pendingNodeGradients: [ObjectIdentifier: Tensor] = [:]
+    private var pendingLeafGradients: [ObjectIdentifier: Tensor] = [:]
+    private var ready = NodeHeap()
+
+    /// Counts, for every node and leaf reachable from the root, how many contributions it will receive.
+    init(root: GradNode, gradient: Tensor) {
+        var visited: Set<ObjectIdentifier> = [ObjectIdentifier(root)]
+        var stack = [root]
         while let node = stack.popLast() {
             for input in node.inputs {
                 if let inputNode = input.gradNode {
@@ -31,88 +42,55 @@ enum BackwardEngine {
                 }
             }
         }
+        pendingNodeGradients[ObjectIdentifier(root)] = gradient
+        ready.push(root)
+    }
 
-        var pendingNodeGradients: [ObjectIdentifier: Tensor] = [ObjectIdentifier(rootNode): gradient]
-        var pendingLeafGradients: [ObjectIdentifier: Tensor] = [:]
-        var ready = NodeHeap()
-        ready.push(rootNode)
-
+    mutating func run() {
         while let node = ready.pop() {
-            let nodeID = ObjectIdentifier(node)
-            guard let outputGradient = pendingNodeGradients.removeValue(forKey: nodeID), let backward = node.backward else {
+            guard let outputGradient = pendingNodeGradients.removeValue(forKey: ObjectIdentifier(node)), let backward = node.backward else {
                 preconditionFailure("backward reached operation '\(node.operation)' whose saved tensors were already freed by an earlier backward pass")
             }
             let inputs = node.inputs
             let inputGradients = withNoGrad { backward(outputGradient) }
             precondition(inputGradients.count == inputs.count, "operation '\(node.operation)' returned \(inputGradients.count) gradients for \(inputs.count) inputs")
             node.release()
-
-            for (input, maybeGradient) in zip(inputs, inputGradients) {
-                if let inputNode = input.gradNode {
-                    let id = ObjectIdentifier(inputNode)
-                    if let inputGradient = maybeGradient {
-                        checkShape(inputGradient, of: input, from: node)
-                        pendingNodeGradients[id] = sum(pendingNodeGradients[id], inputGradient)
-                    }
-                    let remaining = nodeDependencies[id]! - 1
-                    nodeDependencies[id] = remaining
-                    if remaining == 0 {
-                        if pendingNodeGradients[id] != nil {
-                            ready.push(inputNode)
-                        } else {
-                            // No gradient reached this branch (all contributions were nil): skip its subtree
-                            // but still release the dependencies it holds, so leaves below it finish.
-                            propagateNoGradient(from: inputNode, &nodeDependencies, &leafDependencies, &pendingNodeGradients, &pendingLeafGradients, &ready)
-                        }
-                    }
-                } else {
-                    let id = ObjectIdentifier(input)
-                    if let inputGradient = maybeGradient {
-                        checkShape(inputGradient, of: input, from: node)
-                        pendingLeafGradients[id] = sum(pendingLeafGradients[id], inputGradient)
-                    }
-                    let remaining = leafDependencies[id]! - 1
-                    leafDependencies[id] = remaining
-                    if remaining == 0, let final = pendingLeafGradients.removeValue(forKey: id) {
-                        input.deliverFinalGradient(final)
-                    }
+            for (input, inputGradient) in zip(inputs, inputGradients) {
+                if let inputGradient {
+                    precondition(inputGradient.shape == input.shape, "operation '\(node.operation)' produced a gradient of shape \(inputGradient.shape) for an input of shape \(input.shape)")
                 }
+                contribute(inputGradient, to: input)
             }
         }
     }
 
-    private static func propagateNoGradient(
-        from node: GradNode,
-        _ nodeDependencies: inout [ObjectIdentifier: Int], _ leafDependencies: inout [ObjectIdentifier: Int],
-        _ pendingNodeGradients: inout [ObjectIdentifier: Tensor], _ pendingLeafGradients: inout [ObjectIdentifier: Tensor],
-        _ ready: inout NodeHeap
-    ) {
-        var stack = [node]
-        while let current = stack.popLast() {
-            let inputs = current.inputs
-            current.release()
-            for input in inputs {
-                if let inputNode = input.gradNode {
-                    let id = ObjectIdentifier(inputNode)
-                    let remaining = nodeDependencies[id]! - 1
-                    nodeDependencies[id] = remaining
-                    if remaining == 0 {
-                        if pendingNodeGradients[id] != nil { ready.push(inputNode) } else { stack.append(inputNode) }
-                    }
-                } else {
-                    let id = ObjectIdentifier(input)
-                    let remaining = leafDependencies[id]! - 1
-                    leafDependencies[id] = remaining
-                    if remaining == 0, let final = pendingLeafGradients.removeValue(forKey: id) {
-                        input.deliverFinalGradient(final)
-                    }
-                }
+    /// Records one contribution (possibly none) to an input; when it was the last one, the input's node
+    /// becomes ready, or its leaf receives its final gradient.
+    private mutating func contribute(_ gradient: Tensor?, to input: Tensor) {
+        if let inputNode = input.gradNode {
+            let id = ObjectIdentifier(inputNode)
+            if let gradient { pendingNodeGradients[id] = Self.sum(pendingNodeGradients[id], gradient) }
+            let remaining = nodeDependencies[id]! - 1
+            nodeDependencies[id] = remaining
+            guard remaining == 0 else { return }
+            if pendingNodeGradients[id] != nil {
+                ready.push(inputNode)
+            } else {
+                // No gradient reached this node: skip its backward, but release what it depends on so
+                // the leaves below it still finish.
+                let inputs = inputNode.inputs
+                inputNode.release()
+                for below in inputs { contribute(nil, to: below) }
+            }
+        } else {
+            let id = ObjectIdentifier(input)
+            if let gradient { pendingLeafGradients[id] = Self.sum(pendingLeafGradients[id], gradient) }
+            let remaining = leafDependencies[id]! - 1
+            leafDependencies[id] = remaining
+            if remaining == 0, let final = pendingLeafGradients.removeValue(forKey: id) {
+                input.deliverFinalGradient(final)
             }
         }
-    }
-
-    private static func checkShape(_ gradient: Tensor, of input: Tensor, from node: GradNode) {
-        precondition(gradient.shape == input.shape, "operation '\(node.operation)' produced a gradient of shape \(gradient.shape) for an input of shape \(input.shape)")
     }
 
     /// Adds two gradient contributions out of place: a backward function may hand the same tensor to two
