@@ -1,11 +1,16 @@
 /// Sum, mean and max over any set of axes.
 extension Tensor {
-    /// Moves the reduced axes last and returns (contiguous data, kept shape, reduced extent).
-    private func reductionLayout(_ axes: [Int]) -> (data: Tensor, keptShape: [Int], reducedCount: Int, axes: [Int]) {
+    /// The reduced axes (sorted, deduplicated), the kept shape and the number of elements reduced per output.
+    private func reductionAxes(_ axes: [Int]) -> (axes: [Int], keptShape: [Int], reducedCount: Int) {
         let normalized = Array(Set(axes.map { Shape.normalizedAxis($0, rank: rank) })).sorted()
         let kept = (0..<rank).filter { !normalized.contains($0) }
-        let data = withNoGrad { (kept + normalized == Array(0..<rank) ? self : permuted(kept + normalized)).contiguous() }
-        return (data, kept.map { shape[$0] }, normalized.reduce(1) { $0 * shape[$1] }, normalized)
+        return (normalized, kept.map { shape[$0] }, normalized.reduce(1) { $0 * shape[$1] })
+    }
+
+    /// The elements with the reduced axes moved last, contiguous: one output per row.
+    private func rowsToReduce(_ axes: [Int]) -> Tensor {
+        let kept = (0..<rank).filter { !axes.contains($0) }
+        return withNoGrad { (kept + axes == Array(0..<rank) ? self : permuted(kept + axes)).contiguous() }
     }
 
     private func reducedShape(_ axes: [Int], keepingDimensions: Bool) -> [Int] {
@@ -14,12 +19,12 @@ extension Tensor {
 
     /// Sum over `axes` (all axes when nil).
     public func sum(axes: [Int]? = nil, keepingDimensions: Bool = false) -> Tensor {
-        let layout = reductionLayout(axes ?? Array(0..<rank))
+        let layout = reductionAxes(axes ?? Array(0..<rank))
         let outputShape = reducedShape(layout.axes, keepingDimensions: keepingDimensions)
         let result = Tensor(uninitializedShape: outputShape)
         let rows = Shape.count(layout.keptShape), length = layout.reducedCount
-        let input = layout.data.floatPointer, output = result.floatPointer
-        if layout.axes.first == 0 && layout.axes == Array(0..<layout.axes.count) {
+        let output = result.floatPointer
+        if layout.axes.first == 0 && layout.axes == Array(0..<layout.axes.count) && layout.axes.count < rank {
             // Reducing leading axes of a contiguous tensor: add rows of the original layout (vectorised).
             let contiguousSelf = withNoGrad { contiguous() }
             defer { withExtendedLifetime(contiguousSelf) {} }
@@ -36,6 +41,9 @@ extension Tensor {
                 }
             }
         } else {
+            let data = rowsToReduce(layout.axes)
+            defer { withExtendedLifetime(data) {} }
+            let input = data.floatPointer
             ComputePool.current.parallelFor(rows, minimumChunk: Swift.max(1, 8192 / Swift.max(length, 1))) { range in
                 for r in range { output[r] = VectorMath.sum(input + r * length, length) }
             }
@@ -56,11 +64,13 @@ extension Tensor {
 
     /// Maximum over `axes` (all axes when nil). The gradient goes to the first maximal element.
     public func max(axes: [Int]? = nil, keepingDimensions: Bool = false) -> Tensor {
-        let layout = reductionLayout(axes ?? Array(0..<rank))
+        let layout = reductionAxes(axes ?? Array(0..<rank))
         let result = Tensor(uninitializedShape: reducedShape(layout.axes, keepingDimensions: keepingDimensions))
         let rows = Shape.count(layout.keptShape), length = layout.reducedCount
         precondition(length > 0, "max over an empty axis")
-        let input = layout.data.floatPointer, output = result.floatPointer
+        let data = rowsToReduce(layout.axes)
+        defer { withExtendedLifetime(data) {} }
+        let input = data.floatPointer, output = result.floatPointer
         var argmax = [Int](repeating: 0, count: rows)
         for r in 0..<rows {
             let row = input + r * length

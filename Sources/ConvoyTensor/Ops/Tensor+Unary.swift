@@ -47,7 +47,7 @@ extension Tensor {
     /// Swift.max(x, 0).
     public func relu() -> Tensor {
         let zero = VectorMath.Vector.zero
-        let result = mapped({ pointwiseMax($0, zero) }, { Swift.max($0, 0) })
+        let result = mapped({ $0.replacing(with: zero, where: $0 .< zero) }, { Swift.max($0, 0) })
         return Tensor.record(result, operation: "relu", inputs: [self]) { gradient in
             let g = gradient.contiguous()
             let x = self.contiguous()

@@ -6,7 +6,9 @@ public enum VectorMath {
     /// e^x, with inputs clamped to the finite range of Float.
     @inline(__always)
     public static func exp(_ input: Vector) -> Vector {
-        let x = input.clamped(lowerBound: Vector(repeating: -87.3), upperBound: Vector(repeating: 88.3))
+        // Clamp with compare-and-select: the generic `clamped` is not inlined into this hot loop.
+        let low = Vector(repeating: -87.3), high = Vector(repeating: 88.3)
+        let x = input.replacing(with: low, where: input .< low).replacing(with: high, where: input .> high)
         // Split x = n·ln2 + r with |r| ≤ ln2/2.
         var n = (x * 1.442_695_04 + 0.5).rounded(.down)
         var r = x - n * 0.693_359_375
@@ -82,7 +84,11 @@ public enum VectorMath {
         if count >= 8 {
             var accumulator = load(pointer)
             i = 8
-            while i + 8 <= count { accumulator = pointwiseMax(accumulator, load(pointer + i)); i += 8 }
+            while i + 8 <= count {
+                let next = load(pointer + i)
+                accumulator = accumulator.replacing(with: next, where: next .> accumulator)
+                i += 8
+            }
             result = accumulator.max()
         }
         while i < count { result = Swift.max(result, pointer[i]); i += 1 }
