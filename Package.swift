@@ -8,6 +8,7 @@ let package = Package(
         .executable(name: "convoy", targets: ["convoy"]),
         .library(name: "ConvoyTensor", targets: ["ConvoyTensor"]),
         .library(name: "ConvoyNN", targets: ["ConvoyNN"]),
+        .library(name: "ConvoyComm", targets: ["ConvoyComm"]),
         .library(name: "ConvoyTrain", targets: ["ConvoyTrain"]),
     ],
     dependencies: [
@@ -34,22 +35,29 @@ let package = Package(
             dependencies: ["ConvoyTensor"]
         ),
         .target(
+            name: "ConvoyComm",
+            dependencies: ["ConvoyTensor", "CMPI"]
+        ),
+        .target(
             name: "ConvoyTrain",
             dependencies: ["ConvoyNN", "ConvoyTensor", .product(name: "TOMLKit", package: "TOMLKit")]
         ),
         .executableTarget(
             name: "convoy",
             dependencies: [
-                "ConvoyTrain", "ConvoyNN", "ConvoyTensor", "CMPI",
+                "ConvoyTrain", "ConvoyComm", "ConvoyNN", "ConvoyTensor", "CMPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Run under mpirun (scripts/test): MPI_Init may run once per process, so MPI tests are an executable.
+        .executableTarget(name: "ConvoyMPITests", dependencies: ["ConvoyComm", "ConvoyTensor"], path: "Tests/ConvoyMPITests"),
         .testTarget(name: "ConvoyTensorTests", dependencies: ["ConvoyTensor"]),
         .testTarget(
             name: "ConvoyNNTests",
             dependencies: ["ConvoyNN", "ConvoyTensor"],
             resources: [.copy("Fixtures")]
         ),
+        .testTarget(name: "ConvoyCommTests", dependencies: ["ConvoyComm", "ConvoyTensor"]),
         .testTarget(name: "ConvoyTrainTests", dependencies: ["ConvoyTrain", "ConvoyNN", "ConvoyTensor"]),
     ]
 )

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CMPI
+import ConvoyComm
 import ConvoyTensor
 import Foundation
 
@@ -10,7 +11,7 @@ struct Convoy: ParsableCommand {
         commandName: "convoy",
         abstract: "Convoy: hybrid-parallel training of GPT models.",
         version: "0.1.0",
-        subcommands: [TrainCommand.self, EvalCommand.self, GenerateCommand.self, BenchCommand.self, InfoCommand.self],
+        subcommands: [TrainCommand.self, EvalCommand.self, GenerateCommand.self, BenchCommand.self, LaunchCommand.self, InfoCommand.self],
         defaultSubcommand: nil)
 
     /// Errors a person can cause (bad flags, files, checkpoints) end in one clear line and exit status 1,
@@ -20,6 +21,9 @@ struct Convoy: ParsableCommand {
             var command = try parseAsRoot()
             try command.run()
         } catch let error as ConvoyError {
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            Foundation.exit(1)
+        } catch let error as CommunicationError {
             FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             Foundation.exit(1)
         } catch let error as CocoaError {

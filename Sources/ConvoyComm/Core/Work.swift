@@ -1,0 +1,103 @@
+import Foundation
+import Synchronization
+
+/// A handle on an asynchronous communication operation.
+///
+/// The operation runs on its group's communication thread; `wait` blocks until it has finished (or the
+/// timeout passes) and rethrows its error. Operations on one group complete in the order they were issued.
+public final class Work: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var finished = false
+    private var failure: Error?
+    /// What the operation is, for timeout messages ("all-reduce #12 on group dp").
+    public let summary: String
+
+    public init(summary: String) { self.summary = summary }
+
+    /// A work item that is already complete.
+    public static func completed(_ summary: String, error: Error? = nil) -> Work {
+        let work = Work(summary: summary)
+        work.finish(error: error)
+        return work
+    }
+
+    /// Marks the operation finished (called by the backend).
+    public func finish(error: Error? = nil) {
+        condition.lock()
+        finished = true
+        failure = error
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Whether the operation has finished (successfully or not).
+    public var isCompleted: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return finished
+    }
+
+    /// The operation's error, once it has finished with one.
+    public var error: Error? {
+        condition.lock()
+        defer { condition.unlock() }
+        return failure
+    }
+
+    /// Waits for the operation and rethrows its error; throws ``CommunicationError/timedOut`` when it has not
+    /// finished within `timeout` seconds. The default outlasts the operation's own timeouts (each phase of an
+    /// operation has one, and it may queue behind earlier operations of its group), so the operation's own,
+    /// more precise error — which ranks did not arrive — is what the caller sees.
+    public func wait(timeout: Double? = nil) throws {
+        let limit = timeout ?? 3 * CommunicationTimeout.seconds + 5
+        let deadline = Date().addingTimeInterval(limit)
+        condition.lock()
+        while !finished {
+            if !condition.wait(until: deadline) && !finished {
+                condition.unlock()
+                throw CommunicationError.timedOut("\(summary) did not complete within \(limit) s (waiting on the handle)")
+            }
+        }
+        let failure = self.failure
+        condition.unlock()
+        if let failure { throw failure }
+    }
+}
+
+/// The default limit on every blocking communication wait. Generous by default (a slow peer is not a dead
+/// one); `CONVOY_COMM_TIMEOUT` (seconds) or ``set(_:)`` changes it; tests use short ones.
+public enum CommunicationTimeout {
+    private static let value = Mutex<Double>({
+        if let text = ProcessInfo.processInfo.environment["CONVOY_COMM_TIMEOUT"], let seconds = Double(text), seconds > 0 { return seconds }
+        return 300
+    }())
+
+    /// The current limit in seconds.
+    public static var seconds: Double { value.withLock { $0 } }
+
+    /// Sets the limit for waits that start afterwards.
+    public static func set(_ seconds: Double) {
+        precondition(seconds > 0, "a communication timeout must be positive")
+        value.withLock { $0 = seconds }
+    }
+}
+
+/// Failures of communication: each message names the group, the operation, its sequence number and, where
+/// known, the ranks that did not take part.
+public enum CommunicationError: Error, CustomStringConvertible, Equatable, Sendable {
+    case timedOut(String)
+    case mismatch(String)
+    case peerFailed(String)
+    case invalidArgument(String)
+    case backend(String)
+
+    public var description: String {
+        switch self {
+        case .timedOut(let message): return "communication timed out: \(message)"
+        case .mismatch(let message): return "collective mismatch: \(message)"
+        case .peerFailed(let message): return "peer failed: \(message)"
+        case .invalidArgument(let message): return "invalid communication call: \(message)"
+        case .backend(let message): return "communication backend error: \(message)"
+        }
+    }
+}

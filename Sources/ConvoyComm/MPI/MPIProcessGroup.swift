@@ -1,0 +1,644 @@
+import CMPI
+import ConvoyTensor
+import Foundation
+import Synchronization
+
+/// A ``ProcessGroup`` over an Open MPI communicator: one rank per process, on one host or many.
+///
+/// Each group owns a communication thread with a FIFO queue. Every operation is enqueued at once (the call
+/// returns its ``Work``); the thread starts the non-blocking MPI call (`MPI_Iallreduce`,
+/// `MPI_Ireduce_scatter`, `MPI_Iallgatherv`, `MPI_Ibcast`, `MPI_Isend`/`MPI_Irecv`, `MPI_Ibarrier`) and polls
+/// `MPI_Test` until it completes or its timeout passes. Operations start in the order issued — the order MPI
+/// needs for collectives on one communicator and for matching messages between a pair of ranks — and their
+/// handles complete in that order too. Several may be in flight together (a send and the receive issued after
+/// it must be, or a ring exchange would deadlock), except that an operation whose memory overlaps one still
+/// in flight waits for it, so issuing two operations on one buffer behaves as if they ran one after the other.
+/// Several groups progress independently.
+///
+/// Data types: Float32 reduces natively. MPI has no BFloat16, so a BFloat16 reduction widens the buffer into
+/// a Float32 scratch copy, reduces that and rounds back (an extra copy and twice the bytes on the wire, but
+/// the sum is accumulated in Float32). Operations that only move data (all-gather, broadcast, send, receive)
+/// carry BFloat16 as raw 16-bit elements (`MPI_UINT16_T`) without conversion.
+///
+/// Timeouts: each operation fails with ``CommunicationError/timedOut(_:)`` when it has not completed within
+/// ``CommunicationTimeout/seconds`` (read when it is issued). MPI cannot tell which ranks of a collective have
+/// not arrived, so the message says so and points at `CONVOY_DEBUG_COLLECTIVES=1`. A timed-out receive is
+/// cancelled and the group stays usable; a timed-out collective or send cannot be withdrawn from MPI (which
+/// may still read or write its memory), so the group is broken from then on and later operations fail fast.
+public final class MPIProcessGroup: ProcessGroup {
+    public let rank: Int
+    public let size: Int
+    public let name: String
+    public let worldRanks: [Int]
+    private let engine: MPICommunicationEngine
+    private let nextSequence = Mutex<Int>(0)
+
+    init(communicator: MPI_Comm, name: String, rank: Int, size: Int, worldRanks: [Int], freesCommunicator: Bool) {
+        self.rank = rank
+        self.size = size
+        self.name = name
+        self.worldRanks = worldRanks
+        self.engine = MPICommunicationEngine(communicator: communicator, groupName: name, freesCommunicator: freesCommunicator)
+    }
+
+    deinit { engine.shutDown() }
+
+    // MARK: Collectives
+
+    public func allReduceAsync(_ buffer: CommunicationBuffer, operation: ReduceOperation) -> Work {
+        let descriptor = CollectiveDescriptor(kind: .allReduce, dtype: buffer.dtype, count: buffer.count, operation: operation)
+        if let problem = countProblem(buffer.count, "buffer") { return rejected(descriptor.description, problem) }
+        let size = self.size
+        return enqueue(descriptor.description, reads: [], writes: [buffer], role: .collective) { communicator, scratch, request in
+            let count = Int32(buffer.count)
+            switch buffer.dtype {
+            case .float32:
+                let data = scratch.address(of: buffer)
+                return MPIStep(code: MPI_Iallreduce(convoy_mpi_in_place(), data, count, convoy_mpi_float(), operation.mpiOperation, communicator, request)) {
+                    if operation == .average { BufferMath.scale(data.assumingMemoryBound(to: Float.self), count: buffer.count, by: 1 / Float(size)) }
+                }
+            case .bfloat16:
+                let wide = scratch.floats(buffer.count)
+                BufferMath.widen(scratch.address(of: buffer), count: buffer.count, into: wide)
+                return MPIStep(code: MPI_Iallreduce(convoy_mpi_in_place(), wide, count, convoy_mpi_float(), operation.mpiOperation, communicator, request)) {
+                    BufferMath.narrow(wide, count: buffer.count, into: scratch.address(of: buffer), scale: operation == .average ? 1 / Float(size) : 1)
+                }
+            }
+        }
+    }
+
+    public func reduceScatterAsync(input: CommunicationBuffer, output: CommunicationBuffer, operation: ReduceOperation) -> Work {
+        let descriptor = CollectiveDescriptor(kind: .reduceScatter, dtype: input.dtype, count: input.count, operation: operation)
+        if let problem = dtypeProblem(input, output) ?? countProblem(input.count, "input") { return rejected(descriptor.description, problem) }
+        let chunk = ChunkLayout.range(total: input.count, parts: size, rank: rank)
+        guard output.count == chunk.count else {
+            return rejected(descriptor.description, "output has \(output.count) elements but rank \(rank)'s chunk of a \(input.count)-element input cut \(size) ways is \(chunk.count) elements (ChunkLayout.range(total: \(input.count), parts: \(size), rank: \(rank)) = \(chunk)); size the output to that chunk")
+        }
+        let size = self.size
+        return enqueue(descriptor.description, reads: [input], writes: [output], role: .collective) { communicator, scratch, request in
+            let counts = scratch.int32s((0..<size).map { Int32(ChunkLayout.range(total: input.count, parts: size, rank: $0).count) })
+            let scale: Float = operation == .average ? 1 / Float(size) : 1
+            switch input.dtype {
+            case .float32:
+                // MPI forbids aliased send and receive buffers (ZeRO often reduces into a slice of the input).
+                let aliased = MemorySpan(input).overlaps(MemorySpan(output))
+                let result = aliased ? UnsafeMutableRawPointer(scratch.floats(output.count)) : scratch.address(of: output)
+                return MPIStep(code: MPI_Ireduce_scatter(scratch.address(of: input), result, counts, convoy_mpi_float(), operation.mpiOperation, communicator, request)) {
+                    let values = result.assumingMemoryBound(to: Float.self)
+                    if scale != 1 { BufferMath.scale(values, count: output.count, by: scale) }
+                    if aliased { scratch.address(of: output).copyMemory(from: values, byteCount: output.byteCount) }
+                }
+            case .bfloat16:
+                let wideInput = scratch.floats(input.count)
+                let wideOutput = scratch.floats(chunk.count)
+                BufferMath.widen(scratch.address(of: input), count: input.count, into: wideInput)
+                return MPIStep(code: MPI_Ireduce_scatter(wideInput, wideOutput, counts, convoy_mpi_float(), operation.mpiOperation, communicator, request)) {
+                    BufferMath.narrow(wideOutput, count: output.count, into: scratch.address(of: output), scale: scale)
+                }
+            }
+        }
+    }
+
+    public func allGatherAsync(input: CommunicationBuffer, output: CommunicationBuffer) -> Work {
+        let descriptor = CollectiveDescriptor(kind: .allGather, dtype: input.dtype, count: input.count)
+        if let problem = dtypeProblem(input, output) ?? countProblem(output.count, "output") { return rejected(descriptor.description, problem) }
+        let chunk = ChunkLayout.range(total: output.count, parts: size, rank: rank)
+        guard input.count == chunk.count else {
+            return rejected(descriptor.description, "input has \(input.count) elements but rank \(rank)'s chunk of a \(output.count)-element output cut \(size) ways is \(chunk.count) elements (ChunkLayout.range(total: \(output.count), parts: \(size), rank: \(rank)) = \(chunk)); size the input to that chunk")
+        }
+        let size = self.size
+        return enqueue(descriptor.description, reads: [input], writes: [output], role: .collective) { communicator, scratch, request in
+            let ranges = (0..<size).map { ChunkLayout.range(total: output.count, parts: size, rank: $0) }
+            let counts = scratch.int32s(ranges.map { Int32($0.count) })
+            let displacements = scratch.int32s(ranges.map { Int32($0.lowerBound) })
+            let datatype = input.dtype.mpiTransferType
+            let destination = scratch.address(of: output)
+            var source = UnsafeRawPointer(scratch.address(of: input))
+            if input.count > 0 && source == UnsafeRawPointer(destination + chunk.lowerBound * output.dtype.byteSize) {
+                source = UnsafeRawPointer(convoy_mpi_in_place())  // the input already sits in its place in the output
+            } else if MemorySpan(input).overlaps(MemorySpan(output)) {
+                let copy = scratch.bytes(input.byteCount)
+                copy.copyMemory(from: source, byteCount: input.byteCount)
+                source = UnsafeRawPointer(copy)
+            }
+            return MPIStep(code: MPI_Iallgatherv(source, Int32(input.count), datatype, destination, counts, displacements, datatype, communicator, request))
+        }
+    }
+
+    public func broadcastAsync(_ buffer: CommunicationBuffer, root: Int) -> Work {
+        let descriptor = CollectiveDescriptor(kind: .broadcast, dtype: buffer.dtype, count: buffer.count, root: root)
+        if let problem = rankProblem(root, "root") ?? countProblem(buffer.count, "buffer") { return rejected(descriptor.description, problem) }
+        let isRoot = root == rank
+        return enqueue(descriptor.description, reads: isRoot ? [buffer] : [], writes: isRoot ? [] : [buffer], role: .collective) { communicator, scratch, request in
+            MPIStep(code: MPI_Ibcast(scratch.address(of: buffer), Int32(buffer.count), buffer.dtype.mpiTransferType, Int32(root), communicator, request))
+        }
+    }
+
+    public func barrierAsync() -> Work {
+        enqueue(CollectiveDescriptor(kind: .barrier).description, reads: [], writes: [], role: .collective) { communicator, _, request in
+            MPIStep(code: MPI_Ibarrier(communicator, request))
+        }
+    }
+
+    // MARK: Point to point
+
+    public func sendAsync(_ buffer: CommunicationBuffer, to destination: Int, tag: Int) -> Work {
+        let what = "send \(buffer.dtype) count \(buffer.count) to rank \(destination) tag \(tag)"
+        if let problem = rankProblem(destination, "destination") ?? tagProblem(tag) ?? countProblem(buffer.count, "buffer") { return rejected(what, problem) }
+        return enqueue(what, reads: [buffer], writes: [], role: .send(peer: destination, tag: tag)) { communicator, scratch, request in
+            MPIStep(code: MPI_Isend(scratch.address(of: buffer), Int32(buffer.count), buffer.dtype.mpiTransferType, Int32(destination), Int32(tag), communicator, request))
+        }
+    }
+
+    public func receiveAsync(_ buffer: CommunicationBuffer, from source: Int, tag: Int) -> Work {
+        let what = "receive \(buffer.dtype) count \(buffer.count) from rank \(source) tag \(tag)"
+        if let problem = rankProblem(source, "source") ?? tagProblem(tag) ?? countProblem(buffer.count, "buffer") { return rejected(what, problem) }
+        return enqueue(what, reads: [], writes: [buffer], role: .receive(peer: source, tag: tag, count: buffer.count, datatype: buffer.dtype.mpiTransferType)) { communicator, scratch, request in
+            MPIStep(code: MPI_Irecv(scratch.address(of: buffer), Int32(buffer.count), buffer.dtype.mpiTransferType, Int32(source), Int32(tag), communicator, request))
+        }
+    }
+
+    // MARK: Sub-groups
+
+    /// Collective over this group (`MPI_Comm_split`): ranks with the same non-negative `color` form a group
+    /// called `name` (default "<this group's name>.split(<color>)"), ordered by (`key`, rank); a negative
+    /// colour gets nil.
+    ///
+    /// The ranks first meet in a timed, non-blocking all-gather of (colour, key) on this group's queue, so a
+    /// rank that never calls `split` produces a timeout error rather than a hang, and the blocking
+    /// `MPI_Comm_split` that follows returns promptly.
+    public func split(color: Int, key: Int, name newName: String?) throws -> (any ProcessGroup)? {
+        guard let color32 = Int32(exactly: color), let key32 = Int32(exactly: key) else {
+            throw CommunicationError.invalidArgument("split of group '\(name)': color \(color) and key \(key) must fit in 32 bits")
+        }
+        let result = Mutex<MPIProcessGroup?>(nil)
+        let size = self.size, parentName = self.name, parentWorldRanks = self.worldRanks
+        let groupName = newName ?? "\(parentName).split(\(color))"
+        let descriptor = CollectiveDescriptor(kind: .split, count: 0)
+        let work = enqueue("\(descriptor.description) color \(color) key \(key)", reads: [], writes: [], role: .collective) { communicator, scratch, request in
+            let mine = scratch.int32s([color32 < 0 ? -1 : color32, key32])
+            let everyone = scratch.int32s(Array(repeating: 0, count: 2 * size))
+            return MPIStep(code: MPI_Iallgather(mine, 2, convoy_mpi_int(), everyone, 2, convoy_mpi_int(), communicator, request)) {
+                guard color32 >= 0 else {
+                    // Still a participant in MPI_Comm_split, which is collective over the whole parent group.
+                    var none: MPI_Comm? = convoy_mpi_comm_null()
+                    try MPIRuntime.blockingCall { try MPIRuntime.checkCall(MPI_Comm_split(communicator, convoy_mpi_undefined(), key32, &none), "MPI_Comm_split") }
+                    return
+                }
+                // Members as MPI_Comm_split orders them: same colour, by (key, parent rank).
+                let members = (0..<size).filter { everyone[2 * $0] == color32 }
+                    .sorted { (everyone[2 * $0 + 1], $0) < (everyone[2 * $1 + 1], $1) }
+                var newCommunicator: MPI_Comm? = convoy_mpi_comm_null()
+                try MPIRuntime.blockingCall { try MPIRuntime.checkCall(MPI_Comm_split(communicator, color32, key32, &newCommunicator), "MPI_Comm_split") }
+                guard let newCommunicator, newCommunicator != convoy_mpi_comm_null() else {
+                    throw CommunicationError.backend("MPI_Comm_split of group '\(parentName)' returned no communicator for colour \(color)")
+                }
+                var newRank: Int32 = 0, newSize: Int32 = 0
+                try MPIRuntime.withLock {
+                    try MPIRuntime.checkLocked(MPI_Comm_set_errhandler(newCommunicator, convoy_mpi_errors_return()), "MPI_Comm_set_errhandler")
+                    try MPIRuntime.checkLocked(MPI_Comm_rank(newCommunicator, &newRank), "MPI_Comm_rank")
+                    try MPIRuntime.checkLocked(MPI_Comm_size(newCommunicator, &newSize), "MPI_Comm_size")
+                }
+                guard Int(newSize) == members.count else {
+                    throw CommunicationError.backend("MPI_Comm_split of group '\(parentName)' made a group of \(newSize) ranks, but \(members.count) ranks asked for colour \(color)")
+                }
+                let group = MPIProcessGroup(
+                    communicator: newCommunicator, name: groupName, rank: Int(newRank), size: Int(newSize),
+                    worldRanks: members.map { parentWorldRanks[$0] }, freesCommunicator: true)
+                result.withLock { $0 = group }
+            }
+        }
+        try work.wait()
+        return result.withLock { $0 }
+    }
+
+    // MARK: Issuing
+
+    private func enqueue(_ what: String, reads: [CommunicationBuffer], writes: [CommunicationBuffer], role: MPIOperation.Role,
+                         start: @escaping (MPI_Comm, MPIScratch, UnsafeMutablePointer<MPI_Request?>) throws -> MPIStep) -> Work {
+        let sequence = nextSequence.withLock { value in
+            value += 1
+            return value
+        }
+        let summary = "\(what.split(separator: " ").first.map(String.init) ?? what) #\(sequence) on group '\(name)' (\(what))"
+        let operation = MPIOperation(
+            sequence: sequence, summary: summary, groupName: name, rank: rank, worldRanks: worldRanks, role: role,
+            reads: reads.map(MemorySpan.init), writes: writes.map(MemorySpan.init),
+            timeout: CommunicationTimeout.seconds, start: start)
+        engine.submit(operation)
+        return operation.work
+    }
+
+    private func rejected(_ what: String, _ problem: String) -> Work {
+        let error = CommunicationError.invalidArgument("\(what) on group '\(name)' (rank \(rank) of \(size)): \(problem)")
+        return Work.completed("\(what) on group '\(name)'", error: error)
+    }
+
+    private func dtypeProblem(_ input: CommunicationBuffer, _ output: CommunicationBuffer) -> String? {
+        input.dtype == output.dtype ? nil
+            : "input is \(input.dtype) but output is \(output.dtype); both buffers must have the same dtype (convert one first)"
+    }
+
+    private func countProblem(_ count: Int, _ role: String) -> String? {
+        count <= Int(Int32.max) ? nil
+            : "the \(role) has \(count) elements, more than MPI's 32-bit counts allow (\(Int32.max)); split it into smaller operations"
+    }
+
+    private func rankProblem(_ peer: Int, _ role: String) -> String? {
+        (0..<size).contains(peer) ? nil : "\(role) rank \(peer) is outside the group (ranks 0..<\(size))"
+    }
+
+    private func tagProblem(_ tag: Int) -> String? {
+        let upperBound = MPIRuntime.shared?.tagUpperBound ?? 32767
+        return (0...upperBound).contains(tag) ? nil : "tag \(tag) must be in 0...\(upperBound) (MPI_TAG_UB)"
+    }
+}
+
+// MARK: - The communication thread
+
+/// What starting an operation produced: MPI's return code and what to do once the request completes.
+struct MPIStep {
+    var code: Int32
+    var completion: (() throws -> Void)?
+
+    init(code: Int32, completion: (() throws -> Void)? = nil) {
+        self.code = code
+        self.completion = completion
+    }
+}
+
+/// A queued or running operation; owned by its group's communication thread once submitted.
+final class MPIOperation: @unchecked Sendable {
+    enum Role {
+        case collective
+        case send(peer: Int, tag: Int)
+        case receive(peer: Int, tag: Int, count: Int, datatype: MPI_Datatype)
+    }
+    enum Phase { case waiting, running, cancelling, done }
+
+    let sequence: Int
+    let summary: String
+    let groupName: String
+    let rank: Int
+    let worldRanks: [Int]
+    let role: Role
+    let reads: [MemorySpan]
+    let writes: [MemorySpan]
+    let timeout: Double
+    let deadline: ContinuousClock.Instant
+    let start: (MPI_Comm, MPIScratch, UnsafeMutablePointer<MPI_Request?>) throws -> MPIStep
+    let work: Work
+    let scratch = MPIScratch()
+
+    var phase = Phase.waiting
+    var request: MPI_Request? = convoy_mpi_request_null()
+    var status = MPI_Status()
+    var completion: (() throws -> Void)?
+    var failure: Error?
+
+    init(sequence: Int, summary: String, groupName: String, rank: Int, worldRanks: [Int], role: Role, reads: [MemorySpan],
+         writes: [MemorySpan], timeout: Double, start: @escaping (MPI_Comm, MPIScratch, UnsafeMutablePointer<MPI_Request?>) throws -> MPIStep) {
+        self.sequence = sequence
+        self.summary = summary
+        self.groupName = groupName
+        self.rank = rank
+        self.worldRanks = worldRanks
+        self.role = role
+        self.reads = reads
+        self.writes = writes
+        self.timeout = timeout
+        self.deadline = .now + .seconds(timeout)
+        self.start = start
+        self.work = Work(summary: summary)
+    }
+
+    /// Whether running this and `other` at the same time could let one see the other's half-done writes.
+    func conflicts(with other: MPIOperation) -> Bool {
+        func touches(_ spans: [MemorySpan], _ others: [MemorySpan]) -> Bool { spans.contains { span in others.contains { span.overlaps($0) } } }
+        return touches(writes, other.reads + other.writes) || touches(other.writes, reads)
+    }
+
+    func timeoutError() -> CommunicationError {
+        let limit = "did not complete within \(timeout) s (CommunicationTimeout; CONVOY_COMM_TIMEOUT)"
+        switch role {
+        case .collective:
+            return .timedOut("\(summary) \(limit) on rank \(rank) (world rank \(worldRanks[rank])). MPI cannot tell which ranks of the group have not arrived; rerun with CONVOY_DEBUG_COLLECTIVES=1 to check that every rank of '\(groupName)' issues the same operations in the same order. The group is unusable from now on.")
+        case .send(let peer, let tag):
+            return .timedOut("\(summary) \(limit): rank \(peer) (world rank \(worldRanks[peer])) did not post a matching receive with tag \(tag). The group is unusable from now on.")
+        case .receive(let peer, let tag, _, _):
+            return .timedOut("\(summary) \(limit): no message from rank \(peer) (world rank \(worldRanks[peer])) with tag \(tag) arrived; the receive was cancelled and the group stays usable.")
+        }
+    }
+}
+
+/// The FIFO queue and communication thread of one group.
+final class MPICommunicationEngine: @unchecked Sendable {
+    private let communicator: MPI_Comm
+    private let groupName: String
+    private let freesCommunicator: Bool
+
+    // Shared with issuing threads, guarded by `condition`.
+    private let condition = NSCondition()
+    private var submitted: [MPIOperation] = []
+    private var shuttingDown = false
+
+    // Owned by the communication thread.
+    private var waiting: [MPIOperation] = []
+    private var running: [MPIOperation] = []
+    /// Timed-out operations MPI still holds; tested now and then so their requests are released if they finish.
+    private var abandoned: [MPIOperation] = []
+    private var brokenBy: String?
+
+    /// How long the thread polls with only a yield between tests after the last sign of progress before it
+    /// sleeps between tests. Open MPI advances a non-blocking collective only inside MPI calls, so polling
+    /// tightly while data moves keeps large transfers as fast as a blocking call (which spins as well).
+    private static let spinWindow = Duration.milliseconds(20)
+
+    init(communicator: MPI_Comm, groupName: String, freesCommunicator: Bool) {
+        self.communicator = communicator
+        self.groupName = groupName
+        self.freesCommunicator = freesCommunicator
+        let thread = Thread { [self] in run() }
+        thread.name = "convoy-mpi-\(groupName)"
+        thread.start()
+    }
+
+    func submit(_ operation: MPIOperation) {
+        condition.lock()
+        submitted.append(operation)
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Lets the thread finish the queued work, free the communicator and exit.
+    func shutDown() {
+        condition.lock()
+        shuttingDown = true
+        condition.signal()
+        condition.unlock()
+    }
+
+    private func run() {
+        var lastProgress = ContinuousClock.now
+        while true {
+            condition.lock()
+            while submitted.isEmpty && waiting.isEmpty && running.isEmpty && !shuttingDown {
+                if abandoned.isEmpty {
+                    condition.wait()
+                } else {
+                    _ = condition.wait(until: Date(timeIntervalSinceNow: 0.01))
+                    break
+                }
+            }
+            let arrivals = submitted
+            submitted.removeAll(keepingCapacity: true)
+            let stopping = shuttingDown
+            condition.unlock()
+
+            if !arrivals.isEmpty {
+                waiting.append(contentsOf: arrivals)
+                lastProgress = .now
+            }
+            if stopping && waiting.isEmpty && running.isEmpty {
+                release()
+                return
+            }
+            if step() {
+                lastProgress = .now
+            } else if !waiting.isEmpty || !running.isEmpty {
+                if ContinuousClock.now - lastProgress < Self.spinWindow { sched_yield() } else { usleep(50) }
+            }
+        }
+    }
+
+    /// Starts what may start, tests what runs, enforces deadlines and hands out finished work in issue order.
+    /// Returns whether anything changed.
+    private func step() -> Bool {
+        var progressed = startWaiting()
+        progressed = poll() || progressed
+        progressed = enforceDeadlines() || progressed
+        while let first = running.first, first.phase == .done {
+            running.removeFirst()
+            first.work.finish(error: first.failure)
+            progressed = true
+        }
+        return progressed
+    }
+
+    private func startWaiting() -> Bool {
+        var started = false
+        while let operation = waiting.first {
+            if let brokenBy {
+                operation.failure = CommunicationError.peerFailed("\(operation.summary) was not started: group '\(groupName)' is unusable since \(brokenBy)")
+            } else if ContinuousClock.now >= operation.deadline {
+                let blocker = running.first { $0.phase != .done && $0.conflicts(with: operation) }
+                operation.failure = CommunicationError.timedOut("\(operation.summary) did not start within \(operation.timeout) s: it uses the memory of \(blocker?.summary ?? "an earlier operation"), which was still in flight")
+            } else if running.contains(where: { $0.phase != .done }) {
+                break  // keeps issue order: nothing behind it starts either
+            } else {
+                do {
+                    try MPIRuntime.withLock {
+                        let step = try operation.start(communicator, operation.scratch, &operation.request)
+                        try MPIRuntime.checkLocked(step.code, "starting \(operation.summary)")
+                        operation.completion = step.completion
+                    }
+                    operation.phase = .running
+                } catch {
+                    operation.failure = error
+                }
+            }
+            if operation.failure != nil { operation.phase = .done }
+            waiting.removeFirst()
+            running.append(operation)
+            started = true
+        }
+        return started
+    }
+
+    private func poll() -> Bool {
+        let active = running.filter { $0.phase == .running || $0.phase == .cancelling }
+        guard !active.isEmpty || !abandoned.isEmpty else { return false }
+        var finished: [MPIOperation] = []
+        do {
+            try MPIRuntime.withLock {
+                for operation in active {
+                    var flag: Int32 = 0
+                    let code = MPI_Test(&operation.request, &flag, &operation.status)
+                    if code != convoy_mpi_success() {
+                        operation.failure = MPIRuntime.backendErrorLocked(code: code, operation: operation.summary)
+                        operation.phase = .done
+                        continue
+                    }
+                    guard flag != 0 else { continue }
+                    if operation.phase == .cancelling {
+                        var cancelled: Int32 = 0
+                        _ = MPI_Test_cancelled(&operation.status, &cancelled)
+                        if cancelled != 0 {
+                            operation.failure = operation.timeoutError()
+                            operation.phase = .done
+                            continue
+                        }
+                        // The message arrived before the cancellation took effect: the receive succeeded.
+                    }
+                    if case .receive(_, _, let expected, let datatype) = operation.role {
+                        var received: Int32 = 0
+                        _ = MPI_Get_count(&operation.status, datatype, &received)
+                        if Int(received) != expected {
+                            operation.failure = CommunicationError.mismatch("\(operation.summary): the message holds \(received) elements but the receive buffer \(expected); sender and receiver must agree on the count")
+                            operation.phase = .done
+                            continue
+                        }
+                    }
+                    finished.append(operation)
+                }
+                abandoned.removeAll { operation in
+                    var flag: Int32 = 0
+                    return MPI_Test(&operation.request, &flag, convoy_mpi_status_ignore()) != convoy_mpi_success() || flag != 0
+                }
+            }
+        } catch {
+            // MPI was finalized underneath us: nothing in flight can complete any more.
+            for operation in active where operation.phase != .done {
+                operation.failure = CommunicationError.backend("\(operation.summary) was still in flight when MPI was finalized: \(error)")
+                operation.phase = .done
+            }
+            abandoned.removeAll()
+            return true
+        }
+        for operation in finished {
+            do { try operation.completion?() } catch { operation.failure = error }
+            operation.phase = .done
+        }
+        return !finished.isEmpty || active.contains { $0.phase == .done }
+    }
+
+    private func enforceDeadlines() -> Bool {
+        let now = ContinuousClock.now
+        var changed = false
+        for operation in running where operation.phase == .running && now >= operation.deadline {
+            changed = true
+            if case .receive = operation.role {
+                // An unmatched receive can be withdrawn; the next poll sees whether the cancellation won.
+                let code = (try? MPIRuntime.withLock { MPI_Cancel(&operation.request) }) ?? convoy_mpi_success()
+                if code == convoy_mpi_success() {
+                    operation.phase = .cancelling
+                    continue
+                }
+            }
+            // MPI offers no way to withdraw a started collective (or, portably, a send): it may still use the
+            // memory, so the request is kept and the group refuses further work.
+            operation.failure = operation.timeoutError()
+            operation.phase = .done
+            abandoned.append(operation)
+            brokenBy = operation.summary + " timed out"
+        }
+        for operation in running where operation.phase == .cancelling && now >= operation.deadline + .seconds(5) {
+            operation.failure = operation.timeoutError()
+            operation.phase = .done
+            abandoned.append(operation)
+            brokenBy = operation.summary + " timed out and could not be cancelled"
+            changed = true
+        }
+        return changed
+    }
+
+    private func release() {
+        guard freesCommunicator, brokenBy == nil else { return }
+        var handle: MPI_Comm? = communicator
+        _ = try? MPIRuntime.withLock { MPI_Comm_free(&handle) }
+    }
+}
+
+// MARK: - Helpers
+
+/// Memory that an operation keeps alive until MPI is done with it: Float32 copies of BFloat16 data, count
+/// and displacement arrays (MPI may read them until the operation completes), and a placeholder address
+/// for empty buffers.
+final class MPIScratch {
+    private var allocations: [UnsafeMutableRawPointer] = []
+
+    func bytes(_ count: Int) -> UnsafeMutableRawPointer {
+        let pointer = UnsafeMutableRawPointer.allocate(byteCount: Swift.max(count, 16), alignment: 64)
+        allocations.append(pointer)
+        return pointer
+    }
+
+    func floats(_ count: Int) -> UnsafeMutablePointer<Float> {
+        bytes(count * MemoryLayout<Float>.stride).bindMemory(to: Float.self, capacity: Swift.max(count, 1))
+    }
+
+    func int32s(_ values: [Int32]) -> UnsafeMutablePointer<Int32> {
+        let pointer = bytes(values.count * MemoryLayout<Int32>.stride).bindMemory(to: Int32.self, capacity: Swift.max(values.count, 1))
+        for (index, value) in values.enumerated() { pointer[index] = value }
+        return pointer
+    }
+
+    /// The buffer's address, or a placeholder for an empty buffer without one (MPI wants a valid pointer).
+    func address(of buffer: CommunicationBuffer) -> UnsafeMutableRawPointer {
+        buffer.pointer ?? bytes(0)
+    }
+
+    deinit { allocations.forEach { $0.deallocate() } }
+}
+
+/// The bytes a buffer covers, to find operations that touch the same memory.
+struct MemorySpan {
+    let start: UInt
+    let end: UInt
+
+    init(_ buffer: CommunicationBuffer) {
+        start = buffer.pointer.map { UInt(bitPattern: $0) } ?? 0
+        end = start + UInt(buffer.byteCount)
+    }
+
+    func overlaps(_ other: MemorySpan) -> Bool { start < other.end && other.start < end }
+}
+
+enum BufferMath {
+    static func widen(_ source: UnsafeMutableRawPointer, count: Int, into destination: UnsafeMutablePointer<Float>) {
+        let bits = source.assumingMemoryBound(to: UInt16.self)
+        for index in 0..<count { destination[index] = Float(bitPattern: UInt32(bits[index]) << 16) }
+    }
+
+    static func narrow(_ source: UnsafeMutablePointer<Float>, count: Int, into destination: UnsafeMutableRawPointer, scale: Float) {
+        let bits = destination.assumingMemoryBound(to: UInt16.self)
+        if scale == 1 {
+            for index in 0..<count { bits[index] = BFloat16(source[index]).bitPattern }
+        } else {
+            for index in 0..<count { bits[index] = BFloat16(source[index] * scale).bitPattern }
+        }
+    }
+
+    static func scale(_ values: UnsafeMutablePointer<Float>, count: Int, by factor: Float) {
+        for index in 0..<count { values[index] *= factor }
+    }
+}
+
+extension ReduceOperation {
+    /// Average is a sum scaled by 1/size afterwards.
+    var mpiOperation: MPI_Op {
+        switch self {
+        case .sum, .average: return convoy_mpi_sum()
+        case .max: return convoy_mpi_max()
+        case .min: return convoy_mpi_min()
+        }
+    }
+}
+
+extension DType {
+    /// The MPI type that moves these elements unchanged (BFloat16 as raw 16-bit words).
+    var mpiTransferType: MPI_Datatype {
+        switch self {
+        case .float32: return convoy_mpi_float()
+        case .bfloat16: return convoy_mpi_uint16()
+        }
+    }
+}
+
+extension MPIRuntime {
+    /// Checks a return code, taking the lock only to describe a failure (for calls made outside it).
+    static func checkCall(_ code: Int32, _ operation: String) throws {
+        guard code != convoy_mpi_success() else { return }
+        throw backendError(code: code, operation: operation)
+    }
+}
