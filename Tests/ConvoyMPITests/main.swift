@@ -485,7 +485,7 @@ final class MPIBackendSuite {
                 CommunicationTimeout.set(previous)
                 expectError(work, "a collective a rank skips times out") {
                     guard case .timedOut(let message) = $0 else { return false }
-                    return message.contains("barrier #1 on group 'victim'") && message.contains("CONVOY_DEBUG_COLLECTIVES")
+                    return message.contains("barrier #0 on group 'victim'") && message.contains("CONVOY_DEBUG_COLLECTIVES")
                 }
                 expectError(victim.barrierAsync(), "a group whose collective timed out refuses more work") {
                     if case .peerFailed(let message) = $0 { return message.contains("unusable") }

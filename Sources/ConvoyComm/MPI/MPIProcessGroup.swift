@@ -31,7 +31,9 @@ public final class MPIProcessGroup: ProcessGroup {
     public let name: String
     public let worldRanks: [Int]
     private let engine: MPICommunicationEngine
-    private let nextSequence = Mutex<Int>(0)
+    /// Sequence numbers, counted from 0 as the Local backend does: collectives (split included) agree across
+    /// ranks; sends and receives are counted apart so that they do not shift the collectives' numbers.
+    private let counters = Mutex<(collectives: Int, sends: Int, receives: Int)>((0, 0, 0))
 
     init(communicator: MPI_Comm, name: String, rank: Int, size: Int, worldRanks: [Int], freesCommunicator: Bool) {
         self.rank = rank
@@ -143,7 +145,7 @@ public final class MPIProcessGroup: ProcessGroup {
     // MARK: Point to point
 
     public func sendAsync(_ buffer: CommunicationBuffer, to destination: Int, tag: Int) -> Work {
-        let what = "send \(buffer.dtype) count \(buffer.count) to rank \(destination) tag \(tag)"
+        let what = "send to rank \(destination) tag \(tag) (\(buffer.dtype) count \(buffer.count))"
         if let problem = rankProblem(destination, "destination") ?? tagProblem(tag) ?? countProblem(buffer.count, "buffer") { return rejected(what, problem) }
         return enqueue(what, reads: [buffer], writes: [], role: .send(peer: destination, tag: tag)) { communicator, scratch, request in
             MPIStep(code: MPI_Isend(scratch.address(of: buffer), Int32(buffer.count), buffer.dtype.mpiTransferType, Int32(destination), Int32(tag), communicator, request))
@@ -151,7 +153,7 @@ public final class MPIProcessGroup: ProcessGroup {
     }
 
     public func receiveAsync(_ buffer: CommunicationBuffer, from source: Int, tag: Int) -> Work {
-        let what = "receive \(buffer.dtype) count \(buffer.count) from rank \(source) tag \(tag)"
+        let what = "receive from rank \(source) tag \(tag) (\(buffer.dtype) count \(buffer.count))"
         if let problem = rankProblem(source, "source") ?? tagProblem(tag) ?? countProblem(buffer.count, "buffer") { return rejected(what, problem) }
         return enqueue(what, reads: [], writes: [buffer], role: .receive(peer: source, tag: tag, count: buffer.count, datatype: buffer.dtype.mpiTransferType)) { communicator, scratch, request in
             MPIStep(code: MPI_Irecv(scratch.address(of: buffer), Int32(buffer.count), buffer.dtype.mpiTransferType, Int32(source), Int32(tag), communicator, request))
@@ -182,14 +184,16 @@ public final class MPIProcessGroup: ProcessGroup {
                 guard color32 >= 0 else {
                     // Still a participant in MPI_Comm_split, which is collective over the whole parent group.
                     var none: MPI_Comm? = convoy_mpi_comm_null()
-                    try MPIRuntime.blockingCall { try MPIRuntime.checkCall(MPI_Comm_split(communicator, convoy_mpi_undefined(), key32, &none), "MPI_Comm_split") }
+                    let code = try MPIRuntime.blockingCall { MPI_Comm_split(communicator, convoy_mpi_undefined(), key32, &none) }
+                    try MPIRuntime.checkCall(code, "MPI_Comm_split of group '\(parentName)'")
                     return
                 }
                 // Members as MPI_Comm_split orders them: same colour, by (key, parent rank).
                 let members = (0..<size).filter { everyone[2 * $0] == color32 }
                     .sorted { (everyone[2 * $0 + 1], $0) < (everyone[2 * $1 + 1], $1) }
                 var newCommunicator: MPI_Comm? = convoy_mpi_comm_null()
-                try MPIRuntime.blockingCall { try MPIRuntime.checkCall(MPI_Comm_split(communicator, color32, key32, &newCommunicator), "MPI_Comm_split") }
+                let code = try MPIRuntime.blockingCall { MPI_Comm_split(communicator, color32, key32, &newCommunicator) }
+                try MPIRuntime.checkCall(code, "MPI_Comm_split of group '\(parentName)'")
                 guard let newCommunicator, newCommunicator != convoy_mpi_comm_null() else {
                     throw CommunicationError.backend("MPI_Comm_split of group '\(parentName)' returned no communicator for colour \(color)")
                 }
@@ -216,11 +220,27 @@ public final class MPIProcessGroup: ProcessGroup {
 
     private func enqueue(_ what: String, reads: [CommunicationBuffer], writes: [CommunicationBuffer], role: MPIOperation.Role,
                          start: @escaping (MPI_Comm, MPIScratch, UnsafeMutablePointer<MPI_Request?>) throws -> MPIStep) -> Work {
-        let sequence = nextSequence.withLock { value in
-            value += 1
-            return value
+        let sequence = counters.withLock { counters in
+            switch role {
+            case .collective:
+                defer { counters.collectives += 1 }
+                return counters.collectives
+            case .send:
+                defer { counters.sends += 1 }
+                return counters.sends
+            case .receive:
+                defer { counters.receives += 1 }
+                return counters.receives
+            }
         }
-        let summary = "\(what.split(separator: " ").first.map(String.init) ?? what) #\(sequence) on group '\(name)' (\(what))"
+        // "all-reduce float32 count 7 sum #3 on group 'dp' (rank 1)", "receive #0 from rank 2 tag 5 (...) ...".
+        let summary: String
+        if case .collective = role {
+            summary = "\(what) #\(sequence) on group '\(name)' (rank \(rank))"
+        } else {
+            let verb = what.prefix { $0 != " " }
+            summary = "\(verb) #\(sequence)\(what.dropFirst(verb.count)) on group '\(name)' (rank \(rank))"
+        }
         let operation = MPIOperation(
             sequence: sequence, summary: summary, groupName: name, rank: rank, worldRanks: worldRanks, role: role,
             reads: reads.map(MemorySpan.init), writes: writes.map(MemorySpan.init),
@@ -230,8 +250,8 @@ public final class MPIProcessGroup: ProcessGroup {
     }
 
     private func rejected(_ what: String, _ problem: String) -> Work {
-        let error = CommunicationError.invalidArgument("\(what) on group '\(name)' (rank \(rank) of \(size)): \(problem)")
-        return Work.completed("\(what) on group '\(name)'", error: error)
+        let summary = "\(what) on group '\(name)' (rank \(rank) of \(size))"
+        return Work.completed(summary, error: CommunicationError.invalidArgument("\(summary): \(problem)"))
     }
 
     private func dtypeProblem(_ input: CommunicationBuffer, _ output: CommunicationBuffer) -> String? {
@@ -322,7 +342,7 @@ final class MPIOperation: @unchecked Sendable {
         let limit = "did not complete within \(timeout) s (CommunicationTimeout; CONVOY_COMM_TIMEOUT)"
         switch role {
         case .collective:
-            return .timedOut("\(summary) \(limit) on rank \(rank) (world rank \(worldRanks[rank])). MPI cannot tell which ranks of the group have not arrived; rerun with CONVOY_DEBUG_COLLECTIVES=1 to check that every rank of '\(groupName)' issues the same operations in the same order. The group is unusable from now on.")
+            return .timedOut("\(summary) \(limit). MPI cannot tell which ranks of the group have not arrived; rerun with CONVOY_DEBUG_COLLECTIVES=1 to check that every rank of '\(groupName)' issues the same operations in the same order. The group is unusable from now on.")
         case .send(let peer, let tag):
             return .timedOut("\(summary) \(limit): rank \(peer) (world rank \(worldRanks[peer])) did not post a matching receive with tag \(tag). The group is unusable from now on.")
         case .receive(let peer, let tag, _, _):
@@ -353,6 +373,8 @@ final class MPICommunicationEngine: @unchecked Sendable {
     /// sleeps between tests. Open MPI advances a non-blocking collective only inside MPI calls, so polling
     /// tightly while data moves keeps large transfers as fast as a blocking call (which spins as well).
     private static let spinWindow = Duration.milliseconds(20)
+    /// How long an idle thread keeps looking for new work before it sleeps on the queue.
+    private static let idleSpinWindow = Duration.microseconds(200)
 
     init(communicator: MPI_Comm, groupName: String, freesCommunicator: Bool) {
         self.communicator = communicator
@@ -382,6 +404,13 @@ final class MPICommunicationEngine: @unchecked Sendable {
         var lastProgress = ContinuousClock.now
         while true {
             condition.lock()
+            if submitted.isEmpty && waiting.isEmpty && running.isEmpty && !shuttingDown
+                && ContinuousClock.now - lastProgress < Self.idleSpinWindow {
+                // Work often comes in bursts (gradient buckets): catch the next item without a wake-up.
+                condition.unlock()
+                sched_yield()
+                continue
+            }
             while submitted.isEmpty && waiting.isEmpty && running.isEmpty && !shuttingDown {
                 if abandoned.isEmpty {
                     condition.wait()
@@ -433,7 +462,7 @@ final class MPICommunicationEngine: @unchecked Sendable {
             } else if ContinuousClock.now >= operation.deadline {
                 let blocker = running.first { $0.phase != .done && $0.conflicts(with: operation) }
                 operation.failure = CommunicationError.timedOut("\(operation.summary) did not start within \(operation.timeout) s: it uses the memory of \(blocker?.summary ?? "an earlier operation"), which was still in flight")
-            } else if running.contains(where: { $0.phase != .done }) {
+            } else if running.contains(where: { $0.phase != .done && $0.conflicts(with: operation) }) {
                 break  // keeps issue order: nothing behind it starts either
             } else {
                 do {
@@ -636,7 +665,7 @@ extension DType {
 }
 
 extension MPIRuntime {
-    /// Checks a return code, taking the lock only to describe a failure (for calls made outside it).
+    /// Checks a return code, taking the lock only to describe a failure (call it without holding the lock).
     static func checkCall(_ code: Int32, _ operation: String) throws {
         guard code != convoy_mpi_success() else { return }
         throw backendError(code: code, operation: operation)
