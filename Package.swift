@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "ConvoyTensor", targets: ["ConvoyTensor"]),
         .library(name: "ConvoyNN", targets: ["ConvoyNN"]),
         .library(name: "ConvoyComm", targets: ["ConvoyComm"]),
+        .library(name: "ConvoyParallel", targets: ["ConvoyParallel"]),
         .library(name: "ConvoyTrain", targets: ["ConvoyTrain"]),
     ],
     dependencies: [
@@ -39,8 +40,12 @@ let package = Package(
             dependencies: ["ConvoyTensor", "CMPI"]
         ),
         .target(
+            name: "ConvoyParallel",
+            dependencies: ["ConvoyComm", "ConvoyNN", "ConvoyTensor"]
+        ),
+        .target(
             name: "ConvoyTrain",
-            dependencies: ["ConvoyNN", "ConvoyTensor", .product(name: "TOMLKit", package: "TOMLKit")]
+            dependencies: ["ConvoyParallel", "ConvoyComm", "ConvoyNN", "ConvoyTensor", .product(name: "TOMLKit", package: "TOMLKit")]
         ),
         .executableTarget(
             name: "convoy",
@@ -58,6 +63,7 @@ let package = Package(
             resources: [.copy("Fixtures")]
         ),
         .testTarget(name: "ConvoyCommTests", dependencies: ["ConvoyComm", "ConvoyTensor"]),
+        .testTarget(name: "ConvoyParallelTests", dependencies: ["ConvoyParallel", "ConvoyComm", "ConvoyNN", "ConvoyTensor"]),
         .testTarget(name: "ConvoyTrainTests", dependencies: ["ConvoyTrain", "ConvoyNN", "ConvoyTensor"]),
     ]
 )

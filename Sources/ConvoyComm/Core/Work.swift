@@ -21,9 +21,18 @@ public final class Work: @unchecked Sendable {
         return work
     }
 
+    /// When the operation finished (`DispatchTime` uptime nanoseconds), for timelines.
+    public var completionTime: UInt64? {
+        condition.lock()
+        defer { condition.unlock() }
+        return finishedAt
+    }
+    private var finishedAt: UInt64?
+
     /// Marks the operation finished (called by the backend).
     public func finish(error: Error? = nil) {
         condition.lock()
+        finishedAt = DispatchTime.now().uptimeNanoseconds
         finished = true
         failure = error
         condition.broadcast()

@@ -23,6 +23,9 @@ public final class Tensor: @unchecked Sendable {
     public var grad: Tensor?
     /// An optional name, used in error messages and by modules (e.g. `h.0.attn.c_attn.weight`).
     public var name: String?
+    /// Marks a parameter that is already sharded across a model-parallel group (a tensor-parallel shard):
+    /// data parallelism does not reduce it.
+    public var isDistributed = false
 
     /// The tape entry that produced this tensor (nil for leaves).
     var gradNode: GradNode?

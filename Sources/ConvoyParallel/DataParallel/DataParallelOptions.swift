@@ -1,0 +1,35 @@
+/// On, off, or decided by Convoy (on when the world has more than one rank: there is nothing to fuse for).
+public enum FusionChoice: String, Sendable, CaseIterable {
+    case automatic = "auto"
+    case on
+    case off
+
+    /// Whether fusion is used for a world of `ranks` ranks.
+    public func isEnabled(ranks: Int) -> Bool {
+        switch self {
+        case .automatic: return ranks > 1
+        case .on: return true
+        case .off: return false
+        }
+    }
+}
+
+/// How data parallelism reduces gradients (TOML `[parallel.ddp]`).
+public struct DataParallelOptions: Sendable, Equatable {
+    /// Group gradients into buckets (on) or all-reduce each parameter separately (off).
+    public var bucketing = true
+    /// Cap of the first bucket in MiB: small, so the first reduction starts early in backward.
+    public var firstBucketCapMB: Double = 1
+    /// Cap of the other buckets in MiB.
+    public var bucketCapMB: Double = 25
+    /// Launch each bucket's all-reduce as soon as it is complete, overlapping the rest of backward.
+    public var overlapGradReduce = true
+    /// Keep all gradients of a dtype in one contiguous buffer (grads are views; buckets are slices).
+    public var fuseAllReduce: FusionChoice = .automatic
+    /// Use the flat-buffer optimizers.
+    public var fuseOptimizer: FusionChoice = .automatic
+    /// Mark parameters that got no gradient as ready with a zero gradient instead of failing.
+    public var findUnusedParameters = false
+
+    public init() {}
+}
