@@ -27,6 +27,8 @@ struct LaunchCommand: ParsableCommand {
         var arguments = ["mpirun", "-np", String(n)]
         if getuid() == 0 { arguments.append("--allow-run-as-root") }
         if let hostfile { arguments += ["--hostfile", hostfile] } else if n > ProcessInfo.processInfo.activeProcessorCount { arguments.append("--oversubscribe") }
+        // Convoy's settings (timeouts, collective debugging) must be the same on every rank, remote ones included.
+        for name in ProcessInfo.processInfo.environment.keys.sorted() where name.hasPrefix("CONVOY_") { arguments += ["-x", name] }
         return arguments + words
     }
 

@@ -1,5 +1,7 @@
 import ArgumentParser
+import ConvoyComm
 import ConvoyTensor
+import ConvoyNN
 import ConvoyTrain
 import Foundation
 
@@ -37,7 +39,17 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Directory of the run's outputs (config.toml, metrics.jsonl, periodic checkpoint).") var output: String?
     @Option(help: "Directory of the final checkpoint (default: <output>/final).") var save: String?
     @Option(help: "Resume from this checkpoint directory.") var resume: String?
-    @Option(help: "Compute threads (default: CONVOY_THREADS or all cores).") var threads: Int?
+    @Option(help: "Compute threads (default: CONVOY_THREADS or all cores); with --dp on Local ranks, shared among the ranks.") var threads: Int?
+    @Option(help: "Data-parallel ranks (Local: threads of this process; under mpirun: the world size).") var dp: Int?
+    @Option(help: "Communication backend: local or mpi (default: mpi under mpirun, else local).") var backend: String?
+    @Option(help: "Bucket gradients (true/false).") var bucketing: String?
+    @Option(name: .customLong("first-bucket-cap-mb"), help: "Cap of the first gradient bucket in MiB.") var firstBucketCapMB: Double?
+    @Option(name: .customLong("bucket-cap-mb"), help: "Cap of the other gradient buckets in MiB.") var bucketCapMB: Double?
+    @Option(name: .customLong("overlap-grad-reduce"), help: "Overlap bucket all-reduces with backward (true/false).") var overlapGradReduce: String?
+    @Option(name: .customLong("fuse-all-reduce"), help: "One contiguous gradient buffer: auto, on or off.") var fuseAllReduce: String?
+    @Option(name: .customLong("fuse-optimizer"), help: "Flat-buffer optimizer: auto, on or off.") var fuseOptimizer: String?
+    @Option(name: .customLong("find-unused-parameters"), help: "Allow parameters without gradients (true/false).") var findUnusedParameters: String?
+    @Option(help: "Write a Chrome trace (chrome://tracing, Perfetto) of forward, backward, all-reduces and optimizer steps.") var trace: String?
 
     func run() throws {
         var flags: [(flag: String, value: String)] = []
@@ -48,13 +60,49 @@ struct TrainCommand: ParsableCommand {
         add("--schedule", schedule); add("--warmup", warmup); add("--weight-decay", weightDecay); add("--grad-clip", gradClip)
         add("--optimizer", optimizer); add("--seed", seed); add("--eval-every", evalEvery); add("--checkpoint-every", checkpointEvery)
         add("--log-every", logEvery); add("--output", output); add("--save", save); add("--threads", threads)
+        add("--dp", dp); add("--backend", backend); add("--bucketing", bucketing); add("--first-bucket-cap-mb", firstBucketCapMB)
+        add("--bucket-cap-mb", bucketCapMB); add("--overlap-grad-reduce", overlapGradReduce); add("--fuse-all-reduce", fuseAllReduce)
+        add("--fuse-optimizer", fuseOptimizer); add("--find-unused-parameters", findUnusedParameters); add("--trace", trace)
         let configuration = try TrainingSettings.resolve(configFile: config, flags: flags)
-        if let threads = configuration.threads { ComputePool.setSharedThreadCount(threads) }
-
+        let timeline = configuration.trace == nil ? nil : Timeline()
         let display = ProgressDisplay(plainEvery: configuration.logEvery)
-        let trainer = try Trainer(configuration: configuration, resume: resume, display: display)
-        if trainer.firstStep > 0 { display.message("resumed from \(resume!) at step \(trainer.firstStep)") }
-        let summary = try trainer.run()
+
+        let summary: TrainingSummary
+        switch try CommunicationBackend.resolve(configuration.backend) {
+        case .local:
+            let ranks = configuration.dp ?? 1
+            let threads = configuration.threads ?? ComputePool.defaultThreadCount
+            if ranks == 1 {
+                ComputePool.setSharedThreadCount(threads)
+                let trainer = try Trainer(configuration: configuration, resume: resume, display: display, timeline: timeline)
+                if trainer.firstStep > 0 { display.message("resumed from \(resume!) at step \(trainer.firstStep)") }
+                summary = try trainer.run()
+            } else {
+                // Validate before starting any rank, so a bad configuration fails once, clearly.
+                _ = try DistributedSampler(globalBatch: configuration.batch, worldSize: ranks, rank: 0, microBatches: configuration.accumulateSteps)
+                let resume = self.resume
+                let summaries = try LocalWorld.run(size: ranks, threadsPerRank: max(1, threads / ranks)) { group in
+                    let trainer = try Trainer(configuration: configuration, group: group, resume: resume, display: display, timeline: timeline)
+                    if trainer.firstStep > 0 && group.rank == 0 { display.message("resumed from \(resume!) at step \(trainer.firstStep)") }
+                    return try trainer.run()
+                }
+                summary = summaries[0]
+            }
+        case .mpi:
+            let runtime = try MPIRuntime.initialize()
+            let world = runtime.worldGroup()
+            if let threads = configuration.threads { ComputePool.setSharedThreadCount(threads) }
+            let trainer = try Trainer(configuration: configuration, group: world, resume: resume, display: display, timeline: timeline)
+            summary = try trainer.run()
+            if world.rank != 0 {
+                if let timeline, let path = configuration.trace { try AtomicFile.write(timeline.chromeTraceJSON(), to: path + ".rank\(world.rank).json") }
+                return
+            }
+        }
+        if let timeline, let path = configuration.trace {
+            try AtomicFile.write(timeline.chromeTraceJSON(), to: path)
+            display.message("trace: \(path) (open in chrome://tracing or ui.perfetto.dev)")
+        }
         var lines = [String(format: "trained %d steps in %@ (%.0f tokens/s); final loss %.4f", summary.steps, ProgressDisplay.duration(summary.seconds), summary.tokensPerSecond, summary.finalLoss)]
         if let validation = summary.validationLoss { lines.append(String(format: "validation loss %.4f", validation)) }
         if let report = summary.arithmetic {

@@ -101,6 +101,9 @@ final class MPIBackendSuite {
         testMPIErrorsComeBack(world)
         testReceiveTimeout(world)
         testCollectiveTimeout(world)
+        testDebugModeChangesNoResults(world)
+        testDebugModeCatchesMismatches(world)
+        testDebugModeTimeout(world)
 
         // Sum the tallies over the world; rank 0 reports.
         let totals = TestBuffer(.float32, count: 2) { $0 == 0 ? Float(passed) : Float(failed) }
@@ -425,6 +428,18 @@ final class MPIBackendSuite {
             check(work.isCompleted, label + " (at once)")
             expectError(work, label, matches: isInvalidArgument)
         }
+        // A message to or from the rank itself is refused (as the Local backend does), saying why.
+        let toSelf: [(String, Work)] = [
+            ("send to the rank itself is rejected", group.sendAsync(floats.buffer, to: rank, tag: 0)),
+            ("receive from the rank itself is rejected", group.receiveAsync(floats.buffer, from: rank, tag: 0)),
+        ]
+        for (label, work) in toSelf {
+            check(work.isCompleted, label + " (at once)")
+            expectError(work, label) { error in
+                guard case .invalidArgument(let message) = error else { return false }
+                return message.contains("group 'world'") && message.contains("rank \(self.rank) is this rank itself")
+            }
+        }
         // The refusals took no part in the group's sequence: a collective still lines up across ranks.
         check(attempt("barrier after rejected calls") { try group.barrier() }, "group usable after rejected calls")
     }
@@ -452,6 +467,155 @@ final class MPIBackendSuite {
         check(attempt("barrier after MPI errors") { try group.barrier() }, "group usable after MPI errors")
     }
 
+    // MARK: Debug mode
+
+    /// With the debug mode on, rank 0 skips a collective: the others time out in the descriptor exchange,
+    /// which says so. Rank 0 joins late: its exchange completes against the others' abandoned one, and then
+    /// its barrier times out alone, saying that every rank issued it.
+    private func testDebugModeTimeout(_ world: MPIProcessGroup) {
+        guard size > 1 else { return }
+        withDebugMode {
+            do {
+                guard let victim = try world.split(color: 0, key: rank, name: "debug-victim") else { return fail("debug mode: timeout", "split gave nil") }
+                let previous = CommunicationTimeout.seconds
+                if rank != 0 {
+                    CommunicationTimeout.set(1)
+                    let work = victim.barrierAsync()
+                    CommunicationTimeout.set(previous)
+                    expectError(work, "debug mode: a collective a rank skips times out in the descriptor exchange") {
+                        guard case .timedOut(let message) = $0 else { return false }
+                        return message.contains("barrier #0 on group 'debug-victim'") && message.contains("exchanged descriptors")
+                    }
+                }
+                try world.barrier()
+                if rank == 0 {
+                    CommunicationTimeout.set(1)
+                    let work = victim.barrierAsync()
+                    CommunicationTimeout.set(previous)
+                    expectError(work, "debug mode: a late rank passes the check, then times out alone") {
+                        guard case .timedOut(let message) = $0 else { return false }
+                        return message.contains("barrier #0 on group 'debug-victim'") && message.contains("every rank of 'debug-victim' issued it")
+                    }
+                }
+                try world.barrier()
+            } catch {
+                fail("debug mode: timeout", "threw \(error)")
+            }
+        }
+    }
+
+    /// Runs `body` with the collective debug mode on, restoring the previous setting afterwards.
+    private func withDebugMode(_ body: () throws -> Void) rethrows {
+        let previous = CollectiveDebugging.isEnabled
+        CollectiveDebugging.set(true)
+        defer { CollectiveDebugging.set(previous) }
+        check(CollectiveDebugging.isEnabled, "debug mode: set(true) turns it on")
+        try body()
+    }
+
+    /// With the debug mode on, matching collectives (a burst in flight together, sends and receives between
+    /// them, a split) give exactly the results of the reference.
+    private func testDebugModeChangesNoResults(_ world: MPIProcessGroup) {
+        let label = "debug mode: matching collectives"
+        let rank = self.rank, size = self.size
+        withDebugMode {
+            do {
+                let count = 1001
+                let reduced = TestBuffer(.float32, count: count) { value(rank: rank, index: $0, salt: 40) }
+                let maxed = TestBuffer(.bfloat16, count: 13) { value(rank: rank, index: $0, salt: 41) }
+                let scatterInput = TestBuffer(.float32, count: 37) { value(rank: rank, index: $0, salt: 42) }
+                let chunk = ChunkLayout.range(total: 37, parts: size, rank: rank)
+                let scattered = TestBuffer(.float32, count: chunk.count)
+                let gatherChunk = ChunkLayout.range(total: 11, parts: size, rank: rank)
+                let gatherInput = TestBuffer(.bfloat16, count: gatherChunk.count) { value(rank: rank, index: gatherChunk.lowerBound + $0, salt: 43) }
+                let gathered = TestBuffer(.bfloat16, count: 11)
+                let broadcasted = TestBuffer(.float32, count: 5) { value(rank: rank, index: $0, salt: 44) }
+                let outgoing = TestBuffer(.float32, count: 9) { value(rank: rank, index: $0, salt: 45) }
+                let incoming = TestBuffer(.float32, count: 9)
+                let next = (rank + 1) % size, previous = (rank + size - 1) % size
+                var works = [
+                    world.allReduceAsync(reduced.buffer, operation: .sum),
+                    world.allReduceAsync(maxed.buffer, operation: .max),
+                ]
+                if size > 1 {  // point-to-point work may start while a collective's check is in flight
+                    works.append(world.receiveAsync(incoming.buffer, from: previous, tag: 46))
+                    works.append(world.sendAsync(outgoing.buffer, to: next, tag: 46))
+                }
+                works += [
+                    world.reduceScatterAsync(input: scatterInput.buffer, output: scattered.buffer, operation: .sum),
+                    world.allGatherAsync(input: gatherInput.buffer, output: gathered.buffer),
+                    world.broadcastAsync(broadcasted.buffer, root: size - 1),
+                    world.barrierAsync(),
+                ]
+                for work in works { try work.wait() }
+                compare(reduced, label + ": all-reduce sum") { index in (0..<size).map { value(rank: $0, index: index, salt: 40) }.reduce(0, +) }
+                compare(maxed, label + ": all-reduce max") { index in (0..<size).map { value(rank: $0, index: index, salt: 41) }.max()! }
+                compare(scattered, label + ": reduce-scatter") { index in
+                    (0..<size).map { value(rank: $0, index: chunk.lowerBound + index, salt: 42) }.reduce(0, +)
+                }
+                var owner = [Int](repeating: 0, count: 11)
+                for peer in 0..<size { for index in ChunkLayout.range(total: 11, parts: size, rank: peer) { owner[index] = peer } }
+                compare(gathered, label + ": all-gather") { value(rank: owner[$0], index: $0, salt: 43) }
+                compare(broadcasted, label + ": broadcast") { value(rank: size - 1, index: $0, salt: 44) }
+                if size > 1 { compare(incoming, label + ": send/receive") { value(rank: previous, index: $0, salt: 45) } }
+
+                // A split is checked too, and the new group works.
+                if let half = try world.split(color: rank % 2, key: rank, name: "debug-half") {
+                    let ranks = TestBuffer(.float32, count: 1) { _ in Float(rank) }
+                    try half.allReduce(ranks.buffer, operation: .sum)
+                    check(ranks[0] == Float(half.worldRanks.reduce(0, +)), label + ": split and all-reduce in the sub-group", "got \(ranks[0])")
+                } else {
+                    fail(label + ": split", "got nil")
+                }
+            } catch {
+                fail(label, "threw \(error)")
+            }
+        }
+    }
+
+    /// With the debug mode on, ranks that issue different collectives all get a mismatch error naming the
+    /// group, the sequence number and both sides; the data is untouched (the real collective never started)
+    /// and the group refuses further work. Each case uses a fresh group, since a mismatch breaks it.
+    private func testDebugModeCatchesMismatches(_ world: MPIProcessGroup) {
+        guard size > 1 else { return }
+        let rank = self.rank
+        withDebugMode {
+            do {
+                // Rank 0 all-reduces 10 elements, the others 12.
+                guard let countGroup = try world.split(color: 0, key: rank, name: "debug-count") else { return fail("debug mode: count mismatch", "split gave nil") }
+                let count = rank == 0 ? 10 : 12
+                let data = TestBuffer(.float32, count: count) { value(rank: rank, index: $0, salt: 50) }
+                expectError(countGroup.allReduceAsync(data.buffer, operation: .sum), "debug mode: a mismatched count is caught on every rank") { error in
+                    guard case .mismatch(let message) = error else { return false }
+                    return message.contains("group 'debug-count'") && message.contains("operation #0")
+                        && message.contains("rank 0 issued all-reduce float32 count 10 sum")
+                        && message.contains("rank 1 issued all-reduce float32 count 12 sum")
+                }
+                compare(data, "debug mode: a mismatched all-reduce leaves the data untouched") { value(rank: rank, index: $0, salt: 50) }
+                expectError(countGroup.barrierAsync(), "debug mode: a group with a mismatch refuses more work") { error in
+                    guard case .peerFailed(let message) = error else { return false }
+                    return message.contains("unusable") && message.contains("mismatch")
+                }
+
+                // Rank 0 all-reduces, the others broadcast.
+                guard let kindGroup = try world.split(color: 0, key: rank, name: "debug-kind") else { return fail("debug mode: kind mismatch", "split gave nil") }
+                let buffer = TestBuffer(.float32, count: 10) { value(rank: rank, index: $0, salt: 51) }
+                let work = rank == 0 ? kindGroup.allReduceAsync(buffer.buffer, operation: .sum) : kindGroup.broadcastAsync(buffer.buffer, root: 0)
+                expectError(work, "debug mode: a mismatched kind is caught on every rank") { error in
+                    guard case .mismatch(let message) = error else { return false }
+                    return message.contains("group 'debug-kind'") && message.contains("rank 0 issued all-reduce float32 count 10 sum")
+                        && message.contains("rank 1 issued broadcast float32 count 10 root 0")
+                }
+                compare(buffer, "debug mode: a mismatched broadcast leaves the data untouched") { value(rank: rank, index: $0, salt: 51) }
+
+                // The world, whose collectives all matched, still works.
+                check(attempt("world barrier after mismatches") { try world.barrier() }, "debug mode: other groups unaffected by a mismatch")
+            } catch {
+                fail("debug mode: mismatches", "threw \(error)")
+            }
+        }
+    }
+
     // MARK: Timeouts
 
     /// Rank 0 waits on a receive nobody sends: a timeout error naming the group, the operation and its
@@ -474,8 +638,12 @@ final class MPIBackendSuite {
 
     /// Rank 0 skips a collective: the others get a timeout error saying MPI cannot name the missing ranks; the
     /// group then refuses work. Rank 0 joins late, which completes the abandoned barrier on the others.
+    /// (Without the debug mode, whatever CONVOY_DEBUG_COLLECTIVES says: it is what this case is about.)
     private func testCollectiveTimeout(_ world: MPIProcessGroup) {
         guard size > 1 else { return }
+        let debugging = CollectiveDebugging.isEnabled
+        CollectiveDebugging.set(false)
+        defer { CollectiveDebugging.set(debugging) }
         do {
             guard let victim = try world.split(color: 0, key: rank, name: "victim") else { return fail("collective timeout", "split gave nil") }
             if rank != 0 {

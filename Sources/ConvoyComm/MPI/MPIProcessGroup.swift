@@ -25,6 +25,14 @@ import Synchronization
 /// not arrived, so the message says so and points at `CONVOY_DEBUG_COLLECTIVES=1`. A timed-out receive is
 /// cancelled and the group stays usable; a timed-out collective or send cannot be withdrawn from MPI (which
 /// may still read or write its memory), so the group is broken from then on and later operations fail fast.
+///
+/// Debug mode (``CollectiveDebugging``, `CONVOY_DEBUG_COLLECTIVES=1`, read when each operation is issued):
+/// every collective (split and barrier included) first all-gathers a compact encoding of its
+/// ``CollectiveDescriptor`` and sequence number among the ranks, under the same timeout, and starts only if
+/// all ranks issued the same thing; otherwise every rank fails it with ``CommunicationError/mismatch(_:)``
+/// naming both sides, and the group refuses further work. A mismatched count thus never reaches MPI. While a
+/// collective's check is in flight the next collective waits (sends and receives need not), which keeps the
+/// order of collectives on the communicator the same on every rank. With the mode off nothing is exchanged.
 public final class MPIProcessGroup: ProcessGroup {
     public let rank: Int
     public let size: Int
@@ -40,7 +48,7 @@ public final class MPIProcessGroup: ProcessGroup {
         self.size = size
         self.name = name
         self.worldRanks = worldRanks
-        self.engine = MPICommunicationEngine(communicator: communicator, groupName: name, freesCommunicator: freesCommunicator)
+        self.engine = MPICommunicationEngine(communicator: communicator, groupName: name, groupSize: size, freesCommunicator: freesCommunicator)
     }
 
     deinit { engine.shutDown() }
@@ -51,7 +59,7 @@ public final class MPIProcessGroup: ProcessGroup {
         let descriptor = CollectiveDescriptor(kind: .allReduce, dtype: buffer.dtype, count: buffer.count, operation: operation)
         if let problem = countProblem(buffer.count, "buffer") { return rejected(descriptor.description, problem) }
         let size = self.size
-        return enqueue(descriptor.description, reads: [], writes: [buffer], role: .collective) { communicator, scratch, request in
+        return enqueue(descriptor.description, reads: [], writes: [buffer], role: .collective(descriptor)) { communicator, scratch, request in
             let count = Int32(buffer.count)
             switch buffer.dtype {
             case .float32:
@@ -77,7 +85,7 @@ public final class MPIProcessGroup: ProcessGroup {
             return rejected(descriptor.description, "output has \(output.count) elements but rank \(rank)'s chunk of a \(input.count)-element input cut \(size) ways is \(chunk.count) elements (ChunkLayout.range(total: \(input.count), parts: \(size), rank: \(rank)) = \(chunk)); size the output to that chunk")
         }
         let size = self.size
-        return enqueue(descriptor.description, reads: [input], writes: [output], role: .collective) { communicator, scratch, request in
+        return enqueue(descriptor.description, reads: [input], writes: [output], role: .collective(descriptor)) { communicator, scratch, request in
             let counts = scratch.int32s((0..<size).map { Int32(ChunkLayout.range(total: input.count, parts: size, rank: $0).count) })
             let scale: Float = operation == .average ? 1 / Float(size) : 1
             switch input.dtype {
@@ -102,14 +110,15 @@ public final class MPIProcessGroup: ProcessGroup {
     }
 
     public func allGatherAsync(input: CommunicationBuffer, output: CommunicationBuffer) -> Work {
-        let descriptor = CollectiveDescriptor(kind: .allGather, dtype: input.dtype, count: input.count)
+        // The output's count, as the Local backend describes it: ranks' inputs differ when the size does not divide it.
+        let descriptor = CollectiveDescriptor(kind: .allGather, dtype: output.dtype, count: output.count)
         if let problem = dtypeProblem(input, output) ?? countProblem(output.count, "output") { return rejected(descriptor.description, problem) }
         let chunk = ChunkLayout.range(total: output.count, parts: size, rank: rank)
         guard input.count == chunk.count else {
             return rejected(descriptor.description, "input has \(input.count) elements but rank \(rank)'s chunk of a \(output.count)-element output cut \(size) ways is \(chunk.count) elements (ChunkLayout.range(total: \(output.count), parts: \(size), rank: \(rank)) = \(chunk)); size the input to that chunk")
         }
         let size = self.size
-        return enqueue(descriptor.description, reads: [input], writes: [output], role: .collective) { communicator, scratch, request in
+        return enqueue(descriptor.description, reads: [input], writes: [output], role: .collective(descriptor)) { communicator, scratch, request in
             let ranges = (0..<size).map { ChunkLayout.range(total: output.count, parts: size, rank: $0) }
             let counts = scratch.int32s(ranges.map { Int32($0.count) })
             let displacements = scratch.int32s(ranges.map { Int32($0.lowerBound) })
@@ -131,13 +140,14 @@ public final class MPIProcessGroup: ProcessGroup {
         let descriptor = CollectiveDescriptor(kind: .broadcast, dtype: buffer.dtype, count: buffer.count, root: root)
         if let problem = rankProblem(root, "root") ?? countProblem(buffer.count, "buffer") { return rejected(descriptor.description, problem) }
         let isRoot = root == rank
-        return enqueue(descriptor.description, reads: isRoot ? [buffer] : [], writes: isRoot ? [] : [buffer], role: .collective) { communicator, scratch, request in
+        return enqueue(descriptor.description, reads: isRoot ? [buffer] : [], writes: isRoot ? [] : [buffer], role: .collective(descriptor)) { communicator, scratch, request in
             MPIStep(code: MPI_Ibcast(scratch.address(of: buffer), Int32(buffer.count), buffer.dtype.mpiTransferType, Int32(root), communicator, request))
         }
     }
 
     public func barrierAsync() -> Work {
-        enqueue(CollectiveDescriptor(kind: .barrier).description, reads: [], writes: [], role: .collective) { communicator, _, request in
+        let descriptor = CollectiveDescriptor(kind: .barrier)
+        return enqueue(descriptor.description, reads: [], writes: [], role: .collective(descriptor)) { communicator, _, request in
             MPIStep(code: MPI_Ibarrier(communicator, request))
         }
     }
@@ -146,7 +156,7 @@ public final class MPIProcessGroup: ProcessGroup {
 
     public func sendAsync(_ buffer: CommunicationBuffer, to destination: Int, tag: Int) -> Work {
         let what = "send to rank \(destination) tag \(tag) (\(buffer.dtype) count \(buffer.count))"
-        if let problem = rankProblem(destination, "destination") ?? tagProblem(tag) ?? countProblem(buffer.count, "buffer") { return rejected(what, problem) }
+        if let problem = peerProblem(destination, "destination") ?? tagProblem(tag) ?? countProblem(buffer.count, "buffer") { return rejected(what, problem) }
         return enqueue(what, reads: [buffer], writes: [], role: .send(peer: destination, tag: tag)) { communicator, scratch, request in
             MPIStep(code: MPI_Isend(scratch.address(of: buffer), Int32(buffer.count), buffer.dtype.mpiTransferType, Int32(destination), Int32(tag), communicator, request))
         }
@@ -154,7 +164,7 @@ public final class MPIProcessGroup: ProcessGroup {
 
     public func receiveAsync(_ buffer: CommunicationBuffer, from source: Int, tag: Int) -> Work {
         let what = "receive from rank \(source) tag \(tag) (\(buffer.dtype) count \(buffer.count))"
-        if let problem = rankProblem(source, "source") ?? tagProblem(tag) ?? countProblem(buffer.count, "buffer") { return rejected(what, problem) }
+        if let problem = peerProblem(source, "source") ?? tagProblem(tag) ?? countProblem(buffer.count, "buffer") { return rejected(what, problem) }
         return enqueue(what, reads: [], writes: [buffer], role: .receive(peer: source, tag: tag, count: buffer.count, datatype: buffer.dtype.mpiTransferType)) { communicator, scratch, request in
             MPIStep(code: MPI_Irecv(scratch.address(of: buffer), Int32(buffer.count), buffer.dtype.mpiTransferType, Int32(source), Int32(tag), communicator, request))
         }
@@ -177,7 +187,7 @@ public final class MPIProcessGroup: ProcessGroup {
         let size = self.size, parentName = self.name, parentWorldRanks = self.worldRanks
         let groupName = newName ?? "\(parentName).split(\(color))"
         let descriptor = CollectiveDescriptor(kind: .split, count: 0)
-        let work = enqueue("\(descriptor.description) color \(color) key \(key)", reads: [], writes: [], role: .collective) { communicator, scratch, request in
+        let work = enqueue("\(descriptor.description) color \(color) key \(key)", reads: [], writes: [], role: .collective(descriptor)) { communicator, scratch, request in
             let mine = scratch.int32s([color32 < 0 ? -1 : color32, key32])
             let everyone = scratch.int32s(Array(repeating: 0, count: 2 * size))
             return MPIStep(code: MPI_Iallgather(mine, 2, convoy_mpi_int(), everyone, 2, convoy_mpi_int(), communicator, request)) {
@@ -241,10 +251,15 @@ public final class MPIProcessGroup: ProcessGroup {
             let verb = what.prefix { $0 != " " }
             summary = "\(verb) #\(sequence)\(what.dropFirst(verb.count)) on group '\(name)' (rank \(rank))"
         }
+        // The debug mode (read once, here): the ranks first exchange what they issued and compare.
+        var check: [Int64]?
+        if case .collective(let descriptor) = role, CollectiveDebugging.isEnabled {
+            check = CollectiveDebugging.encode(descriptor, sequence: sequence)
+        }
         let operation = MPIOperation(
             sequence: sequence, summary: summary, groupName: name, rank: rank, worldRanks: worldRanks, role: role,
             reads: reads.map(MemorySpan.init), writes: writes.map(MemorySpan.init),
-            timeout: CommunicationTimeout.seconds, start: start)
+            timeout: CommunicationTimeout.seconds, check: check, start: start)
         engine.submit(operation)
         return operation.work
     }
@@ -266,6 +281,14 @@ public final class MPIProcessGroup: ProcessGroup {
 
     private func rankProblem(_ peer: Int, _ role: String) -> String? {
         (0..<size).contains(peer) ? nil : "\(role) rank \(peer) is outside the group (ranks 0..<\(size))"
+    }
+
+    /// A point-to-point peer must be another rank of the group: a message to oneself would only copy memory,
+    /// and the Local backend refuses it too, so code that relies on it would not run there.
+    private func peerProblem(_ peer: Int, _ role: String) -> String? {
+        if let problem = rankProblem(peer, role) { return problem }
+        guard peer == rank else { return nil }
+        return "\(role) rank \(peer) is this rank itself; point-to-point messages go between two different ranks of the group (copy the buffer locally instead)"
     }
 
     private func tagProblem(_ tag: Int) -> String? {
@@ -290,7 +313,8 @@ struct MPIStep {
 /// A queued or running operation; owned by its group's communication thread once submitted.
 final class MPIOperation: @unchecked Sendable {
     enum Role {
-        case collective
+        /// A collective, with what every rank must agree on (exchanged first in the debug mode).
+        case collective(CollectiveDescriptor)
         case send(peer: Int, tag: Int)
         case receive(peer: Int, tag: Int, count: Int, datatype: MPI_Datatype)
     }
@@ -306,6 +330,9 @@ final class MPIOperation: @unchecked Sendable {
     let writes: [MemorySpan]
     let timeout: Double
     let deadline: ContinuousClock.Instant
+    /// In the debug mode, this rank's encoded descriptor and sequence number (``CollectiveDebugging``): the
+    /// ranks all-gather it and compare before the operation itself starts.
+    let check: [Int64]?
     let start: (MPI_Comm, MPIScratch, UnsafeMutablePointer<MPI_Request?>) throws -> MPIStep
     let work: Work
     let scratch = MPIScratch()
@@ -315,9 +342,13 @@ final class MPIOperation: @unchecked Sendable {
     var status = MPI_Status()
     var completion: (() throws -> Void)?
     var failure: Error?
+    /// Whether `request` is the debug check's all-gather (into `checkTable`) rather than the operation itself.
+    var checking = false
+    var checkTable: UnsafeMutablePointer<Int64>?
 
     init(sequence: Int, summary: String, groupName: String, rank: Int, worldRanks: [Int], role: Role, reads: [MemorySpan],
-         writes: [MemorySpan], timeout: Double, start: @escaping (MPI_Comm, MPIScratch, UnsafeMutablePointer<MPI_Request?>) throws -> MPIStep) {
+         writes: [MemorySpan], timeout: Double, check: [Int64]? = nil,
+         start: @escaping (MPI_Comm, MPIScratch, UnsafeMutablePointer<MPI_Request?>) throws -> MPIStep) {
         self.sequence = sequence
         self.summary = summary
         self.groupName = groupName
@@ -328,11 +359,17 @@ final class MPIOperation: @unchecked Sendable {
         self.writes = writes
         self.timeout = timeout
         self.deadline = .now + .seconds(timeout)
+        self.check = check
         self.start = start
         self.work = Work(summary: summary)
     }
 
     /// Whether running this and `other` at the same time could let one see the other's half-done writes.
+    var isCollective: Bool {
+        if case .collective = role { return true }
+        return false
+    }
+
     func conflicts(with other: MPIOperation) -> Bool {
         func touches(_ spans: [MemorySpan], _ others: [MemorySpan]) -> Bool { spans.contains { span in others.contains { span.overlaps($0) } } }
         return touches(writes, other.reads + other.writes) || touches(other.writes, reads)
@@ -341,6 +378,10 @@ final class MPIOperation: @unchecked Sendable {
     func timeoutError() -> CommunicationError {
         let limit = "did not complete within \(timeout) s (CommunicationTimeout; CONVOY_COMM_TIMEOUT)"
         switch role {
+        case .collective where checking:
+            return .timedOut("\(summary) \(limit) while the ranks exchanged descriptors for the debug check (CONVOY_DEBUG_COLLECTIVES): some rank of '\(groupName)' has not issued its collective #\(sequence) (MPI cannot tell which). The group is unusable from now on.")
+        case .collective where check != nil:
+            return .timedOut("\(summary) \(limit), although every rank of '\(groupName)' issued it with the same arguments (checked: CONVOY_DEBUG_COLLECTIVES). The group is unusable from now on.")
         case .collective:
             return .timedOut("\(summary) \(limit). MPI cannot tell which ranks of the group have not arrived; rerun with CONVOY_DEBUG_COLLECTIVES=1 to check that every rank of '\(groupName)' issues the same operations in the same order. The group is unusable from now on.")
         case .send(let peer, let tag):
@@ -355,6 +396,7 @@ final class MPIOperation: @unchecked Sendable {
 final class MPICommunicationEngine: @unchecked Sendable {
     private let communicator: MPI_Comm
     private let groupName: String
+    private let groupSize: Int
     private let freesCommunicator: Bool
 
     // Shared with issuing threads, guarded by `condition`.
@@ -376,9 +418,10 @@ final class MPICommunicationEngine: @unchecked Sendable {
     /// How long an idle thread keeps looking for new work before it sleeps on the queue.
     private static let idleSpinWindow = Duration.microseconds(200)
 
-    init(communicator: MPI_Comm, groupName: String, freesCommunicator: Bool) {
+    init(communicator: MPI_Comm, groupName: String, groupSize: Int, freesCommunicator: Bool) {
         self.communicator = communicator
         self.groupName = groupName
+        self.groupSize = groupSize
         self.freesCommunicator = freesCommunicator
         let thread = Thread { [self] in run() }
         thread.name = "convoy-mpi-\(groupName)"
@@ -460,16 +503,29 @@ final class MPICommunicationEngine: @unchecked Sendable {
             if let brokenBy {
                 operation.failure = CommunicationError.peerFailed("\(operation.summary) was not started: group '\(groupName)' is unusable since \(brokenBy)")
             } else if ContinuousClock.now >= operation.deadline {
-                let blocker = running.first { $0.phase != .done && $0.conflicts(with: operation) }
-                operation.failure = CommunicationError.timedOut("\(operation.summary) did not start within \(operation.timeout) s: it uses the memory of \(blocker?.summary ?? "an earlier operation"), which was still in flight")
+                if let blocker = running.first(where: { $0.phase != .done && $0.conflicts(with: operation) }) {
+                    operation.failure = CommunicationError.timedOut("\(operation.summary) did not start within \(operation.timeout) s: it uses the memory of \(blocker.summary), which was still in flight")
+                } else {
+                    let checked = running.first { $0.checking }
+                    operation.failure = CommunicationError.timedOut("\(operation.summary) did not start within \(operation.timeout) s: it queued behind \(checked?.summary ?? "an earlier operation"), whose debug check (CONVOY_DEBUG_COLLECTIVES) had not completed")
+                }
             } else if running.contains(where: { $0.phase != .done && $0.conflicts(with: operation) }) {
                 break  // keeps issue order: nothing behind it starts either
+            } else if operation.isCollective && running.contains(where: { $0.checking }) {
+                // A collective starts only once the one before it has passed its check and started, so every
+                // rank starts the checks and the collectives on the communicator in the same order. (Sends and
+                // receives may go ahead: MPI matches them apart from collectives.)
+                break
             } else {
                 do {
                     try MPIRuntime.withLock {
-                        let step = try operation.start(communicator, operation.scratch, &operation.request)
-                        try MPIRuntime.checkLocked(step.code, "starting \(operation.summary)")
-                        operation.completion = step.completion
+                        if let check = operation.check {
+                            try startCheck(operation, check)
+                        } else {
+                            let step = try operation.start(communicator, operation.scratch, &operation.request)
+                            try MPIRuntime.checkLocked(step.code, "starting \(operation.summary)")
+                            operation.completion = step.completion
+                        }
                     }
                     operation.phase = .running
                 } catch {
@@ -484,10 +540,46 @@ final class MPICommunicationEngine: @unchecked Sendable {
         return started
     }
 
+    /// Starts the debug check of `operation`: a non-blocking all-gather of every rank's encoded descriptor
+    /// (Int64 fields, moved as pairs of `MPI_INT`). Call it under the MPI lock.
+    private func startCheck(_ operation: MPIOperation, _ check: [Int64]) throws {
+        let fields = Int32(2 * check.count)
+        let mine = operation.scratch.int64s(check)
+        let table = operation.scratch.int64s(Array(repeating: 0, count: check.count * groupSize))
+        try MPIRuntime.checkLocked(
+            MPI_Iallgather(mine, fields, convoy_mpi_int(), table, fields, convoy_mpi_int(), communicator, &operation.request),
+            "starting the debug check (CONVOY_DEBUG_COLLECTIVES) of \(operation.summary)")
+        operation.checkTable = table
+        operation.checking = true
+    }
+
+    /// The debug check of `operation` has completed: compares the gathered table and either fails the
+    /// operation (a mismatch, seen identically by every rank, breaks the group) or starts it. Call it under
+    /// the MPI lock.
+    private func finishCheck(_ operation: MPIOperation) {
+        operation.checking = false
+        let table = Array(UnsafeBufferPointer(start: operation.checkTable!, count: CollectiveDebugging.encodedFields * groupSize))
+        if let message = CollectiveDebugging.mismatch(in: table, size: groupSize, sequence: operation.sequence, group: groupName) {
+            operation.failure = CommunicationError.mismatch(message)
+            operation.phase = .done
+            if brokenBy == nil { brokenBy = "the debug check found a collective mismatch in \(message)" }
+            return
+        }
+        do {
+            let step = try operation.start(communicator, operation.scratch, &operation.request)
+            try MPIRuntime.checkLocked(step.code, "starting \(operation.summary)")
+            operation.completion = step.completion
+        } catch {
+            operation.failure = error
+            operation.phase = .done
+        }
+    }
+
     private func poll() -> Bool {
         let active = running.filter { $0.phase == .running || $0.phase == .cancelling }
         guard !active.isEmpty || !abandoned.isEmpty else { return false }
         var finished: [MPIOperation] = []
+        var checked = false
         do {
             try MPIRuntime.withLock {
                 for operation in active {
@@ -499,6 +591,11 @@ final class MPICommunicationEngine: @unchecked Sendable {
                         continue
                     }
                     guard flag != 0 else { continue }
+                    if operation.checking {
+                        finishCheck(operation)
+                        checked = true
+                        continue
+                    }
                     if operation.phase == .cancelling {
                         var cancelled: Int32 = 0
                         _ = MPI_Test_cancelled(&operation.status, &cancelled)
@@ -538,7 +635,7 @@ final class MPICommunicationEngine: @unchecked Sendable {
             do { try operation.completion?() } catch { operation.failure = error }
             operation.phase = .done
         }
-        return !finished.isEmpty || active.contains { $0.phase == .done }
+        return checked || !finished.isEmpty || active.contains { $0.phase == .done }
     }
 
     private func enforceDeadlines() -> Bool {
@@ -594,6 +691,12 @@ final class MPIScratch {
 
     func floats(_ count: Int) -> UnsafeMutablePointer<Float> {
         bytes(count * MemoryLayout<Float>.stride).bindMemory(to: Float.self, capacity: Swift.max(count, 1))
+    }
+
+    func int64s(_ values: [Int64]) -> UnsafeMutablePointer<Int64> {
+        let pointer = bytes(values.count * MemoryLayout<Int64>.stride).bindMemory(to: Int64.self, capacity: Swift.max(values.count, 1))
+        for (index, value) in values.enumerated() { pointer[index] = value }
+        return pointer
     }
 
     func int32s(_ values: [Int32]) -> UnsafeMutablePointer<Int32> {

@@ -4,8 +4,9 @@ import Glibc
 #endif
 
 /// Shows training progress: on a terminal a live status line (step/total, loss, tokens/s, learning rate,
-/// ETA) redrawn in place; otherwise one plain line every `plainEvery` steps, for logs.
-public final class ProgressDisplay {
+/// ETA) redrawn in place; otherwise one plain line every `plainEvery` steps, for logs. Only one rank (rank 0)
+/// reports through it, so it is handed to rank threads but used by one.
+public final class ProgressDisplay: @unchecked Sendable {
     public let isTerminal: Bool
     private let plainEvery: Int
     private var lastDraw: Double = 0

@@ -1,4 +1,6 @@
+import ConvoyComm
 import ConvoyNN
+import ConvoyParallel
 import ConvoyTensor
 import Foundation
 
@@ -13,31 +15,55 @@ public struct TrainingSummary: Sendable {
     public var checkpoint: String
 }
 
-/// The single-process training loop: global batch → micro-batches → forward/backward with gradient
-/// accumulation → clip → optimizer step, with metrics, progress, periodic evaluation and checkpoints.
+/// The training loop: global batch → this rank's micro-batches → forward/backward with gradient
+/// accumulation → (data-parallel reduction) → clip → optimizer step, with metrics, progress, periodic
+/// evaluation and checkpoints.
 ///
 /// The loss of each micro-batch is weighted by its share of the global batch's counted targets, so the
-/// gradient equals that of the mean loss over the whole global batch however it is split.
+/// gradient equals that of the mean loss over the whole global batch however it is split over micro-batches
+/// and ranks. With a process group of more than one rank the model is wrapped in ``DataParallel``; only rank 0
+/// prints, writes metrics, evaluates and saves checkpoints.
 public final class Trainer {
     public let configuration: TrainingConfiguration
     public let model: GPT
     public let optimizer: any Optimizer
     public let dataset: any TrainingDataset
     public let sampler: DistributedSampler
+    /// The data-parallel wrapper (nil on one rank).
+    public let parallel: DataParallel?
+    public let group: (any ProcessGroup)?
     private let schedule: any LearningRateSchedule
     private let display: ProgressDisplay?
+    private let timeline: Timeline?
     private var startStep = 0
 
-    /// Builds the model, optimizer and data for a configuration; with `resume`, restores a checkpoint.
-    public init(configuration: TrainingConfiguration, resume: String? = nil, display: ProgressDisplay? = nil) throws {
+    /// Rank 0 (or the only rank) does the printing, evaluation and saving.
+    public var isLeader: Bool { (group?.rank ?? 0) == 0 }
+
+    /// Builds the model, optimizer and data for a configuration; with `resume`, restores a checkpoint. With a
+    /// `group`, this rank trains its slice of every global batch and gradients are averaged over the group
+    /// (collective: every rank of the group must construct its trainer).
+    public init(configuration: TrainingConfiguration, group: (any ProcessGroup)? = nil, resume: String? = nil,
+                display: ProgressDisplay? = nil, timeline: Timeline? = nil) throws {
         try configuration.validate()
         self.configuration = configuration
+        self.group = group
+        let ranks = group?.size ?? 1
+        if let dp = configuration.dp, dp != ranks {
+            throw ConvoyError.invalidConfiguration("world size \(ranks) is not dp·pp·tp = \(dp)·1·1; change --dp or the number of ranks")
+        }
         dataset = try configuration.makeDataset()
+        sampler = try DistributedSampler(globalBatch: configuration.batch, worldSize: ranks, rank: group?.rank ?? 0, microBatches: configuration.accumulateSteps)
         model = try GPT(configuration.modelConfiguration, seed: configuration.seed)
+        if let group, group.size > 1 {
+            parallel = try DataParallel(module: model, group: group, options: configuration.ddp, timeline: timeline)
+        } else {
+            parallel = nil
+        }
         optimizer = configuration.makeOptimizer(for: model)
-        sampler = try DistributedSampler(globalBatch: configuration.batch, microBatches: configuration.accumulateSteps)
         schedule = configuration.learningRateSchedule
-        self.display = display
+        self.display = (group?.rank ?? 0) == 0 ? display : nil
+        self.timeline = timeline
         if let resume { try restore(from: resume) }
     }
 
@@ -70,29 +96,47 @@ public final class Trainer {
     }
 
     /// Runs one optimizer step; returns (mean loss over the global batch, gradient norm before clipping).
-    public func trainStep(_ step: Int) -> (loss: Double, gradientNorm: Double) {
+    public func trainStep(_ step: Int) throws -> (loss: Double, gradientNorm: Double) {
         optimizer.learningRate = schedule.learningRate(at: step)
         let context = configuration.context
+        let rank = group.map { $0.worldRanks[$0.rank] } ?? 0
         let globalIndices = (step * configuration.batch)..<((step + 1) * configuration.batch)
         let totalCounted = globalIndices.reduce(0) { $0 + dataset.trainingExample($1).countedTargets }
+        // Data parallelism averages gradients over ranks, so each rank's share is scaled up by the rank count.
+        let rankScale = Float(parallel?.group.size ?? 1)
         var loss = 0.0
         for microBatch in 0..<sampler.microBatches {
             let examples = sampler.indices(step: step, microBatch: microBatch).map { dataset.trainingExample($0) }
             let counted = examples.reduce(0) { $0 + $1.countedTargets }
-            guard counted > 0 else { continue }
             let weight = Float(counted) / Float(max(totalCounted, 1))
             let forward = ForwardContext(training: true, seed: configuration.seed, step: step, firstSequence: sampler.firstSequence(microBatch: microBatch))
-            let microLoss = model.loss(examples.flatMap(\.inputs), targets: examples.flatMap(\.targets), batch: examples.count, time: context, context: forward)
-            (microLoss * weight).backward()
-            loss += Double(microLoss.scalarValue) * Double(weight)
+            let compute = {
+                let microLoss = self.measure("forward", rank: rank) {
+                    self.model.loss(examples.flatMap(\.inputs), targets: examples.flatMap(\.targets), batch: examples.count, time: context, context: forward)
+                }
+                self.measure("backward", rank: rank) { (microLoss * (weight * rankScale)).backward() }
+                loss += Double(microLoss.scalarValue) * Double(weight)
+            }
+            if let parallel, microBatch < sampler.microBatches - 1 { parallel.withoutSynchronization(compute) } else { compute() }
+        }
+        try parallel?.finishGradientSynchronization()
+        if let group = parallel?.group {
+            let total = Tensor(shape: [1], values: [Float(loss)])
+            try group.allReduce(total, operation: .sum)
+            loss = Double(total.scalarValue)
         }
         let parameters = model.parameters
         let norm = configuration.gradClip > 0
             ? GradientClipping.clip(parameters, maxNorm: Float(configuration.gradClip))
             : GradientClipping.globalNorm(parameters)
-        optimizer.step()
-        optimizer.zeroGradients()
+        measure("optimizer step", rank: rank) { optimizer.step() }
+        if let parallel { parallel.zeroGradients() } else { optimizer.zeroGradients() }
         return (loss, norm)
+    }
+
+    private func measure<Result>(_ name: String, rank: Int, _ body: () throws -> Result) rethrows -> Result {
+        guard let timeline else { return try body() }
+        return try timeline.measure(name, category: name, rank: rank, body)
     }
 
     /// Mean loss over up to `batches` batches of validation examples.
@@ -119,19 +163,22 @@ public final class Trainer {
     /// Trains from ``firstStep`` to the configured number of steps, then saves the final checkpoint.
     public func run() throws -> TrainingSummary {
         let output = configuration.output
-        try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
-        try AtomicFile.write(Data(TrainingSettings.tomlText(configuration).utf8), to: output + "/config.toml")
-        let metrics = try MetricsLog(directory: output)
+        var metrics: MetricsLog?
+        if isLeader {
+            try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+            try AtomicFile.write(Data(TrainingSettings.tomlText(configuration).utf8), to: output + "/config.toml")
+            metrics = try MetricsLog(directory: output)
+        }
         let tokensPerStep = Double(configuration.batch * configuration.context)
         let start = DispatchTime.now().uptimeNanoseconds
         func elapsed() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         var windowStart = 0.0, windowSteps = 0
         var tokensPerSecond = 0.0
         var lastLoss = Double.nan, lastValidation: Double?
-        display?.message("training \(model.parameterCount) parameters on \(dataset.summary); \(configuration.steps - startStep) steps of \(configuration.batch) × \(configuration.context) tokens")
+        display?.message("training \(model.parameterCount) parameters on \(dataset.summary); \(configuration.steps - startStep) steps of \(configuration.batch) × \(configuration.context) tokens" + (parallel.map { "; data parallel over \($0.group.size) ranks, \($0.bucketCount) buckets" } ?? ""))
 
         for step in startStep..<configuration.steps {
-            let (loss, norm) = trainStep(step)
+            let (loss, norm) = try trainStep(step)
             guard loss.isFinite else {
                 throw ConvoyError.invalidConfiguration("the loss became \(loss) at step \(step + 1); lower --lr (now \(configuration.learningRate)) or enable --grad-clip")
             }
@@ -145,29 +192,38 @@ public final class Trainer {
             let learningRate = Double(optimizer.learningRate)
             display?.step(done, of: configuration.steps, loss: loss, tokensPerSecond: tokensPerSecond, learningRate: learningRate, elapsed: now, remaining: remaining)
             if done % configuration.logEvery == 0 || done == configuration.steps {
-                metrics.write(["step": done, "loss": loss, "lr": learningRate, "tokens_per_s": tokensPerSecond, "grad_norm": norm, "elapsed_s": now])
+                metrics?.write(["step": done, "loss": loss, "lr": learningRate, "tokens_per_s": tokensPerSecond, "grad_norm": norm, "elapsed_s": now])
             }
-            if configuration.evalEvery > 0 && done % configuration.evalEvery == 0 && done < configuration.steps, let validation = validationLoss(batches: configuration.evalBatches) {
-                lastValidation = validation
-                metrics.write(["step": done, "val_loss": validation, "elapsed_s": elapsed()])
-                display?.message(String(format: "step %d: validation loss %.4f", done, validation))
+            if configuration.evalEvery > 0 && done % configuration.evalEvery == 0 && done < configuration.steps {
+                if isLeader, let validation = validationLoss(batches: configuration.evalBatches) {
+                    lastValidation = validation
+                    metrics?.write(["step": done, "val_loss": validation, "elapsed_s": elapsed()])
+                    display?.message(String(format: "step %d: validation loss %.4f", done, validation))
+                }
+                try group?.barrier()
             }
             if configuration.checkpointEvery > 0 && done % configuration.checkpointEvery == 0 && done < configuration.steps {
-                try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state(afterStep: done), to: configuration.periodicCheckpointDirectory)
+                if isLeader {
+                    try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state(afterStep: done), to: configuration.periodicCheckpointDirectory)
+                }
+                try group?.barrier()
             }
         }
 
         let seconds = elapsed()
-        if let validation = validationLoss(batches: configuration.evalBatches) {
-            lastValidation = validation
-            metrics.write(["step": configuration.steps, "val_loss": validation, "elapsed_s": seconds])
-        }
         var report: ArithmeticReport?
-        if let arithmetic = dataset as? ArithmeticDataset {
-            report = try ArithmeticEvaluator.evaluate(model: model, problems: arithmetic.heldOutProblems)
-            metrics.write(["step": configuration.steps, "accuracy": report!.accuracy, "problems": report!.problems])
+        if isLeader {
+            if let validation = validationLoss(batches: configuration.evalBatches) {
+                lastValidation = validation
+                metrics?.write(["step": configuration.steps, "val_loss": validation, "elapsed_s": seconds])
+            }
+            if let arithmetic = dataset as? ArithmeticDataset {
+                report = try ArithmeticEvaluator.evaluate(model: model, problems: arithmetic.heldOutProblems)
+                metrics?.write(["step": configuration.steps, "accuracy": report!.accuracy, "problems": report!.problems])
+            }
+            try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state(afterStep: configuration.steps), to: configuration.finalCheckpointDirectory)
         }
-        try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state(afterStep: configuration.steps), to: configuration.finalCheckpointDirectory)
+        try group?.barrier()
         let trained = Double(configuration.steps - startStep) * tokensPerStep
         return TrainingSummary(steps: configuration.steps, finalLoss: lastLoss, validationLoss: lastValidation, arithmetic: report,
                                seconds: seconds, tokensPerSecond: seconds > 0 ? trained / seconds : 0,

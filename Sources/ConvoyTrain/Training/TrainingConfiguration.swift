@@ -1,4 +1,5 @@
 import ConvoyNN
+import ConvoyParallel
 import ConvoyTensor
 import Foundation
 
@@ -50,6 +51,16 @@ public struct TrainingConfiguration: Sendable, Equatable {
     public var output = "runs/train"
     /// Where the final checkpoint goes (nil: `<output>/final`).
     public var save: String?
+
+    // [parallel]
+    /// Data-parallel ranks (nil: 1 on the Local backend, the world size under MPI).
+    public var dp: Int?
+    /// "local" or "mpi" (nil: MPI when started by mpirun, else Local).
+    public var backend: String?
+    // [parallel.ddp]
+    public var ddp = DataParallelOptions()
+    /// Write a Chrome trace of forward, backward, bucket all-reduces and optimizer steps here.
+    public var trace: String?
 
     public init() {}
 

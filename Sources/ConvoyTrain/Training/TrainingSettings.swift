@@ -1,3 +1,4 @@
+import ConvoyParallel
 import ConvoyTensor
 import Foundation
 import TOMLKit
@@ -90,6 +91,32 @@ public enum TrainingSettings {
         }, read: { $0[keyPath: keyPath].map { .text($0) } })
     }
 
+    private static func boolean(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, Bool> & Sendable) -> Setting {
+        Setting(key: key, flag: flag, apply: { configuration, value in
+            switch value {
+            case .boolean(let flag): configuration[keyPath: path] = flag
+            case .text(let text) where ["true", "on", "yes", "1"].contains(text.lowercased()): configuration[keyPath: path] = true
+            case .text(let text) where ["false", "off", "no", "0"].contains(text.lowercased()): configuration[keyPath: path] = false
+            default: throw fail(key, "expected true or false, got \(value)")
+            }
+        }, read: { .boolean($0[keyPath: path]) })
+    }
+
+    private static func fusion(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, FusionChoice> & Sendable) -> Setting {
+        Setting(key: key, flag: flag, apply: { configuration, value in
+            let text: String
+            switch value {
+            case .text(let word): text = word.lowercased()
+            case .boolean(let on): text = on ? "on" : "off"
+            default: throw fail(key, "expected \"auto\", \"on\" or \"off\", got \(value)")
+            }
+            guard let choice = FusionChoice(rawValue: text == "true" ? "on" : text == "false" ? "off" : text) else {
+                throw fail(key, "expected \"auto\", \"on\" or \"off\", got \(value)")
+            }
+            configuration[keyPath: path] = choice
+        }, read: { .text($0[keyPath: path].rawValue) })
+    }
+
     /// Every key, in the order the effective configuration is written.
     public static let all: [Setting] = [
         integer("model.layers", "--layers", \.layers, 1...256),
@@ -130,6 +157,19 @@ public enum TrainingSettings {
         optionalInteger("training.threads", "--threads", \.threads, 1...1024),
         path("training.output", "--output", \.output),
         optionalPath("training.save", "--save", \.save),
+        optionalPath("training.trace", "--trace", \.trace),
+        optionalInteger("parallel.dp", "--dp", \.dp, 1...4096),
+        Setting(key: "parallel.backend", flag: "--backend", apply: { configuration, value in
+            guard case .text(let text) = value, ["local", "mpi"].contains(text) else { throw fail("parallel.backend", "expected \"local\" or \"mpi\", got \(value)") }
+            configuration.backend = text
+        }, read: { $0.backend.map { .text($0) } }),
+        boolean("parallel.ddp.bucketing", "--bucketing", \.ddp.bucketing),
+        real("parallel.ddp.first_bucket_cap_mb", "--first-bucket-cap-mb", \.ddp.firstBucketCapMB, 1e-6...1e6),
+        real("parallel.ddp.bucket_cap_mb", "--bucket-cap-mb", \.ddp.bucketCapMB, 1e-6...1e6),
+        boolean("parallel.ddp.overlap_grad_reduce", "--overlap-grad-reduce", \.ddp.overlapGradReduce),
+        fusion("parallel.ddp.fuse_all_reduce", "--fuse-all-reduce", \.ddp.fuseAllReduce),
+        fusion("parallel.ddp.fuse_optimizer", "--fuse-optimizer", \.ddp.fuseOptimizer),
+        boolean("parallel.ddp.find_unused_parameters", "--find-unused-parameters", \.ddp.findUnusedParameters),
     ]
 
     private static let byKey: [String: Setting] = Dictionary(uniqueKeysWithValues: all.map { ($0.key, $0) })
@@ -152,25 +192,32 @@ public enum TrainingSettings {
             throw ConvoyError.invalidConfiguration("\(source): \(error.description) at line \(error.source.begin.line), column \(error.source.begin.column)")
         }
         for (section, sectionValue) in table {
-            guard let entries = sectionValue.table else {
-                throw ConvoyError.invalidConfiguration("\(source): top-level key '\(section)' must be a section such as [training]; keys live in [model], [data] and [training]")
+            guard sectionValue.table != nil else {
+                throw ConvoyError.invalidConfiguration("\(source): top-level key '\(section)' must be a section such as [training]; keys live in [model], [data], [training], [parallel] and [parallel.ddp]")
             }
-            for (name, value) in entries {
-                let key = section + "." + name
-                let converted: SettingValue
-                switch value.type {
-                case .int: converted = .integer(value.int!)
-                case .double: converted = .real(value.double!)
-                case .string: converted = .text(value.string!)
-                case .bool: converted = .boolean(value.bool!)
-                default: throw ConvoyError.invalidConfiguration("\(source): \(key) has unsupported type \(value.type)")
-                }
-                do {
-                    try apply(key, converted, to: &configuration)
-                } catch let error as ConvoyError {
-                    if case .invalidConfiguration(let message) = error { throw ConvoyError.invalidConfiguration("\(source): \(message)") }
-                    throw error
-                }
+        }
+        // Nested sections ([parallel.ddp]) become dotted keys.
+        var entries: [(String, TOMLValueConvertible)] = []
+        func flatten(_ table: TOMLTable, prefix: String) {
+            for (name, value) in table {
+                if let nested = value.table { flatten(nested, prefix: prefix + name + ".") } else { entries.append((prefix + name, value)) }
+            }
+        }
+        flatten(table, prefix: "")
+        for (key, value) in entries {
+            let converted: SettingValue
+            switch value.type {
+            case .int: converted = .integer(value.int!)
+            case .double: converted = .real(value.double!)
+            case .string: converted = .text(value.string!)
+            case .bool: converted = .boolean(value.bool!)
+            default: throw ConvoyError.invalidConfiguration("\(source): \(key) has unsupported type \(value.type)")
+            }
+            do {
+                try apply(key, converted, to: &configuration)
+            } catch let error as ConvoyError {
+                if case .invalidConfiguration(let message) = error { throw ConvoyError.invalidConfiguration("\(source): \(message)") }
+                throw error
             }
         }
     }
@@ -189,9 +236,11 @@ public enum TrainingSettings {
         case .real?:
             guard let number = Double(text) else { throw ConvoyError.invalidConfiguration("\(flag): expected a number, got '\(text)'") }
             value = .real(number)
+        case .boolean?:
+            value = .text(text)
         default:
             // Optional integers (threads) read as nil before they are set.
-            if setting.key == "training.threads" {
+            if setting.key == "training.threads" || setting.key == "parallel.dp" {
                 guard let number = Int(text) else { throw ConvoyError.invalidConfiguration("\(flag): expected an integer, got '\(text)'") }
                 value = .integer(number)
             } else {
@@ -211,13 +260,15 @@ public enum TrainingSettings {
         var sections: [(String, [String])] = []
         for setting in all {
             guard let value = setting.read(configuration) else { continue }
-            let parts = setting.key.split(separator: ".", maxSplits: 1).map(String.init)
+            let lastDot = setting.key.lastIndex(of: ".")!
+            let parts = [String(setting.key[..<lastDot]), String(setting.key[setting.key.index(after: lastDot)...])]
             let line: String
             switch value {
             case .text(let text):
                 let escaped = text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
                 line = "\(parts[1]) = \"\(escaped)\""
             case .real(let number): line = "\(parts[1]) = \(number)"
+            case .boolean(let flag): line = "\(parts[1]) = \(flag)"
             default: line = "\(parts[1]) = \(value)"
             }
             if let index = sections.firstIndex(where: { $0.0 == parts[0] }) { sections[index].1.append(line) } else { sections.append((parts[0], [line])) }
