@@ -42,13 +42,16 @@ public protocol Optimizer: AnyObject {
     func state() -> OptimizerState
     /// Restores a state from ``state()``; throws if it does not match these parameters.
     func load(_ state: OptimizerState) throws
+    /// Clears the gradients before the next accumulation. The default drops them (`grad = nil`); fused
+    /// optimizers fill their flat gradient buffer with zeros instead so every `grad` stays a view into it.
+    func zeroGradients()
 }
 
 extension Optimizer {
     /// Every parameter of every group.
     public var parameters: [Parameter] { groups.flatMap(\.parameters) }
 
-    /// Clears every parameter's gradient.
+    /// Clears every parameter's gradient (sets it to nil).
     public func zeroGradients() {
         for parameter in parameters { parameter.grad = nil }
     }

@@ -60,7 +60,7 @@ public final class Trainer {
         } else {
             parallel = nil
         }
-        optimizer = configuration.makeOptimizer(for: model)
+        optimizer = configuration.makeOptimizer(for: model, ranks: ranks, externalGradients: parallel?.fusedGradients != nil)
         schedule = configuration.learningRateSchedule
         self.display = (group?.rank ?? 0) == 0 ? display : nil
         self.timeline = timeline

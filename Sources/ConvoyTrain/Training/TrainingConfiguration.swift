@@ -110,15 +110,28 @@ public struct TrainingConfiguration: Sendable, Equatable {
         }
     }
 
-    /// The optimizer over a model's parameters (matrices decay, biases and norms do not).
-    public func makeOptimizer(for model: Module) -> any Optimizer {
+    /// The optimizer over a model's parameters (matrices decay, biases and norms do not): the flat-buffer
+    /// (fused) kind when `parallel.ddp.fuse_optimizer` says so for `ranks` ranks. `externalGradients`: the
+    /// gradients are views owned by data parallelism's fused buffer, which the fused optimizer then reads.
+    public func makeOptimizer(for model: Module, ranks: Int = 1, externalGradients: Bool = false) -> any Optimizer {
         let groups = ParameterGroup.decayingMatrices(of: model, weightDecay: Float(weightDecay))
+        let lr = Float(learningRate), b1 = Float(beta1), b2 = Float(beta2), m = Float(momentum)
+        if ddp.fuseOptimizer.isEnabled(ranks: ranks) {
+            let layout: FlatParameterBuffer.GradientLayout = externalGradients ? .external : .flat
+            switch optimizer {
+            case "sgd": return FusedSGD(groups, learningRate: lr, momentum: 0, gradientLayout: layout)
+            case "momentum": return FusedSGD(groups, learningRate: lr, momentum: m, gradientLayout: layout)
+            case "nesterov": return FusedSGD(groups, learningRate: lr, momentum: m, nesterov: true, gradientLayout: layout)
+            case "adam": return FusedAdam(groups, learningRate: lr, beta1: b1, beta2: b2, gradientLayout: layout)
+            default: return FusedAdam.adamW(groups, learningRate: lr, beta1: b1, beta2: b2, weightDecay: Float(weightDecay), gradientLayout: layout)
+            }
+        }
         switch optimizer {
-        case "sgd": return SGD(groups, learningRate: Float(learningRate), momentum: 0)
-        case "momentum": return SGD(groups, learningRate: Float(learningRate), momentum: Float(momentum))
-        case "nesterov": return SGD(groups, learningRate: Float(learningRate), momentum: Float(momentum), nesterov: true)
-        case "adam": return Adam(groups, learningRate: Float(learningRate), beta1: Float(beta1), beta2: Float(beta2))
-        default: return Adam.adamW(groups, learningRate: Float(learningRate), beta1: Float(beta1), beta2: Float(beta2), weightDecay: Float(weightDecay))
+        case "sgd": return SGD(groups, learningRate: lr, momentum: 0)
+        case "momentum": return SGD(groups, learningRate: lr, momentum: m)
+        case "nesterov": return SGD(groups, learningRate: lr, momentum: m, nesterov: true)
+        case "adam": return Adam(groups, learningRate: lr, beta1: b1, beta2: b2)
+        default: return Adam.adamW(groups, learningRate: lr, beta1: b1, beta2: b2, weightDecay: Float(weightDecay))
         }
     }
 

@@ -1,0 +1,168 @@
+import ConvoyTensor
+
+/// ``SGD`` over flat buffers: the same hyper-parameters and bit-identical results, one kernel per fused group.
+///
+/// Parameter groups whose effective hyper-parameters agree (for SGD, the weight decay; the learning rate,
+/// momentum, dampening and Nesterov flag are the optimizer's) are fused: their parameters are packed into one
+/// ``FlatParameterBuffer`` (each parameter rebound to its slice) with a flat momentum buffer of the same layout,
+/// and ``step()`` runs one parallel SIMD loop over the whole group, applying exactly ``SGD``'s per-element
+/// arithmetic in the same order. Groups with other hyper-parameters get fused groups of their own.
+///
+/// A parameter whose `grad` is nil at ``step()`` is skipped as ``SGD`` skips it: its segment of the flat
+/// buffers is left out of the kernel's pass (the group runs over the maximal contiguous segments of
+/// parameters that have gradients), so its value is untouched and its momentum buffer is not started or
+/// advanced. ``zeroGradients()`` zero-fills instead of dropping, so after it every parameter takes part in the
+/// next step (PyTorch's `zero_grad(set_to_none=False)`); set a `grad` to nil to exclude a parameter.
+///
+/// ``state()`` and ``load(_:)`` use ``SGD``'s keys (`<name>.momentum_buffer`), so checkpoints move freely
+/// between the two.
+public final class FusedSGD: Optimizer {
+    public var learningRate: Float
+    public let momentum: Float
+    public let dampening: Float
+    public let nesterov: Bool
+    public let weightDecay: Float
+    public let groups: [ParameterGroup]
+    /// One flat buffer per fused group, in order of first appearance in ``groups``.
+    public let flatBuffers: [FlatParameterBuffer]
+    /// The weight decay each fused group applies.
+    public let fusedWeightDecays: [Float]
+    /// Number of fused groups (kernel launches per step).
+    public var fusedGroupCount: Int { flatBuffers.count }
+    /// For each fused group, the number of contiguous segments the last ``step()`` ran its kernel over (1 when
+    /// every parameter had a gradient in the flat gradient buffer; 0 when none had a gradient).
+    public private(set) var lastStepSegmentCounts: [Int]
+
+    /// Each fused group's flat momentum buffer (allocated when momentum is on, or a loaded state has one).
+    private var momentumBuffers: [Tensor?]
+    /// Whether each parameter's momentum buffer has been started (``SGD`` starts it with the first update).
+    private var hasMomentum: [[Bool]]
+    /// Each fused group's parameters' positions in ``parameters`` (their state names).
+    private let stateIndices: [[Int]]
+
+    public init(_ groups: [ParameterGroup], learningRate: Float, momentum: Float = 0, dampening: Float = 0, nesterov: Bool = false, weightDecay: Float = 0,
+                gradientLayout: FlatParameterBuffer.GradientLayout = .flat) {
+        precondition(!nesterov || (momentum > 0 && dampening == 0), "Nesterov momentum needs momentum > 0 and dampening 0")
+        self.groups = groups
+        self.learningRate = learningRate
+        self.momentum = momentum
+        self.dampening = dampening
+        self.nesterov = nesterov
+        self.weightDecay = weightDecay
+        // Keyed by bit pattern: 0 and -0 give different signed zeros, so they are different hyper-parameters.
+        let partitions = fusedPartitions(groups) { ($0.weightDecay ?? weightDecay).bitPattern }
+        flatBuffers = partitions.map { FlatParameterBuffer($0.parameters, gradientLayout: gradientLayout) }
+        fusedWeightDecays = partitions.map { Float(bitPattern: $0.key) }
+        stateIndices = partitions.map(\.indices)
+        momentumBuffers = flatBuffers.map { momentum != 0 ? Tensor.zeros([$0.totalCount]) : nil }
+        hasMomentum = flatBuffers.map { [Bool](repeating: false, count: $0.parameters.count) }
+        lastStepSegmentCounts = [Int](repeating: 0, count: flatBuffers.count)
+    }
+
+    public convenience init(_ parameters: [Parameter], learningRate: Float, momentum: Float = 0, dampening: Float = 0, nesterov: Bool = false, weightDecay: Float = 0,
+                            gradientLayout: FlatParameterBuffer.GradientLayout = .flat) {
+        self.init([ParameterGroup(parameters)], learningRate: learningRate, momentum: momentum, dampening: dampening, nesterov: nesterov,
+                  weightDecay: weightDecay, gradientLayout: gradientLayout)
+    }
+
+    public func step() {
+        typealias Vector = VectorMath.Vector
+        let lr = learningRate, momentum = self.momentum, nesterov = self.nesterov
+        let keep = 1 - dampening
+        for (groupIndex, flat) in flatBuffers.enumerated() {
+            let decay = fusedWeightDecays[groupIndex]
+            let started = hasMomentum[groupIndex]
+            let plan = flat.plan { momentum != 0 && !started[$0] }
+            lastStepSegmentCounts[groupIndex] = plan.segments.count
+            let parameters = flat.values.floatPointer
+            let vlr = Vector(repeating: lr), vdecay = Vector(repeating: decay)
+            if momentum == 0 {
+                plan.run { start, g, count, _ in
+                    let p = parameters + start
+                    var i = 0
+                    while i + 8 <= count {
+                        let pv = VectorMath.load(p + i)
+                        VectorMath.store(pv - vlr * (VectorMath.load(g + i) + vdecay * pv), p + i)
+                        i += 8
+                    }
+                    while i < count { p[i] -= lr * (g[i] + decay * p[i]); i += 1 }
+                }
+            } else {
+                let buffers = momentumBuffers[groupIndex]!.floatPointer
+                let vmomentum = Vector(repeating: momentum), vkeep = Vector(repeating: keep)
+                plan.run { start, g, count, isFirst in
+                    let p = parameters + start, b = buffers + start
+                    var i = 0
+                    while i + 8 <= count {
+                        let pv = VectorMath.load(p + i)
+                        let d = VectorMath.load(g + i) + vdecay * pv
+                        let bv = isFirst ? d : vmomentum * VectorMath.load(b + i) + vkeep * d
+                        VectorMath.store(bv, b + i)
+                        let update = nesterov ? d + vmomentum * bv : bv
+                        VectorMath.store(pv - vlr * update, p + i)
+                        i += 8
+                    }
+                    while i < count {
+                        let d = g[i] + decay * p[i]
+                        b[i] = isFirst ? d : momentum * b[i] + keep * d
+                        let update = nesterov ? d + momentum * b[i] : b[i]
+                        p[i] -= lr * update
+                        i += 1
+                    }
+                }
+                for index in plan.covered { hasMomentum[groupIndex][index] = true }
+            }
+        }
+    }
+
+    /// Zero-fills the gradients, keeping them views (see ``FlatParameterBuffer/zeroGradients()``).
+    public func zeroGradients() {
+        for flat in flatBuffers { flat.zeroGradients() }
+    }
+
+    public func state() -> OptimizerState {
+        var entries: [(index: Int, tensor: Tensor)] = []
+        for (groupIndex, flat) in flatBuffers.enumerated() {
+            guard let buffer = momentumBuffers[groupIndex] else { continue }
+            for slot in flat.parameters.indices where hasMomentum[groupIndex][slot] {
+                entries.append((stateIndices[groupIndex][slot], flat.slice(of: buffer, slot).copy()))
+            }
+        }
+        var state = OptimizerState()
+        let all = parameters
+        for entry in entries {
+            state.tensors[stateName(all[entry.index], index: entry.index) + ".momentum_buffer"] = entry.tensor
+        }
+        return state
+    }
+
+    public func load(_ state: OptimizerState) throws {
+        // Validate everything first: on error nothing changes.
+        let all = parameters
+        var restored: [[Tensor?]] = flatBuffers.map { [Tensor?](repeating: nil, count: $0.parameters.count) }
+        var location: [Int: (group: Int, slot: Int)] = [:]
+        for (groupIndex, indices) in stateIndices.enumerated() {
+            for (slot, index) in indices.enumerated() { location[index] = (groupIndex, slot) }
+        }
+        for (index, parameter) in all.enumerated() {
+            let key = stateName(parameter, index: index) + ".momentum_buffer"
+            if state.tensors[key] != nil, let (groupIndex, slot) = location[index] {
+                restored[groupIndex][slot] = try savedTensor(state, key, shape: parameter.shape)
+            }
+        }
+        for (groupIndex, flat) in flatBuffers.enumerated() {
+            if momentumBuffers[groupIndex] == nil && restored[groupIndex].contains(where: { $0 != nil }) {
+                momentumBuffers[groupIndex] = Tensor.zeros([flat.totalCount])
+            }
+            guard let buffer = momentumBuffers[groupIndex] else { continue }
+            buffer.fill(0)
+            for slot in flat.parameters.indices {
+                if let tensor = restored[groupIndex][slot] {
+                    (buffer.floatPointer + flat.offsets[slot]).update(from: tensor.floatPointer, count: flat.counts[slot])
+                    withExtendedLifetime(tensor) {}
+                }
+                hasMomentum[groupIndex][slot] = restored[groupIndex][slot] != nil
+            }
+        }
+    }
+}

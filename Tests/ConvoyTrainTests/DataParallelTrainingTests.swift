@@ -1,0 +1,83 @@
+import ConvoyComm
+import ConvoyNN
+import ConvoyParallel
+import ConvoyTensor
+import ConvoyTrain
+import Foundation
+import Testing
+
+@Suite(.serialized) struct DataParallelTrainingTests {
+    func configuration(output: String) throws -> TrainingConfiguration {
+        var configuration = try tinyConfiguration(output: output, steps: 10)
+        // SGD with momentum: Adam's normalised update magnifies last-bit differences of near-zero gradients.
+        configuration.optimizer = "momentum"
+        configuration.learningRate = 0.05
+        configuration.dropout = 0.1
+        return configuration
+    }
+
+    func relativeError(_ a: [[Float]], _ b: [[Float]]) -> Float {
+        zip(a, b).map { x, y in zip(x, y).map { abs($0 - $1) }.max()! / max(x.map(abs).max()!, 1e-6) }.max()!
+    }
+
+    @Test(arguments: [(2, "on", "on", 1), (2, "off", "off", 1), (4, "auto", "auto", 2)])
+    func dataParallelTrainingMatchesOneProcess(ranks: Int, fuseAllReduce: String, fuseOptimizer: String, accumulate: Int) throws {
+        let single = scratchDirectory("dp-single"), parallel = scratchDirectory("dp-parallel")
+        defer { for path in [single, parallel] { try? FileManager.default.removeItem(atPath: path) } }
+        var reference = try configuration(output: single)
+        reference.accumulateSteps = accumulate
+        let one = try Trainer(configuration: reference)
+        _ = try one.run()
+
+        var distributed = reference
+        distributed.output = parallel
+        distributed.dp = ranks
+        try TrainingSettings.applyFlag("--fuse-all-reduce", fuseAllReduce, to: &distributed)
+        try TrainingSettings.applyFlag("--fuse-optimizer", fuseOptimizer, to: &distributed)
+        distributed.ddp.firstBucketCapMB = 0.001
+        distributed.ddp.bucketCapMB = 0.004
+        let frozen = distributed
+        let weights = try LocalWorld.run(size: ranks, threadsPerRank: 1) { group -> [[Float]] in
+            let trainer = try Trainer(configuration: frozen, group: group)
+            _ = try trainer.run()
+            return trainer.model.parameters.map { $0.toArray() }
+        }
+        let expected = one.model.parameters.map { $0.toArray() }
+        for (rank, result) in weights.enumerated() {
+            let error = relativeError(result, expected)
+            #expect(error <= 1e-5, "dp \(ranks) rank \(rank) fuse \(fuseAllReduce)/\(fuseOptimizer): relative error \(error)")
+        }
+        // Only rank 0 wrote outputs, and its checkpoint holds the trained weights.
+        #expect(FileManager.default.fileExists(atPath: parallel + "/final/model.safetensors"))
+        let metrics = try String(contentsOfFile: parallel + "/metrics.jsonl", encoding: .utf8)
+        #expect(metrics.split(separator: "\n").filter { $0.contains("\"loss\"") }.count == 10)
+    }
+
+    @Test func badDataParallelConfigurationsAreRefusedBeforeCompute() throws {
+        let output = scratchDirectory("dp-bad")
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        var configuration = try tinyConfiguration(output: output)
+        configuration.batch = 6
+        let frozen = configuration
+        do {
+            _ = try LocalWorld.run(size: 4, threadsPerRank: 1) { group in try Trainer(configuration: frozen, group: group) }
+            Issue.record("a batch of 6 over 4 ranks should be refused")
+        } catch {
+            #expect("\(error)".contains("batch 6") && "\(error)".contains("multiple of 4"))
+        }
+        var mismatched = try tinyConfiguration(output: output)
+        mismatched.dp = 3
+        let frozenMismatch = mismatched
+        do {
+            _ = try LocalWorld.run(size: 2, threadsPerRank: 1) { group in try Trainer(configuration: frozenMismatch, group: group) }
+            Issue.record("dp 3 on a world of 2 should be refused")
+        } catch {
+            #expect("\(error)".contains("world size 2") && "\(error)".contains("--dp"))
+        }
+        var parsed = TrainingConfiguration()
+        try TrainingSettings.apply(toml: "[parallel]\ndp = 2\n[parallel.ddp]\nbucketing = false\nfuse_all_reduce = \"on\"\nbucket_cap_mb = 4.0\n", source: "p.toml", to: &parsed)
+        #expect(parsed.dp == 2 && !parsed.ddp.bucketing && parsed.ddp.fuseAllReduce == .on && parsed.ddp.bucketCapMB == 4)
+        #expect(throws: ConvoyError.self) { try TrainingSettings.apply(toml: "[parallel.ddp]\nfuse_all_reduce = \"maybe\"\n", source: "p.toml", to: &parsed) }
+        #expect(throws: ConvoyError.self) { try TrainingSettings.apply(toml: "[parallel.ddp]\nbucketting = true\n", source: "p.toml", to: &parsed) }
+    }
+}
