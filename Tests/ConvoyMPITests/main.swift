@@ -104,6 +104,7 @@ final class MPIBackendSuite {
         testDebugModeChangesNoResults(world)
         testDebugModeCatchesMismatches(world)
         testDebugModeTimeout(world)
+        testDataParallelMatchesOneProcess(world)
 
         // Sum the tallies over the world; rank 0 reports.
         let totals = TestBuffer(.float32, count: 2) { $0 == 0 ? Float(passed) : Float(failed) }
@@ -121,7 +122,7 @@ final class MPIBackendSuite {
 
     // MARK: Recording
 
-    private func check(_ condition: @autoclosure () throws -> Bool, _ label: String, _ detail: @autoclosure () -> String = "") {
+    func check(_ condition: @autoclosure () throws -> Bool, _ label: String, _ detail: @autoclosure () -> String = "") {
         do {
             if try condition() {
                 passed += 1
