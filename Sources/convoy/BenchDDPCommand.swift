@@ -48,7 +48,11 @@ struct BenchDDPCommand: ParsableCommand {
         let results = try LocalWorld.run(size: rankCount, threadsPerRank: 1) { group -> (Double, Int) in
             let model = try GPT(configuration, seed: 1)
             let parallel = group.size > 1 ? try DataParallel(module: model, group: group, options: options, timeline: timeline) : nil
-            let optimizer = Adam.adamW(ParameterGroup.decayingMatrices(of: model, weightDecay: 0.1), learningRate: 3e-4)
+            // As in training: the flat-buffer optimizer when the world has more than one rank (fuse_optimizer auto).
+            let groups = ParameterGroup.decayingMatrices(of: model, weightDecay: 0.1)
+            let optimizer: any Optimizer = options.fuseOptimizer.isEnabled(ranks: group.size)
+                ? FusedAdam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1, gradientLayout: parallel?.fusedGradients != nil ? .external : .flat)
+                : Adam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1)
             let generator = PhiloxRandom(seed: 5, stream: UInt64(group.rank))
             var start: UInt64 = 0
             for step in 0..<(warmup + steps) {

@@ -65,7 +65,8 @@ struct TrainCommand: ParsableCommand {
         add("--fuse-optimizer", fuseOptimizer); add("--find-unused-parameters", findUnusedParameters); add("--trace", trace)
         let configuration = try TrainingSettings.resolve(configFile: config, flags: flags)
         let timeline = configuration.trace == nil ? nil : Timeline()
-        let display = ProgressDisplay(plainEvery: configuration.logEvery)
+        // mpirun forwards output through a pseudo-terminal; a live line redrawn from rank 0 only garbles it.
+        let display = CommunicationBackend.isUnderMPI() ? ProgressDisplay(plainEvery: configuration.logEvery, isTerminal: false) : ProgressDisplay(plainEvery: configuration.logEvery)
 
         let summary: TrainingSummary
         switch try CommunicationBackend.resolve(configuration.backend) {
