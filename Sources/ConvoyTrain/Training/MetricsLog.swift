@@ -12,7 +12,7 @@ public final class MetricsLog {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         path = directory + "/metrics.jsonl"
         if !FileManager.default.fileExists(atPath: path) {
-            FileManager.default.createFile(atPath: path, contents: nil)
+            _ = FileManager.default.createFile(atPath: path, contents: nil)  // failure surfaces just below
         }
         guard let handle = FileHandle(forWritingAtPath: path) else { throw ConvoyError.io("cannot open \(path) for writing") }
         handle.seekToEndOfFile()
