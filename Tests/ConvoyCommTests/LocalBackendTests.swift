@@ -174,6 +174,32 @@ let testCounts = [0, 1, 7, 3, 1 << 20 | 3]
         #expect(messages[2] == "no error")
     }
 
+    @Test func aRankThatFailsStopsItsPeersAtOnce() throws {
+        struct RankFailure: Error, CustomStringConvertible { var description: String { "rank 1 gave up" } }
+        let seen = PeerErrors()
+        do {
+            _ = try LocalWorld.run(size: 3, threadsPerRank: 1) { group -> Int in
+                if group.rank == 1 { throw RankFailure() }
+                do {
+                    try group.allReduce(Tensor.ones([4]))
+                } catch {
+                    seen.append("\(error)")
+                    throw error
+                }
+                return 0
+            }
+            Issue.record("the run should have failed")
+        } catch {
+            #expect("\(error)" == "rank 1 gave up", "the root cause should be rethrown, got \(error)")
+        }
+        // The peers were released by the failure (peer failed), not by their timeouts.
+        let errors = seen.all
+        #expect(errors.count == 2)
+        for error in errors {
+            #expect(error.contains("peer failed") && error.contains("rank 1 stopped with an error: rank 1 gave up"), "\(error)")
+        }
+    }
+
     @Test func mismatchedCountsAreReportedWithBothSides() throws {
         let messages = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> String in
             let tensor = Tensor.ones([group.rank == 0 ? 10 : 12])
@@ -220,4 +246,12 @@ let testCounts = [0, 1, 7, 3, 1 << 20 | 3]
             #expect(errors[2].contains("chunk"))
         }
     }
+}
+
+/// Error messages collected from rank threads.
+final class PeerErrors: @unchecked Sendable {
+    private let lock = NSLock()
+    private var messages: [String] = []
+    func append(_ message: String) { lock.lock(); messages.append(message); lock.unlock() }
+    var all: [String] { lock.lock(); defer { lock.unlock() }; return messages }
 }

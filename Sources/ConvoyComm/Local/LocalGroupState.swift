@@ -19,10 +19,15 @@ final class LocalGroupState: @unchecked Sendable {
         let tag: Int
     }
 
-    init(name: String, size: Int, worldRanks: [Int]) {
+    /// Every group of the same Local world, so a failing rank can fail them all at once.
+    let world: LocalWorldGroups
+
+    init(name: String, size: Int, worldRanks: [Int], world: LocalWorldGroups) {
         self.name = name
         self.size = size
         self.worldRanks = worldRanks
+        self.world = world
+        world.register(self)
     }
 
     /// One collective's meeting point.
@@ -111,7 +116,7 @@ final class LocalGroupState: @unchecked Sendable {
         for color in Set(requests.map(\.color)).sorted() where color >= 0 {
             let members = requests.indices.filter { requests[$0].color == color }.sorted { (requests[$0].key, $0) < (requests[$1].key, $1) }
             let groupName = members.compactMap { requests[$0].name }.first ?? "\(name).split(\(color))"
-            let state = LocalGroupState(name: groupName, size: members.count, worldRanks: members.map { worldRanks[$0] })
+            let state = LocalGroupState(name: groupName, size: members.count, worldRanks: members.map { worldRanks[$0] }, world: world)
             for (newRank, member) in members.enumerated() { results[member] = (state, newRank) }
         }
         meeting.splitResults = results
@@ -152,9 +157,37 @@ final class LocalGroupState: @unchecked Sendable {
         }
     }
 
+    /// Fails the group from outside (a rank's thread ended with an error): every waiting and later operation
+    /// fails with `reason` instead of waiting for the rank that is gone.
+    func abort(_ reason: String) {
+        condition.lock()
+        breakGroup(reason)
+        condition.unlock()
+    }
+
     /// Marks the group failed and wakes every waiting rank so none hangs (called with the lock held).
     private func breakGroup(_ reason: String) {
         if brokenBecause == nil { brokenBecause = reason }
         condition.broadcast()
+    }
+}
+
+/// The groups of one Local world (held weakly).
+final class LocalWorldGroups: @unchecked Sendable {
+    private let lock = NSLock()
+    private var groups: [() -> LocalGroupState?] = []
+
+    func register(_ group: LocalGroupState) {
+        lock.lock()
+        groups.append { [weak group] in group }
+        lock.unlock()
+    }
+
+    /// Fails every group still alive.
+    func abortAll(_ reason: String) {
+        lock.lock()
+        let alive = groups.compactMap { $0() }
+        lock.unlock()
+        for group in alive { group.abort(reason) }
     }
 }

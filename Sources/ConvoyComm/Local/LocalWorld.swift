@@ -6,13 +6,16 @@ import Foundation
 public enum LocalWorld {
     /// Runs `body` on `size` threads, one per rank, each given its rank's world group, and returns the
     /// results by rank. Each rank computes on its own ``ComputePool`` of `threadsPerRank` threads (default:
-    /// the cores divided among the ranks, at least one). Rethrows the first error (by rank).
+    /// the cores divided among the ranks, at least one). When a rank's body throws, every group of the world
+    /// fails at once (peers waiting on that rank get a "peer failed" error instead of a timeout). Rethrows the
+    /// error of the lowest rank that failed by itself.
     public static func run<Result>(
         size: Int, name: String = "world", threadsPerRank: Int? = nil,
         _ body: @escaping @Sendable (any ProcessGroup) throws -> Result
     ) throws -> [Result] {
         guard size > 0 else { throw CommunicationError.invalidArgument("a Local world needs at least one rank, got \(size)") }
-        let state = LocalGroupState(name: name, size: size, worldRanks: Array(0..<size))
+        let groups = LocalWorldGroups()
+        let state = LocalGroupState(name: name, size: size, worldRanks: Array(0..<size), world: groups)
         let threads = threadsPerRank ?? Swift.max(1, ComputePool.defaultThreadCount / size)
         let outcomes = OutcomeSlots<Result>(count: size)
         let finished = DispatchGroup()
@@ -22,7 +25,12 @@ public enum LocalWorld {
                 defer { finished.leave() }
                 let group = LocalProcessGroup(state: state, rank: rank)
                 let pool = ComputePool(threadCount: threads)
-                outcomes.set(rank, Swift.Result { try ComputePool.withPool(pool) { try body(group) } })
+                let outcome = Swift.Result { try ComputePool.withPool(pool) { try body(group) } }
+                if case .failure(let error) = outcome {
+                    // The other ranks would otherwise wait for this one until their timeouts.
+                    groups.abortAll("rank \(rank) stopped with an error: \(error)")
+                }
+                outcomes.set(rank, outcome)
             }
             thread.name = "convoy-rank-\(rank)"
             thread.stackSize = 16 << 20
@@ -46,9 +54,18 @@ private final class OutcomeSlots<Value>: @unchecked Sendable {
         lock.unlock()
     }
 
+    /// The results by rank, or the error of the lowest rank that failed by itself (ranks that failed only
+    /// because a peer did come second).
     func values() throws -> [Value] {
         lock.lock()
         defer { lock.unlock() }
+        let failures: [Error] = slots.compactMap { if case .failure(let error)? = $0 { return error } else { return nil } }
+        if let rootCause = failures.first(where: { !Self.isPeerFailure($0) }) ?? failures.first { throw rootCause }
         return try slots.map { try $0!.get() }
+    }
+
+    private static func isPeerFailure(_ error: Error) -> Bool {
+        if case CommunicationError.peerFailed = error { return true }
+        return false
     }
 }

@@ -1,0 +1,239 @@
+import ConvoyNN
+import ConvoyTensor
+
+/// The parameters of one (parameter dtype, gradient dtype) group laid out in one contiguous parameter buffer
+/// and one contiguous gradient buffer of the same layout (Megatron's `ParamAndGradBuffer`), the layout ZeRO
+/// shards.
+///
+/// Layout:
+/// - Parameters are taken in reverse registration order, the order backward finishes their gradients, and
+///   cut into buckets by ``BucketAssignment`` (a smaller first bucket so the first reduction starts early).
+/// - Each bucket is one contiguous range of both buffers; its element count is padded up to a multiple of
+///   the data-parallel size `N`, so that it splits into `N` equal shards and a reduce-scatter or all-gather
+///   of the bucket needs no ragged sizes. Padding is zero and no parameter ever views it.
+/// - Rank `r` owns the same-offset shard of every bucket: elements
+///   `start + r·(padded/N) ..< start + (r+1)·(padded/N)` of each. A shard may cut through a parameter, which is
+///   why ``ownedSlices(rank:)`` reports element ranges rather than whole parameters.
+/// - Consecutive buckets form bucket groups (``bucketGroups``), each meant to be reduced by one collective.
+///
+/// Construction copies every parameter's values into its slice of ``parameterBuffer`` and rebinds the
+/// parameter to that slice (``ConvoyTensor/Tensor/rebind(to:)``: identity, name and hooks are kept), and
+/// gives it a zero gradient that is a view into ``gradientBuffer``; a gradient it already had is discarded.
+/// Backward accumulates into `grad` in place, so after backward the group's gradient is already contiguous
+/// in bucket order. A parameter must belong to at most one such buffer (or ``ConvoyNN/FlatParameterBuffer``):
+/// rebinding it again moves it out of this one.
+public final class ParamAndGradBuffer {
+    /// One bucket: a padded, contiguous range of both buffers.
+    public struct Bucket: Sendable {
+        /// Position in ``ParamAndGradBuffer/buckets`` (the order backward completes them).
+        public let index: Int
+        /// The bucket's elements in the buffers, padding included (its count is a multiple of the
+        /// data-parallel size).
+        public let range: Range<Int>
+        /// The bucket's parameters, in buffer order (reverse registration order).
+        public let parameters: [Parameter]
+        /// Each parameter's elements in the buffers; they tile `range` from its start, the padding after them.
+        public let parameterRanges: [Range<Int>]
+
+        /// Elements of the bucket that belong to no parameter (at its end).
+        public var paddingCount: Int { range.upperBound - (parameterRanges.last?.upperBound ?? range.lowerBound) }
+    }
+
+    /// Element type of the parameters (and of ``parameterBuffer``).
+    public let parameterDType: DType
+    /// Element type of the gradients (and of ``gradientBuffer``); kept apart from ``parameterDType`` so that
+    /// reduced-precision gradients can form their own groups later.
+    public let gradientDType: DType
+    /// Ranks the buckets are sharded across; every bucket's padded count is a multiple of it.
+    public let dataParallelSize: Int
+    /// The parameters with their names, in buffer order (reverse registration order).
+    public let parameters: [(name: String, parameter: Parameter)]
+    /// Each parameter's elements in the buffers, aligned with ``parameters``.
+    public let parameterRanges: [Range<Int>]
+    /// The buckets, in buffer order.
+    public let buckets: [Bucket]
+    /// Bucket indices of each bucket group: consecutive buckets, `bucketsPerGroup` per group (the last may
+    /// have fewer). Together they partition ``buckets``.
+    public let bucketGroups: [[Int]]
+    /// All parameter values, shape [``totalCount``]; every parameter is a view into it.
+    public let parameterBuffer: Tensor
+    /// All gradients, shape [``totalCount``], same layout; every gradient is a view into it.
+    public let gradientBuffer: Tensor
+    /// Elements per rank: the sum over buckets of padded count / ``dataParallelSize``.
+    public let shardElementCount: Int
+
+    private let indexOfParameter: [ObjectIdentifier: Int]
+    private let bucketOfParameter: [Int]
+
+    /// Lays out `parameters` (in registration order, as ``ConvoyNN/Module/namedParameters()`` lists them) and
+    /// rebinds them into the new buffers.
+    ///
+    /// - Parameters:
+    ///   - parameters: the group's parameters, all of `parameterDType`, each once.
+    ///   - dataParallelSize: ranks the buckets are sharded across (≥ 1).
+    ///   - firstBucketCapBytes: cap of the first bucket (> 0), counted in unpadded parameter bytes.
+    ///   - bucketCapBytes: cap of the other buckets (> 0); a parameter larger than a cap gets a bucket alone.
+    ///   - bucketsPerGroup: consecutive buckets reduced by one collective (≥ 1).
+    ///   - gradientDType: element type of the gradient buffer.
+    /// - Throws: ``ConvoyTensor/ConvoyError/invalidConfiguration(_:)`` for a size, cap or dtype outside what is
+    ///   supported, or a parameter listed twice.
+    public init(parameters: [(name: String, parameter: Parameter)], dataParallelSize: Int, firstBucketCapBytes: Int,
+                bucketCapBytes: Int, bucketsPerGroup: Int = 1, gradientDType: DType = .float32) throws {
+        guard dataParallelSize >= 1 else {
+            throw ConvoyError.invalidConfiguration("the data-parallel size must be at least 1, got \(dataParallelSize)")
+        }
+        guard firstBucketCapBytes > 0, bucketCapBytes > 0 else {
+            throw ConvoyError.invalidConfiguration("bucket caps must be positive (first bucket \(firstBucketCapBytes) B, others \(bucketCapBytes) B)")
+        }
+        guard bucketsPerGroup >= 1 else {
+            throw ConvoyError.invalidConfiguration("buckets per bucket group must be at least 1, got \(bucketsPerGroup)")
+        }
+        let parameterDType = parameters.first?.parameter.dtype ?? .float32
+        // Only Float32 kernels exist for accumulation and optimizer steps; other pairs are refused here
+        // rather than failing deep inside backward.
+        guard parameterDType == .float32, gradientDType == .float32 else {
+            throw ConvoyError.invalidConfiguration("parameter/gradient buffers support float32 parameters with float32 gradients, not \(parameterDType)/\(gradientDType)")
+        }
+        var seen = Set<ObjectIdentifier>()
+        for (name, parameter) in parameters {
+            guard parameter.dtype == parameterDType else {
+                throw ConvoyError.invalidConfiguration("parameter \(name) is \(parameter.dtype) but its buffer holds \(parameterDType) parameters; group parameters by dtype")
+            }
+            guard seen.insert(ObjectIdentifier(parameter)).inserted else {
+                throw ConvoyError.invalidConfiguration("parameter \(name) is listed twice; each parameter belongs to one buffer once")
+            }
+        }
+        self.parameterDType = parameterDType
+        self.gradientDType = gradientDType
+        self.dataParallelSize = dataParallelSize
+
+        let assignment = BucketAssignment.assign(byteSizes: parameters.map { $0.parameter.count * parameterDType.byteSize },
+                                                 firstBucketCapBytes: firstBucketCapBytes, bucketCapBytes: bucketCapBytes)
+        // BucketAssignment walks in reverse registration order, so concatenating its buckets gives the
+        // buffer order.
+        var ordered: [(name: String, parameter: Parameter)] = []
+        var ranges: [Range<Int>] = []
+        var bucketOf: [Int] = []
+        var bucketLayouts: [(range: Range<Int>, members: Range<Int>)] = []
+        var cursor = 0
+        var shardCount = 0
+        for (bucketIndex, members) in assignment.enumerated() {
+            let bucketStart = cursor
+            let firstMember = ordered.count
+            for member in members {
+                let entry = parameters[member]
+                ordered.append(entry)
+                ranges.append(cursor..<(cursor + entry.parameter.count))
+                bucketOf.append(bucketIndex)
+                cursor += entry.parameter.count
+            }
+            let used = cursor - bucketStart
+            let padded = (used + dataParallelSize - 1) / dataParallelSize * dataParallelSize
+            cursor = bucketStart + padded
+            shardCount += padded / dataParallelSize
+            bucketLayouts.append((bucketStart..<cursor, firstMember..<ordered.count))
+        }
+        let total = cursor
+        self.parameters = ordered
+        parameterRanges = ranges
+        bucketOfParameter = bucketOf
+        shardElementCount = shardCount
+        indexOfParameter = Dictionary(uniqueKeysWithValues: ordered.enumerated().map { (ObjectIdentifier($0.element.parameter), $0.offset) })
+        buckets = bucketLayouts.enumerated().map { index, layout in
+            Bucket(index: index, range: layout.range, parameters: layout.members.map { ordered[$0].parameter },
+                   parameterRanges: Array(ranges[layout.members]))
+        }
+        bucketGroups = stride(from: 0, to: bucketLayouts.count, by: bucketsPerGroup).map {
+            Array($0..<min($0 + bucketsPerGroup, bucketLayouts.count))
+        }
+
+        // Zero-filled, so the padding starts (and, never being viewed, stays) zero.
+        parameterBuffer = Tensor(storage: TensorStorage(zeroedDType: parameterDType, count: total), shape: [total])
+        gradientBuffer = Tensor(storage: TensorStorage(zeroedDType: gradientDType, count: total), shape: [total])
+        for (index, entry) in ordered.enumerated() {
+            let parameter = entry.parameter
+            let source = parameter.contiguous()
+            withExtendedLifetime(source) {
+                (parameterBuffer.floatPointer + ranges[index].lowerBound).update(from: source.floatPointer, count: ranges[index].count)
+            }
+            parameter.rebind(to: view(of: parameterBuffer, index))
+            parameter.grad = view(of: gradientBuffer, index)
+        }
+    }
+
+    /// Elements in each buffer, padding included.
+    public var totalCount: Int { parameterBuffer.count }
+
+    /// The buffer range of `parameter`, or nil if it is not in this buffer.
+    public func bufferRange(of parameter: Parameter) -> Range<Int>? {
+        indexOfParameter[ObjectIdentifier(parameter)].map { parameterRanges[$0] }
+    }
+
+    /// The index in ``buckets`` of the bucket holding `parameter`, or nil if it is not in this buffer.
+    public func bucketIndex(of parameter: Parameter) -> Int? {
+        indexOfParameter[ObjectIdentifier(parameter)].map { bucketOfParameter[$0] }
+    }
+
+    /// The elements of bucket `bucket` that rank `rank` owns: the rank's equal, same-offset share of the
+    /// padded bucket.
+    public func shardRange(of bucket: Int, rank: Int) -> Range<Int> {
+        precondition(buckets.indices.contains(bucket), "bucket \(bucket) does not exist (\(buckets.count) buckets)")
+        precondition((0..<dataParallelSize).contains(rank), "rank \(rank) is outside the data-parallel size \(dataParallelSize)")
+        let range = buckets[bucket].range
+        let shard = range.count / dataParallelSize
+        return (range.lowerBound + rank * shard)..<(range.lowerBound + (rank + 1) * shard)
+    }
+
+    /// The shards rank `rank` owns, one per bucket, in bucket order.
+    public func localShardRanges(rank: Int) -> [Range<Int>] {
+        buckets.indices.map { shardRange(of: $0, rank: rank) }
+    }
+
+    /// The parts of parameters that fall in rank `rank`'s shards (what a distributed optimizer updates there),
+    /// in buffer order. `parameterRange` counts elements of the flattened parameter, `bufferRange` the same
+    /// elements in the buffers; padding appears in none.
+    public func ownedSlices(rank: Int) -> [(parameter: Parameter, parameterRange: Range<Int>, bufferRange: Range<Int>)] {
+        var slices: [(parameter: Parameter, parameterRange: Range<Int>, bufferRange: Range<Int>)] = []
+        for bucket in buckets {
+            let shard = shardRange(of: bucket.index, rank: rank)
+            for (parameter, range) in zip(bucket.parameters, bucket.parameterRanges) {
+                let lower = max(shard.lowerBound, range.lowerBound), upper = min(shard.upperBound, range.upperBound)
+                guard lower < upper else { continue }
+                slices.append((parameter, (lower - range.lowerBound)..<(upper - range.lowerBound), lower..<upper))
+            }
+        }
+        return slices
+    }
+
+    /// Whether parameter `index` (in ``parameters``) still views its slice of ``parameterBuffer``.
+    public func parameterIsView(_ index: Int) -> Bool {
+        isView(parameters[index].parameter, of: parameterBuffer, index)
+    }
+
+    /// Whether parameter `index`'s gradient is still the view into ``gradientBuffer`` installed here (false
+    /// if it was dropped or replaced).
+    public func gradientIsView(_ index: Int) -> Bool {
+        guard let grad = parameters[index].parameter.grad else { return false }
+        return isView(grad, of: gradientBuffer, index)
+    }
+
+    /// Zeroes every gradient (the whole buffer, padding included) and makes any gradient that was dropped or
+    /// replaced a view into ``gradientBuffer`` again.
+    public func zeroGradients() {
+        gradientBuffer.fill(0)
+        for index in parameters.indices where !gradientIsView(index) {
+            parameters[index].parameter.grad = view(of: gradientBuffer, index)
+        }
+    }
+
+    /// A view of parameter `index`'s slice of `buffer`, shaped like the parameter. Built directly rather than
+    /// with `slice`/`reshaped`, which would record the view on the autograd tape.
+    private func view(of buffer: Tensor, _ index: Int) -> Tensor {
+        Tensor(storage: buffer.storage, shape: parameters[index].parameter.shape, offset: buffer.offset + parameterRanges[index].lowerBound)
+    }
+
+    private func isView(_ tensor: Tensor, of buffer: Tensor, _ index: Int) -> Bool {
+        tensor.storage === buffer.storage && tensor.offset == buffer.offset + parameterRanges[index].lowerBound
+            && tensor.isContiguous && tensor.shape == parameters[index].parameter.shape
+    }
+}
