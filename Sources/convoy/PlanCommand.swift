@@ -1,0 +1,122 @@
+import ArgumentParser
+import ConvoyNN
+import ConvoyParallel
+import ConvoyTensor
+import Foundation
+
+/// `convoy plan`: the per-rank bytes of parameters, gradients and optimizer state a data-parallel ZeRO
+/// configuration needs, from the formulas in DESIGN.md §7 (no model is built).
+struct PlanCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "plan",
+        abstract: "Print the per-rank bytes of parameters, gradients and optimizer state for a ZeRO stage.",
+        discussion: """
+            fp32 parameters and gradients (4 B each); optimizer state 8 B/param for adam/adamw, 4 B for momentum and \
+            nesterov, 0 for sgd. Sharded parts hold ⌈Ψ/N⌉ elements per rank. Activations are not counted.
+            """)
+
+    @Option(help: "Model preset: \(ZeROMemoryPlan.modelPresets.map(\.name).joined(separator: ", ")).") var model: String = "gpt-mini"
+    @Option(help: "Transformer blocks (overrides the preset).") var layers: Int?
+    @Option(name: .customLong("d-model"), help: "Model width (overrides the preset).") var dModel: Int?
+    @Option(help: "Attention heads (overrides the preset).") var heads: Int?
+    @Option(help: "Context length (overrides the preset).") var context: Int?
+    @Option(help: "Vocabulary size (overrides the preset).") var vocab: Int?
+    @Option(help: "Data-parallel ranks N.") var dp: Int = 1
+    @Option(name: .customLong("zero-stage"), help: "ZeRO stage 0, 1, 2 or 3, or 'all' for the four side by side.") var zeroStage: String = "0"
+    @Option(help: "Optimizer: \(ZeROMemoryPlan.OptimizerKind.allCases.map(\.rawValue).joined(separator: ", ")).") var optimizer: String = "adamw"
+    @Flag(help: "Print one JSON line per stage instead of the table.") var json = false
+
+    /// The model shape: the preset with any explicit flags applied.
+    func modelConfiguration() throws -> GPTConfiguration {
+        var configuration = try ZeROMemoryPlan.modelPreset(named: model)
+        if let layers { configuration.layers = layers }
+        if let dModel { configuration.width = dModel }
+        if let heads { configuration.heads = heads }
+        if let context { configuration.contextLength = context }
+        if let vocab { configuration.vocabularySize = vocab }
+        try configuration.validate()
+        return configuration
+    }
+
+    /// The stages `--zero-stage` asks for.
+    func requestedStages() throws -> [Int] {
+        if zeroStage.lowercased() == "all" { return Array(ZeROMemoryPlan.stages) }
+        guard let stage = Int(zeroStage) else {
+            throw ConvoyError.invalidConfiguration("--zero-stage must be 0, 1, 2, 3 or all, got \"\(zeroStage)\"")
+        }
+        return [stage]
+    }
+
+    func run() throws {
+        let configuration = try modelConfiguration()
+        let kind = try ZeROMemoryPlan.OptimizerKind(name: optimizer)
+        let plans = try requestedStages().map {
+            try ZeROMemoryPlan(parameterCount: configuration.parameterCount, dataParallelSize: dp, stage: $0, optimizer: kind)
+        }
+        if json {
+            for plan in plans { print(Self.jsonLine(plan)) }
+            return
+        }
+        let shape = "\(configuration.layers) layers, d_model \(configuration.width), \(configuration.heads) heads, "
+            + "context \(configuration.contextLength), vocab \(configuration.vocabularySize)"
+        let explicit = layers != nil || dModel != nil || heads != nil || context != nil || vocab != nil
+        print("model: \(model)\(explicit ? " (overridden)" : ""): \(shape)")
+        print("Ψ = \(Self.grouped(configuration.parameterCount)) parameters; N = \(dp) data-parallel ranks; "
+            + "optimizer \(kind.rawValue) (\(kind.stateBytesPerParameter) B/param state); fp32 parameters and gradients")
+        print("per rank:")
+        print(Self.table(plans))
+    }
+
+    /// Rows of bytes, one column per stage.
+    static func table(_ plans: [ZeROMemoryPlan]) -> String {
+        let rows: [(String, (ZeROMemoryPlan) -> String)] = [
+            ("", { "stage \($0.stage)" }),
+            ("parameters", { bytes($0.parameterBytes) }),
+            ("gradients", { bytes($0.gradientBytes) }),
+            ("optimizer state", { bytes($0.optimizerStateBytes) }),
+            ("total", { bytes($0.totalBytes) }),
+            ("formula", { $0.formula }),
+        ]
+        let cells = rows.map { row in plans.map(row.1) }
+        let labelWidth = rows.map(\.0.count).max() ?? 0
+        let columnWidths = plans.indices.map { column in cells.map { $0[column].count }.max() ?? 0 }
+        return zip(rows, cells).map { row, values in
+            let label = row.0.padding(toLength: labelWidth, withPad: " ", startingAt: 0)
+            let columns = zip(values, columnWidths).map { String(repeating: " ", count: $1 - $0.count) + $0 }
+            return "  " + label + columns.map { "   " + $0 }.joined()
+        }.joined(separator: "\n")
+    }
+
+    /// `43376640` as `41.37 MiB (43,376,640 B)`.
+    static func bytes(_ count: Int) -> String {
+        let units = ["KiB", "MiB", "GiB", "TiB"]
+        var value = Double(count), unit = "B"
+        for next in units where value >= 1024 {
+            value /= 1024
+            unit = next
+        }
+        return unit == "B" ? "\(count) B" : String(format: "%.2f", value) + " \(unit) (\(grouped(count)) B)"
+    }
+
+    /// Digits in groups of three: `10,844,160`.
+    static func grouped(_ count: Int) -> String {
+        let digits = String(count.magnitude)
+        var result = ""
+        for (index, digit) in digits.enumerated() {
+            if index > 0 && (digits.count - index) % 3 == 0 { result.append(",") }
+            result.append(digit)
+        }
+        return (count < 0 ? "-" : "") + result
+    }
+
+    /// One JSON object on one line, keys in a fixed order.
+    static func jsonLine(_ plan: ZeROMemoryPlan) -> String {
+        let fields: [(String, String)] = [
+            ("stage", "\(plan.stage)"), ("dp", "\(plan.dataParallelSize)"), ("optimizer", "\"\(plan.optimizer.rawValue)\""),
+            ("parameters", "\(plan.parameterCount)"), ("parameter_bytes", "\(plan.parameterBytes)"),
+            ("gradient_bytes", "\(plan.gradientBytes)"), ("optimizer_state_bytes", "\(plan.optimizerStateBytes)"),
+            ("total_bytes", "\(plan.totalBytes)"),
+        ]
+        return "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
+    }
+}
