@@ -1,0 +1,70 @@
+import ConvoyComm
+import ConvoyNN
+import ConvoyParallel
+import ConvoyTensor
+import Foundation
+import Testing
+
+@Suite(.serialized) struct ZeROStageOneTests {
+    init() { CommunicationTimeout.set(30) }
+
+    /// `ranks` Local ranks under ZeRO-1, each starting from its own seed.
+    func zeroWeights(ranks: Int, steps: Int, batch: Int, microSteps: Int = 1) throws -> [([[Float]], Int)] {
+        try LocalWorld.run(size: ranks, threadsPerRank: 1) { group in
+            let model = try GPT(dpConfiguration, seed: 1 + UInt64(group.rank))
+            var options = DataParallelOptions()
+            options.firstBucketCapMB = 0.002
+            options.bucketCapMB = 0.01
+            let zero = try ZeROStageOne(module: model, group: group, options: options, weightDecay: 0.1) { groups in
+                SGD(groups, learningRate: 0.1, momentum: 0.9)
+            }
+            let perRank = batch / ranks, perMicro = perRank / microSteps
+            for step in 0..<steps {
+                let data = globalBatch(step: step, batch: batch)
+                for micro in 0..<microSteps {
+                    let start = group.rank * perRank + micro * perMicro
+                    (model.loss(data.inputs[start..<(start + perMicro)].flatMap { $0 }, targets: data.targets[start..<(start + perMicro)].flatMap { $0 },
+                                batch: perMicro, time: 8) * (1 / Float(microSteps))).backward()
+                }
+                try zero.finishGradientSynchronization()
+                try zero.step()
+                zero.zeroGradients()
+            }
+            let stateElements = zero.optimizer.state().tensors.values.reduce(0) { $0 + $1.count }
+            return (model.parameters.map { $0.toArray() }, stateElements)
+        }
+    }
+
+    @Test(arguments: [(2, 1), (4, 1), (2, 2), (4, 2)])
+    func stageOneMatchesOneProcess(ranks: Int, microSteps: Int) throws {
+        let reference = try referenceWeights(steps: 10, batch: 8)
+        let results = try zeroWeights(ranks: ranks, steps: 10, batch: 8, microSteps: microSteps)
+        for (rank, result) in results.enumerated() {
+            let error = maxRelativeError(result.0, reference)
+            #expect(error <= 1e-5, "ZeRO-1 dp \(ranks) × \(microSteps) micro-steps, rank \(rank): relative error \(error)")
+        }
+        // Momentum state exists only for each rank's shard: together exactly one copy of every parameter.
+        let parameters = try GPT(dpConfiguration, seed: 1).parameterCount
+        #expect(results.map(\.1).reduce(0, +) == parameters)
+        for result in results { #expect(result.1 <= (parameters + ranks - 1) / ranks + 64 * ranks) }
+    }
+
+    @Test func gradientNormAndClippingSeeTheWholeAveragedGradient() throws {
+        let norms = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [Double] in
+            let model = try GPT(dpConfiguration, seed: 3)
+            let zero = try ZeROStageOne(module: model, group: group, weightDecay: 0) { SGD($0, learningRate: 0.1) }
+            let data = globalBatch(step: 0, batch: 4)
+            // Both ranks compute the same batch: the averaged gradient equals each local one.
+            model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8).backward()
+            let local = GradientClipping.globalNorm(model.parameters)
+            try zero.finishGradientSynchronization()
+            let before = try zero.clipGradients(maxNorm: Float(local / 2))
+            let after = try zero.globalGradientNorm()
+            return [local, before, after]
+        }
+        for norm in norms {
+            #expect(abs(norm[1] - norm[0]) <= 1e-4 * norm[0])
+            #expect(abs(norm[2] - norm[0] / 2) <= 1e-3 * norm[0])
+        }
+    }
+}
