@@ -78,7 +78,7 @@ public final class ParamAndGradBuffer {
     /// - Throws: ``ConvoyTensor/ConvoyError/invalidConfiguration(_:)`` for a size, cap or dtype outside what is
     ///   supported, or a parameter listed twice.
     public init(parameters: [(name: String, parameter: Parameter)], dataParallelSize: Int, firstBucketCapBytes: Int,
-                bucketCapBytes: Int, bucketsPerGroup: Int = 1, gradientDType: DType = .float32) throws {
+                bucketCapBytes: Int, bucketsPerGroup: Int = 1, gradientDType: DType = .float32, keepsFullGradients: Bool = true) throws {
         guard dataParallelSize >= 1 else {
             throw ConvoyError.invalidConfiguration("the data-parallel size must be at least 1, got \(dataParallelSize)")
         }
@@ -149,7 +149,11 @@ public final class ParamAndGradBuffer {
 
         // Zero-filled, so the padding starts (and, never being viewed, stays) zero.
         parameterBuffer = Tensor(storage: TensorStorage(zeroedDType: parameterDType, count: total), shape: [total])
-        gradientBuffer = Tensor(storage: TensorStorage(zeroedDType: gradientDType, count: total), shape: [total])
+        // ZeRO-2/3 keep only a shard of the gradients; they pass `keepsFullGradients: false` and get an empty
+        // gradient buffer (and no gradient views).
+        let gradientCount = keepsFullGradients ? total : 0
+        gradientBuffer = Tensor(storage: TensorStorage(zeroedDType: gradientDType, count: gradientCount), shape: [gradientCount])
+        self.keepsFullGradients = keepsFullGradients
         for (index, entry) in ordered.enumerated() {
             let parameter = entry.parameter
             let source = parameter.contiguous()
@@ -157,9 +161,12 @@ public final class ParamAndGradBuffer {
                 (parameterBuffer.floatPointer + ranges[index].lowerBound).update(from: source.floatPointer, count: ranges[index].count)
             }
             parameter.rebind(to: view(of: parameterBuffer, index))
-            parameter.grad = view(of: gradientBuffer, index)
+            if keepsFullGradients { parameter.grad = view(of: gradientBuffer, index) }
         }
     }
+
+    /// Whether ``gradientBuffer`` holds full gradients (false for ZeRO stages that keep only a shard).
+    public let keepsFullGradients: Bool
 
     /// Elements in each buffer, padding included.
     public var totalCount: Int { parameterBuffer.count }
@@ -220,6 +227,7 @@ public final class ParamAndGradBuffer {
     /// Zeroes every gradient (the whole buffer, padding included) and makes any gradient that was dropped or
     /// replaced a view into ``gradientBuffer`` again.
     public func zeroGradients() {
+        guard keepsFullGradients else { return }
         gradientBuffer.fill(0)
         for index in parameters.indices where !gradientIsView(index) {
             parameters[index].parameter.grad = view(of: gradientBuffer, index)

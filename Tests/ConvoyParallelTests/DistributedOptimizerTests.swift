@@ -5,17 +5,18 @@ import ConvoyTensor
 import Foundation
 import Testing
 
-@Suite(.serialized) struct ZeROStageOneTests {
+@Suite(.serialized) struct DistributedOptimizerTests {
     init() { CommunicationTimeout.set(30) }
 
-    /// `ranks` Local ranks under ZeRO-1, each starting from its own seed.
-    func zeroWeights(ranks: Int, steps: Int, batch: Int, microSteps: Int = 1) throws -> [([[Float]], Int)] {
+    /// `ranks` Local ranks under ZeRO `stage`, each starting from its own seed.
+    func zeroWeights(stage: Int, ranks: Int, steps: Int, batch: Int, microSteps: Int = 1, overlap: Bool = true) throws -> [([[Float]], Int)] {
         try LocalWorld.run(size: ranks, threadsPerRank: 1) { group in
             let model = try GPT(dpConfiguration, seed: 1 + UInt64(group.rank))
             var options = DataParallelOptions()
             options.firstBucketCapMB = 0.002
             options.bucketCapMB = 0.01
-            let zero = try ZeROStageOne(module: model, group: group, options: options, weightDecay: 0.1) { groups in
+            options.overlapGradReduce = overlap
+            let zero = try DistributedOptimizer(module: model, group: group, stage: stage, options: options, weightDecay: 0.1) { groups in
                 SGD(groups, learningRate: 0.1, momentum: 0.9)
             }
             let perRank = batch / ranks, perMicro = perRank / microSteps
@@ -25,6 +26,7 @@ import Testing
                     let start = group.rank * perRank + micro * perMicro
                     (model.loss(data.inputs[start..<(start + perMicro)].flatMap { $0 }, targets: data.targets[start..<(start + perMicro)].flatMap { $0 },
                                 batch: perMicro, time: 8) * (1 / Float(microSteps))).backward()
+                    try zero.finishBackward()
                 }
                 try zero.finishGradientSynchronization()
                 try zero.step()
@@ -35,13 +37,13 @@ import Testing
         }
     }
 
-    @Test(arguments: [(2, 1), (4, 1), (2, 2), (4, 2)])
-    func stageOneMatchesOneProcess(ranks: Int, microSteps: Int) throws {
+    @Test(arguments: [(1, 2, 1), (1, 4, 1), (1, 2, 2), (1, 4, 2), (2, 2, 1), (2, 4, 1), (2, 2, 2), (2, 4, 2)])
+    func matchesOneProcess(stage: Int, ranks: Int, microSteps: Int) throws {
         let reference = try referenceWeights(steps: 10, batch: 8)
-        let results = try zeroWeights(ranks: ranks, steps: 10, batch: 8, microSteps: microSteps)
+        let results = try zeroWeights(stage: stage, ranks: ranks, steps: 10, batch: 8, microSteps: microSteps)
         for (rank, result) in results.enumerated() {
             let error = maxRelativeError(result.0, reference)
-            #expect(error <= 1e-5, "ZeRO-1 dp \(ranks) × \(microSteps) micro-steps, rank \(rank): relative error \(error)")
+            #expect(error <= 1e-5, "ZeRO-\(stage) dp \(ranks) × \(microSteps) micro-steps, rank \(rank): relative error \(error)")
         }
         // Momentum state exists only for each rank's shard: together exactly one copy of every parameter.
         let parameters = try GPT(dpConfiguration, seed: 1).parameterCount
@@ -49,10 +51,39 @@ import Testing
         for result in results { #expect(result.1 <= (parameters + ranks - 1) / ranks + 64 * ranks) }
     }
 
+    @Test func stageTwoWithoutOverlapMatchesOneProcess() throws {
+        let reference = try referenceWeights(steps: 10, batch: 8)
+        for result in try zeroWeights(stage: 2, ranks: 2, steps: 10, batch: 8, overlap: false) {
+            #expect(maxRelativeError(result.0, reference) <= 1e-5)
+        }
+    }
+
+    @Test func stageTwoKeepsNoFullGradientsAndStageThreeIsRefused() throws {
+        let results = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [Int] in
+            let model = try GPT(dpConfiguration, seed: 3)
+            let zero = try DistributedOptimizer(module: model, group: group, stage: 2, weightDecay: 0) { SGD($0, learningRate: 0.1) }
+            let data = globalBatch(step: 0, batch: 4)
+            model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8).backward()
+            try zero.finishBackward()
+            let withGradients = model.parameters.filter { $0.grad != nil }.count
+            var refused = 0
+            do { _ = try DistributedOptimizer(module: try GPT(dpConfiguration, seed: 3), group: group, stage: 3, weightDecay: 0) { SGD($0, learningRate: 0.1) } } catch {
+                if "\(error)".contains("zero_stage 3") { refused = 1 }
+            }
+            return [withGradients, zero.buffer.gradientBuffer.count, zero.gradientShard.count, zero.buffer.totalCount, refused]
+        }
+        for result in results {
+            #expect(result[0] == 0, "stage 2 leaves .grad nil")
+            #expect(result[1] == 0, "stage 2 allocates no full gradient buffer")
+            #expect(result[2] * 2 == result[3], "the gradient shard is 1/N of the buffer")
+            #expect(result[4] == 1)
+        }
+    }
+
     @Test func gradientNormAndClippingSeeTheWholeAveragedGradient() throws {
         let norms = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [Double] in
             let model = try GPT(dpConfiguration, seed: 3)
-            let zero = try ZeROStageOne(module: model, group: group, weightDecay: 0) { SGD($0, learningRate: 0.1) }
+            let zero = try DistributedOptimizer(module: model, group: group, stage: 1, weightDecay: 0) { SGD($0, learningRate: 0.1) }
             let data = globalBatch(step: 0, batch: 4)
             // Both ranks compute the same batch: the averaged gradient equals each local one.
             model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8).backward()

@@ -1,0 +1,204 @@
+import ConvoyComm
+import ConvoyNN
+import ConvoyTensor
+
+/// ZeRO stages 1 and 2 (a distributed optimizer over a ``ParamAndGradBuffer``).
+///
+/// Parameters live in a contiguous buffer cut into buckets padded so the data-parallel size divides them; rank
+/// r owns the same-offset shard of every bucket. Optimizer state exists only for the rank's shard: the optimizer
+/// — built by the caller over views of the shard slices, so its per-element arithmetic is the unsharded
+/// optimizer's — updates the shard, and every bucket's parameters are then all-gathered.
+///
+/// - Stage 1: backward accumulates full gradients in the buffer; after the last backward of a step each
+///   bucket is reduce-scattered (average) into the rank's gradient shard.
+/// - Stage 2: no full gradient is kept. Each parameter's gradient interceptor copies its gradient into a
+///   transient staging buffer of its bucket and takes it over (`.grad` stays nil); a complete bucket is
+///   reduce-scattered at once, overlapping the rest of backward, and the result is added to the gradient
+///   shard. Between micro-steps only the shard persists; ``finishBackward()`` must follow every backward.
+///
+/// Per rank with Adam: stage 1 holds 4Ψ parameters + 4Ψ gradients + 8Ψ/N state; stage 2 holds 4Ψ + 12Ψ/N
+/// (plus the staging of buckets in flight).
+public final class DistributedOptimizer {
+    public let group: any ProcessGroup
+    /// 1 or 2.
+    public let stage: Int
+    public let buffer: ParamAndGradBuffer
+    /// The optimizer over this rank's shard slices.
+    public private(set) var optimizer: (any Optimizer)!
+    /// The averaged gradients of this rank's shards, bucket after bucket.
+    public let gradientShard: Tensor
+    /// Where each bucket's shard starts in `gradientShard`.
+    private let shardOffsets: [Int]
+    private let overlap: Bool
+    /// Stage 2: per bucket, the staging buffer of the current backward and the number of gradients missing.
+    private var staging: [Tensor?]
+    private var pending: [Int]
+    private var incoming: [(work: Work, shard: Tensor, staged: Tensor)?]
+    private var nextBucketToLaunch = 0
+
+    /// Wraps `module` (collective: every rank must call it). Parameters are broadcast from rank 0 first, so
+    /// replicas start identical. `makeOptimizer` receives the shard slices grouped like
+    /// ``ConvoyNN/ParameterGroup/decayingMatrices(of:weightDecay:)`` (slices of matrices decay, others not).
+    public init(module: Module, group: any ProcessGroup, stage: Int, options: DataParallelOptions = DataParallelOptions(), weightDecay: Float,
+                makeOptimizer: ([ParameterGroup]) -> any Optimizer) throws {
+        guard stage == 1 || stage == 2 else {
+            throw ConvoyError.invalidConfiguration("zero_stage \(stage) is not a distributed-optimizer stage; use 1 or 2 (0 is plain data parallelism; stage 3 is not implemented yet)")
+        }
+        self.group = group
+        self.stage = stage
+        overlap = options.overlapGradReduce
+        let parameters = module.namedParameters().filter { !$0.parameter.isDistributed }
+        try withNoGrad {
+            for (_, parameter) in parameters { try group.broadcast(parameter, root: 0) }
+        }
+        buffer = try ParamAndGradBuffer(parameters: parameters, dataParallelSize: group.size,
+                                        firstBucketCapBytes: Int(options.firstBucketCapMB * 1_048_576),
+                                        bucketCapBytes: Int(options.bucketCapMB * 1_048_576), keepsFullGradients: stage == 1)
+        gradientShard = Tensor.zeros([buffer.shardElementCount])
+        var offsets: [Int] = []
+        var running = 0
+        for bucket in buffer.buckets {
+            offsets.append(running)
+            running += bucket.range.count / group.size
+        }
+        shardOffsets = offsets
+        staging = Array(repeating: nil, count: buffer.buckets.count)
+        pending = buffer.buckets.map(\.parameters.count)
+        incoming = Array(repeating: nil, count: buffer.buckets.count)
+
+        // Views of this rank's slices: values in the parameter buffer, gradients in the gradient shard.
+        let names = Dictionary(uniqueKeysWithValues: parameters.map { (ObjectIdentifier($0.parameter), $0.name) })
+        var decaying: [Parameter] = [], plain: [Parameter] = []
+        for slice in buffer.ownedSlices(rank: group.rank) {
+            let bucket = buffer.bucketIndex(of: slice.parameter)!
+            let shardStart = buffer.shardRange(of: bucket, rank: group.rank).lowerBound
+            let values = Tensor(storage: buffer.parameterBuffer.storage, shape: [slice.bufferRange.count],
+                                offset: buffer.parameterBuffer.offset + slice.bufferRange.lowerBound)
+            values.grad = Tensor(storage: gradientShard.storage, shape: [slice.bufferRange.count],
+                                 offset: offsets[bucket] + slice.bufferRange.lowerBound - shardStart)
+            values.name = "\(names[ObjectIdentifier(slice.parameter)] ?? "?")[\(slice.parameterRange.lowerBound)..<\(slice.parameterRange.upperBound)]"
+            if slice.parameter.rank >= 2 { decaying.append(values) } else { plain.append(values) }
+        }
+        optimizer = makeOptimizer([ParameterGroup(decaying, weightDecay: weightDecay), ParameterGroup(plain, weightDecay: 0)])
+        if stage == 2 {
+            for (_, parameter) in buffer.parameters {
+                parameter.setGradientInterceptor { [weak self] parameter, gradient in
+                    self?.stage(gradient, of: parameter)
+                    return .consumed
+                }
+            }
+        }
+    }
+
+    deinit {
+        if stage == 2 { for (_, parameter) in buffer.parameters { parameter.setGradientInterceptor(nil) } }
+    }
+
+    /// Stage 2: copies one parameter's gradient of this backward into its bucket's staging buffer; a complete
+    /// bucket is reduce-scattered (in bucket order, overlapping the rest of backward when `overlap` is on).
+    private func stage(_ gradient: Tensor, of parameter: Parameter) {
+        let bucketIndex = buffer.bucketIndex(of: parameter)!
+        let bucket = buffer.buckets[bucketIndex]
+        let staged = staging[bucketIndex] ?? Tensor.zeros([bucket.range.count])
+        staging[bucketIndex] = staged
+        let range = buffer.bufferRange(of: parameter)!
+        let source = gradient.contiguous()
+        withExtendedLifetime(source) {
+            (staged.floatPointer + range.lowerBound - bucket.range.lowerBound).update(from: source.floatPointer, count: range.count)
+        }
+        pending[bucketIndex] -= 1
+        if overlap { launchCompleteBuckets() }
+    }
+
+    private func launchCompleteBuckets() {
+        while nextBucketToLaunch < buffer.buckets.count && pending[nextBucketToLaunch] == 0 {
+            launchStaged(nextBucketToLaunch)
+            nextBucketToLaunch += 1
+        }
+    }
+
+    private func launchStaged(_ bucketIndex: Int) {
+        let bucket = buffer.buckets[bucketIndex]
+        // A bucket none of whose parameters got a gradient this backward contributes zeros.
+        let staged = staging[bucketIndex] ?? Tensor.zeros([bucket.range.count])
+        staging[bucketIndex] = nil
+        let shard = Tensor(uninitializedShape: [bucket.range.count / group.size])
+        let work = group.reduceScatterAsync(input: CommunicationBuffer(staged), output: CommunicationBuffer(shard), operation: .average)
+        incoming[bucketIndex] = (work, shard, staged)
+    }
+
+    /// Stage 2: call after every backward (each micro-step): launches what is left, waits for every bucket's
+    /// reduce-scatter and adds the results to the gradient shard; the staging buffers are released. Stage 1:
+    /// nothing to do until ``finishGradientSynchronization()``.
+    public func finishBackward() throws {
+        guard stage == 2 else { return }
+        defer {
+            nextBucketToLaunch = 0
+            pending = buffer.buckets.map(\.parameters.count)
+            incoming = Array(repeating: nil, count: buffer.buckets.count)
+        }
+        for index in buffer.buckets.indices where incoming[index] == nil { launchStaged(index) }
+        for (index, entry) in incoming.enumerated() {
+            guard let entry else { continue }
+            try entry.work.wait()
+            let offset = shardOffsets[index]
+            gradientShard.slice(axis: 0, offset..<(offset + entry.shard.count)).contiguous().addInPlace(entry.shard)
+            withExtendedLifetime(entry.staged) {}
+        }
+    }
+
+    /// Call after the last backward of a step (stage 2: after its ``finishBackward()``): stage 1 reduce-
+    /// scatters (averages) every bucket's gradients into this rank's gradient shard.
+    public func finishGradientSynchronization() throws {
+        guard stage == 1 else { return }
+        let gradients = buffer.gradientBuffer
+        let works = buffer.buckets.enumerated().map { index, bucket in
+            group.reduceScatterAsync(input: CommunicationBuffer(gradients).slice(bucket.range),
+                                     output: CommunicationBuffer(gradientShard).slice(shardOffsets[index]..<(shardOffsets[index] + bucket.range.count / group.size)),
+                                     operation: .average)
+        }
+        for work in works { try work.wait() }
+    }
+
+    /// Updates this rank's shard and all-gathers the updated parameters.
+    public func step() throws {
+        optimizer.step()
+        let parameters = buffer.parameterBuffer
+        // The all-gather's input is copied out first: MPI forbids aliasing input and output buffers.
+        let staged = buffer.buckets.map { bucket -> Tensor in
+            let shard = buffer.shardRange(of: bucket.index, rank: group.rank)
+            return parameters.slice(axis: 0, shard).copy()
+        }
+        let works = zip(buffer.buckets, staged).map { bucket, shard in
+            group.allGatherAsync(input: CommunicationBuffer(shard), output: CommunicationBuffer(parameters).slice(bucket.range))
+        }
+        for work in works { try work.wait() }
+        withExtendedLifetime(staged) {}
+    }
+
+    /// Zeroes the full gradients (keeping them views into the buffer) and the gradient shard.
+    public func zeroGradients() {
+        buffer.zeroGradients()
+        gradientShard.fill(0)
+    }
+
+    /// The L2 norm of the averaged gradient over all ranks' shards (padding is zero and adds nothing).
+    public func globalGradientNorm() throws -> Double {
+        let squares = Tensor.zeros([1])
+        var local = 0.0
+        let values = gradientShard.floatPointer
+        for i in 0..<gradientShard.count { local += Double(values[i]) * Double(values[i]) }
+        squares.floatPointer[0] = Float(local)
+        try group.allReduce(squares, operation: .sum)
+        return Double(squares.floatPointer[0]).squareRoot()
+    }
+
+    /// Scales the gradient shard so the global norm is at most `maxNorm`; returns the norm before clipping.
+    @discardableResult
+    public func clipGradients(maxNorm: Float) throws -> Double {
+        let norm = try globalGradientNorm()
+        let scale = Double(maxNorm) / (norm + 1e-6)
+        if scale < 1 { gradientShard.scaleInPlace(Float(scale)) }
+        return norm
+    }
+}
