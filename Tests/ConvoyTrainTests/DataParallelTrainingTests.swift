@@ -53,6 +53,39 @@ import Testing
         #expect(metrics.split(separator: "\n").filter { $0.contains("\"loss\"") }.count == 10)
     }
 
+    @Test(arguments: [(1, 2, 1), (2, 2, 2), (2, 4, 1)])
+    func zeroTrainingMatchesOneProcess(stage: Int, ranks: Int, accumulate: Int) throws {
+        let single = scratchDirectory("zero-single"), parallel = scratchDirectory("zero-parallel")
+        defer { for path in [single, parallel] { try? FileManager.default.removeItem(atPath: path) } }
+        var reference = try configuration(output: single)
+        reference.accumulateSteps = accumulate
+        reference.gradClip = 0.5
+        let one = try Trainer(configuration: reference)
+        _ = try one.run()
+        var distributed = reference
+        distributed.output = parallel
+        distributed.dp = ranks
+        distributed.zeroStage = stage
+        distributed.ddp.firstBucketCapMB = 0.001
+        distributed.ddp.bucketCapMB = 0.004
+        let frozen = distributed
+        let weights = try LocalWorld.run(size: ranks, threadsPerRank: 1) { group -> [[Float]] in
+            let trainer = try Trainer(configuration: frozen, group: group)
+            #expect(trainer.zero?.stage == stage)
+            _ = try trainer.run()
+            return trainer.model.parameters.map { $0.toArray() }
+        }
+        let expected = one.model.parameters.map { $0.toArray() }
+        for (rank, result) in weights.enumerated() {
+            let error = relativeError(result, expected)
+            #expect(error <= 1e-5, "ZeRO-\(stage) dp \(ranks) rank \(rank): relative error \(error)")
+        }
+        // A ZeRO checkpoint is refused for resuming rather than resumed with rank 0's shard only.
+        var resumed = reference
+        resumed.output = single + "-again"
+        #expect(throws: ConvoyError.self) { try Trainer(configuration: resumed, resume: parallel + "/final") }
+    }
+
     @Test func badDataParallelConfigurationsAreRefusedBeforeCompute() throws {
         let output = scratchDirectory("dp-bad")
         defer { try? FileManager.default.removeItem(atPath: output) }
@@ -79,5 +112,9 @@ import Testing
         #expect(parsed.dp == 2 && !parsed.ddp.bucketing && parsed.ddp.fuseAllReduce == .on && parsed.ddp.bucketCapMB == 4)
         #expect(throws: ConvoyError.self) { try TrainingSettings.apply(toml: "[parallel.ddp]\nfuse_all_reduce = \"maybe\"\n", source: "p.toml", to: &parsed) }
         #expect(throws: ConvoyError.self) { try TrainingSettings.apply(toml: "[parallel.ddp]\nbucketting = true\n", source: "p.toml", to: &parsed) }
+        let stageThree = try? TrainingSettings.resolve(configFile: nil, flags: [("--dp", "2"), ("--zero-stage", "3")])
+        #expect(stageThree == nil)
+        #expect(throws: ConvoyError.self) { try TrainingSettings.resolve(configFile: nil, flags: [("--zero-stage", "4")]) }
+        #expect(throws: ConvoyError.self) { try TrainingSettings.resolve(configFile: nil, flags: [("--dp", "1"), ("--zero-stage", "1")]) }
     }
 }

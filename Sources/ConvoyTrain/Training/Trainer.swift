@@ -29,8 +29,10 @@ public final class Trainer {
     public let optimizer: any Optimizer
     public let dataset: any TrainingDataset
     public let sampler: DistributedSampler
-    /// The data-parallel wrapper (nil on one rank).
+    /// The data-parallel wrapper (nil on one rank, and under ZeRO).
     public let parallel: DataParallel?
+    /// The ZeRO distributed optimizer (stages 1 and 2), or nil.
+    public let zero: DistributedOptimizer?
     public let group: (any ProcessGroup)?
     private let schedule: any LearningRateSchedule
     private let display: ProgressDisplay?
@@ -55,12 +57,21 @@ public final class Trainer {
         dataset = try configuration.makeDataset()
         sampler = try DistributedSampler(globalBatch: configuration.batch, worldSize: ranks, rank: group?.rank ?? 0, microBatches: configuration.accumulateSteps)
         model = try GPT(configuration.modelConfiguration, seed: configuration.seed)
-        if let group, group.size > 1 {
-            parallel = try DataParallel(module: model, group: group, options: configuration.ddp, timeline: timeline)
-        } else {
+        if let group, group.size > 1, configuration.zeroStage > 0 {
+            if resume != nil {
+                throw ConvoyError.invalidConfiguration("resuming under ZeRO (--zero-stage \(configuration.zeroStage)) is not supported yet: the optimizer state is sharded across ranks; resume with --zero-stage 0")
+            }
+            let distributed = try DistributedOptimizer(module: model, group: group, stage: configuration.zeroStage, options: configuration.ddp,
+                                                       weightDecay: Float(configuration.weightDecay)) { configuration.makeShardOptimizer($0) }
+            zero = distributed
             parallel = nil
+            optimizer = distributed.optimizer
+        } else {
+            zero = nil
+            parallel = group.map { $0.size > 1 } == true
+                ? try DataParallel(module: model, group: group!, options: configuration.ddp, timeline: timeline) : nil
+            optimizer = configuration.makeOptimizer(for: model, ranks: ranks, externalGradients: parallel?.fusedGradients != nil)
         }
-        optimizer = configuration.makeOptimizer(for: model, ranks: ranks, externalGradients: parallel?.fusedGradients != nil)
         schedule = configuration.learningRateSchedule
         self.display = (group?.rank ?? 0) == 0 ? display : nil
         self.timeline = timeline
@@ -70,6 +81,11 @@ public final class Trainer {
     private func restore(from directory: String) throws {
         let contents = try TrainingCheckpoint.load(from: directory, into: model)
         let state = contents.state
+        var saved = TrainingConfiguration()
+        try? TrainingSettings.apply(toml: state.configuration, source: directory + "/trainer.json", to: &saved)
+        guard saved.zeroStage == 0 else {
+            throw ConvoyError.incompatible("checkpoint \(directory) was written under ZeRO stage \(saved.zeroStage): it holds only rank 0's shard of the optimizer state, and resuming it is not supported yet")
+        }
         guard state.seed == configuration.seed else {
             throw ConvoyError.incompatible("checkpoint \(directory) was trained with seed \(state.seed), the run uses --seed \(configuration.seed); resume with the same seed")
         }
@@ -103,7 +119,8 @@ public final class Trainer {
         let globalIndices = (step * configuration.batch)..<((step + 1) * configuration.batch)
         let totalCounted = globalIndices.reduce(0) { $0 + dataset.trainingExample($1).countedTargets }
         // Data parallelism averages gradients over ranks, so each rank's share is scaled up by the rank count.
-        let rankScale = Float(parallel?.group.size ?? 1)
+        let reducingGroup = parallel?.group ?? zero?.group
+        let rankScale = Float(reducingGroup?.size ?? 1)
         var loss = 0.0
         for microBatch in 0..<sampler.microBatches {
             let examples = sampler.indices(step: step, microBatch: microBatch).map { dataset.trainingExample($0) }
@@ -118,19 +135,29 @@ public final class Trainer {
                 loss += Double(microLoss.scalarValue) * Double(weight)
             }
             if let parallel, microBatch < sampler.microBatches - 1 { parallel.withoutSynchronization(compute) } else { compute() }
+            try zero?.finishBackward()
         }
         try parallel?.finishGradientSynchronization()
-        if let group = parallel?.group {
+        try zero?.finishGradientSynchronization()
+        if let group = reducingGroup {
             let total = Tensor(shape: [1], values: [Float(loss)])
             try group.allReduce(total, operation: .sum)
             loss = Double(total.scalarValue)
         }
-        let parameters = model.parameters
-        let norm = configuration.gradClip > 0
-            ? GradientClipping.clip(parameters, maxNorm: Float(configuration.gradClip))
-            : GradientClipping.globalNorm(parameters)
-        measure("optimizer step", rank: rank) { optimizer.step() }
-        if let parallel { parallel.zeroGradients() } else { optimizer.zeroGradients() }
+        let norm: Double
+        if let zero {
+            // The averaged gradient exists only as shards: the norm is reduced over ranks.
+            norm = configuration.gradClip > 0 ? try zero.clipGradients(maxNorm: Float(configuration.gradClip)) : try zero.globalGradientNorm()
+            try measure("optimizer step", rank: rank) { try zero.step() }
+            zero.zeroGradients()
+        } else {
+            let parameters = model.parameters
+            norm = configuration.gradClip > 0
+                ? GradientClipping.clip(parameters, maxNorm: Float(configuration.gradClip))
+                : GradientClipping.globalNorm(parameters)
+            measure("optimizer step", rank: rank) { optimizer.step() }
+            if let parallel { parallel.zeroGradients() } else { optimizer.zeroGradients() }
+        }
         return (loss, norm)
     }
 
@@ -175,7 +202,8 @@ public final class Trainer {
         var windowStart = 0.0, windowSteps = 0
         var tokensPerSecond = 0.0
         var lastLoss = Double.nan, lastValidation: Double?
-        display?.message("training \(model.parameterCount) parameters on \(dataset.summary); \(configuration.steps - startStep) steps of \(configuration.batch) × \(configuration.context) tokens" + (parallel.map { "; data parallel over \($0.group.size) ranks, \($0.bucketCount) buckets" } ?? ""))
+        display?.message("training \(model.parameterCount) parameters on \(dataset.summary); \(configuration.steps - startStep) steps of \(configuration.batch) × \(configuration.context) tokens" + (parallel.map { "; data parallel over \($0.group.size) ranks, \($0.bucketCount) buckets" } ?? "")
+            + (zero.map { "; ZeRO stage \($0.stage) over \($0.group.size) ranks, \($0.buffer.buckets.count) buckets" } ?? ""))
 
         for step in startStep..<configuration.steps {
             let (loss, norm) = try trainStep(step)

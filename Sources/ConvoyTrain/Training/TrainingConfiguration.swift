@@ -57,6 +57,9 @@ public struct TrainingConfiguration: Sendable, Equatable {
     public var dp: Int?
     /// "local" or "mpi" (nil: MPI when started by mpirun, else Local).
     public var backend: String?
+    /// ZeRO stage: 0 is plain data parallelism; 1 shards optimizer state; 2 also gradients (3 is not
+    /// implemented yet and is refused).
+    public var zeroStage = 0
     // [parallel.ddp]
     public var ddp = DataParallelOptions()
     /// Write a Chrome trace of forward, backward, bucket all-reduces and optimizer steps here.
@@ -99,6 +102,12 @@ public struct TrainingConfiguration: Sendable, Equatable {
         guard minLearningRate <= learningRate else {
             throw ConvoyError.invalidConfiguration("training.min_lr \(minLearningRate) exceeds training.lr \(learningRate)")
         }
+        if zeroStage == 3 {
+            throw ConvoyError.invalidConfiguration("parallel.zero_stage 3 (sharded parameters) is not implemented yet; use --zero-stage 0, 1 or 2")
+        }
+        if zeroStage > 0, let dp, dp < 2 {
+            throw ConvoyError.invalidConfiguration("parallel.zero_stage \(zeroStage) shards state across data-parallel ranks and needs --dp 2 or more (dp is \(dp))")
+        }
         try modelConfiguration.validate()
     }
 
@@ -126,6 +135,13 @@ public struct TrainingConfiguration: Sendable, Equatable {
             default: return FusedAdam.adamW(groups, learningRate: lr, beta1: b1, beta2: b2, weightDecay: Float(weightDecay), gradientLayout: layout)
             }
         }
+        return makeShardOptimizer(groups)
+    }
+
+    /// The per-tensor optimizer over `groups` (also what a ZeRO stage runs over its shard slices: never the
+    /// fused kind there, which would rebind the slices out of the shared parameter buffer).
+    public func makeShardOptimizer(_ groups: [ParameterGroup]) -> any Optimizer {
+        let lr = Float(learningRate), b1 = Float(beta1), b2 = Float(beta2), m = Float(momentum)
         switch optimizer {
         case "sgd": return SGD(groups, learningRate: lr, momentum: 0)
         case "momentum": return SGD(groups, learningRate: lr, momentum: m)

@@ -163,6 +163,7 @@ public enum TrainingSettings {
             guard case .text(let text) = value, ["local", "mpi"].contains(text) else { throw fail("parallel.backend", "expected \"local\" or \"mpi\", got \(value)") }
             configuration.backend = text
         }, read: { $0.backend.map { .text($0) } }),
+        integer("parallel.zero_stage", "--zero-stage", \.zeroStage, 0...3),
         boolean("parallel.ddp.bucketing", "--bucketing", \.ddp.bucketing),
         real("parallel.ddp.first_bucket_cap_mb", "--first-bucket-cap-mb", \.ddp.firstBucketCapMB, 1e-6...1e6),
         real("parallel.ddp.bucket_cap_mb", "--bucket-cap-mb", \.ddp.bucketCapMB, 1e-6...1e6),
