@@ -42,6 +42,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Compute threads (default: CONVOY_THREADS or all cores); with --dp on Local ranks, shared among the ranks.") var threads: Int?
     @Option(help: "Data-parallel ranks (Local: threads of this process; under mpirun: the world size).") var dp: Int?
     @Option(help: "Communication backend: local or mpi (default: mpi under mpirun, else local).") var backend: String?
+    @Option(name: .customLong("zero-stage"), help: "ZeRO stage: 0 (plain data parallelism), 1 (shard optimizer state), 2 (also gradients).") var zeroStage: Int?
     @Option(help: "Bucket gradients (true/false).") var bucketing: String?
     @Option(name: .customLong("first-bucket-cap-mb"), help: "Cap of the first gradient bucket in MiB.") var firstBucketCapMB: Double?
     @Option(name: .customLong("bucket-cap-mb"), help: "Cap of the other gradient buckets in MiB.") var bucketCapMB: Double?
@@ -60,7 +61,7 @@ struct TrainCommand: ParsableCommand {
         add("--schedule", schedule); add("--warmup", warmup); add("--weight-decay", weightDecay); add("--grad-clip", gradClip)
         add("--optimizer", optimizer); add("--seed", seed); add("--eval-every", evalEvery); add("--checkpoint-every", checkpointEvery)
         add("--log-every", logEvery); add("--output", output); add("--save", save); add("--threads", threads)
-        add("--dp", dp); add("--backend", backend); add("--bucketing", bucketing); add("--first-bucket-cap-mb", firstBucketCapMB)
+        add("--dp", dp); add("--backend", backend); add("--zero-stage", zeroStage); add("--bucketing", bucketing); add("--first-bucket-cap-mb", firstBucketCapMB)
         add("--bucket-cap-mb", bucketCapMB); add("--overlap-grad-reduce", overlapGradReduce); add("--fuse-all-reduce", fuseAllReduce)
         add("--fuse-optimizer", fuseOptimizer); add("--find-unused-parameters", findUnusedParameters); add("--trace", trace)
         let configuration = try TrainingSettings.resolve(configFile: config, flags: flags)
