@@ -5,7 +5,7 @@ import ConvoyTensor
 import Foundation
 
 extension MPIBackendSuite {
-    /// Data parallelism over MPI trains the same model as one process: every rank starts from its own seed
+    /// Data parallelism and ZeRO stages 1–2 over MPI train the same model as one process: every rank starts from its own seed
     /// (the broadcast must fix that), trains on its slice of each global batch, and ends within 1e-5
     /// (relative) of the single-process run, which every rank computes locally for comparison.
     func testDataParallelMatchesOneProcess(_ world: MPIProcessGroup) {
@@ -51,6 +51,31 @@ extension MPIBackendSuite {
                     worst = max(worst, zip(x, y).map { abs($0 - $1) }.max()! / max(y.map(abs).max()!, 1e-6))
                 }
                 check(worst <= 1e-5, "data parallel (fuse_all_reduce \(fuse.rawValue)) matches one process after \(steps) steps", "relative error \(worst)")
+            }
+            for stage in [1, 2] {
+                let model = try GPT(configuration, seed: 1 + UInt64(world.rank))
+                var options = DataParallelOptions()
+                options.firstBucketCapMB = 0.002
+                options.bucketCapMB = 0.01
+                let zero = try DistributedOptimizer(module: model, group: world, stage: stage, options: options, weightDecay: 0.1) {
+                    SGD($0, learningRate: 0.1, momentum: 0.9)
+                }
+                let perRank = batch / world.size
+                for step in 0..<steps {
+                    let (inputs, targets) = data(step)
+                    let slice = (world.rank * perRank * 8)..<((world.rank + 1) * perRank * 8)
+                    model.loss(Array(inputs[slice]), targets: Array(targets[slice]), batch: perRank, time: 8).backward()
+                    try zero.finishBackward()
+                    try zero.finishGradientSynchronization()
+                    try zero.step()
+                    zero.zeroGradients()
+                }
+                var worst: Float = 0
+                for (a, b) in zip(model.parameters, reference.parameters) {
+                    let x = a.toArray(), y = b.toArray()
+                    worst = max(worst, zip(x, y).map { abs($0 - $1) }.max()! / max(y.map(abs).max()!, 1e-6))
+                }
+                check(worst <= 1e-5, "ZeRO stage \(stage) matches one process after \(steps) steps", "relative error \(worst)")
             }
         } catch {
             check(false, "data parallel over MPI", "\(error)")
