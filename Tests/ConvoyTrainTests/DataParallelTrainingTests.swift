@@ -86,6 +86,49 @@ import Testing
         #expect(throws: ConvoyError.self) { try Trainer(configuration: resumed, resume: parallel + "/final") }
     }
 
+    @Test(arguments: [1, 2])
+    func resumingUnderZeROIsBitIdentical(stage: Int) throws {
+        let straight = scratchDirectory("zero-straight"), split = scratchDirectory("zero-split")
+        defer { for path in [straight, split] { try? FileManager.default.removeItem(atPath: path) } }
+        var configuration = try configuration(output: straight)
+        configuration.optimizer = "adamw"
+        configuration.dp = 2
+        configuration.zeroStage = stage
+        configuration.checkpointEvery = 5
+        let frozen = configuration
+        let full = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [[Float]] in
+            let trainer = try Trainer(configuration: frozen, group: group)
+            _ = try trainer.run()
+            return trainer.model.parameters.map { $0.toArray() }
+        }
+        let checkpoint = straight + "/checkpoint"
+        #expect(FileManager.default.fileExists(atPath: checkpoint + "/" + TrainingCheckpoint.shardFileName(rank: 1, of: 2)))
+        #expect(FileManager.default.fileExists(atPath: checkpoint + "/zero.json"))
+        var resumed = frozen
+        resumed.output = split
+        resumed.checkpointEvery = 0
+        let frozenResumed = resumed
+        let continued = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [[Float]] in
+            let trainer = try Trainer(configuration: frozenResumed, group: group, resume: checkpoint)
+            #expect(trainer.firstStep == 5)
+            _ = try trainer.run()
+            return trainer.model.parameters.map { $0.toArray() }
+        }
+        #expect(continued == full, "ZeRO-\(stage): resuming must give bit-identical weights")
+
+        // Another layout is refused with a message saying what to change.
+        var otherLayout = resumed
+        otherLayout.dp = 4
+        otherLayout.batch = 8
+        let frozenOther = otherLayout
+        do {
+            _ = try LocalWorld.run(size: 4, threadsPerRank: 1) { group in try Trainer(configuration: frozenOther, group: group, resume: checkpoint) }
+            Issue.record("a checkpoint saved with dp 2 must not load under dp 4")
+        } catch {
+            #expect("\(error)".contains("dp 2") && "\(error)".contains("--dp"), "\(error)")
+        }
+    }
+
     @Test func badDataParallelConfigurationsAreRefusedBeforeCompute() throws {
         let output = scratchDirectory("dp-bad")
         defer { try? FileManager.default.removeItem(atPath: output) }

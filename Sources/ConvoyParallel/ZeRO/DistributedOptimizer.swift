@@ -1,6 +1,7 @@
 import ConvoyComm
 import ConvoyNN
 import ConvoyTensor
+import Foundation
 
 /// ZeRO stages 1 and 2 (a distributed optimizer over a ``ParamAndGradBuffer``).
 ///
@@ -180,6 +181,33 @@ public final class DistributedOptimizer {
     public func zeroGradients() {
         buffer.zeroGradients()
         gradientShard.fill(0)
+    }
+
+    /// The layout a sharded optimizer state belongs to: stage, data-parallel size, buckets and where every
+    /// parameter sits. A checkpoint stores it beside the shards; a different layout cannot load them.
+    public var layoutDescription: String {
+        let buckets = buffer.buckets.map { "\($0.range.lowerBound)..<\($0.range.upperBound)" }.joined(separator: ",")
+        let parameters = zip(buffer.parameters, buffer.parameterRanges).map { "\($0.name)@\($1.lowerBound)..<\($1.upperBound)" }.joined(separator: ",")
+        return "stage \(stage); dp \(group.size); buckets \(buckets); parameters \(parameters)"
+    }
+
+    /// ``layoutDescription`` as the JSON index file of a checkpoint.
+    public func layoutIndex() throws -> Data {
+        try JSONSerialization.data(withJSONObject: ["stage": stage, "dp": group.size, "layout": layoutDescription], options: [.sortedKeys, .prettyPrinted])
+    }
+
+    /// Throws unless `index` (from ``layoutIndex()``) describes this optimizer's layout.
+    public func checkLayout(_ index: Data, source: String) throws {
+        guard let object = try? JSONSerialization.jsonObject(with: index) as? [String: Any],
+              let savedStage = object["stage"] as? Int, let savedRanks = object["dp"] as? Int, let layout = object["layout"] as? String else {
+            throw ConvoyError.malformedFile(path: source, reason: "not a ZeRO layout index")
+        }
+        guard savedStage == stage, savedRanks == group.size else {
+            throw ConvoyError.incompatible("\(source) was saved under ZeRO stage \(savedStage) with dp \(savedRanks); this run uses stage \(stage) with dp \(group.size). Resume with the same --zero-stage and --dp (resharding is not supported yet)")
+        }
+        guard layout == layoutDescription else {
+            throw ConvoyError.incompatible("\(source) describes another bucket layout (different model or bucket caps); resume with the same model and parallel.ddp bucket caps")
+        }
     }
 
     /// The L2 norm of the averaged gradient over all ranks' shards (padding is zero and adds nothing).

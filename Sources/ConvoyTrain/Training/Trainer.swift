@@ -58,9 +58,6 @@ public final class Trainer {
         sampler = try DistributedSampler(globalBatch: configuration.batch, worldSize: ranks, rank: group?.rank ?? 0, microBatches: configuration.accumulateSteps)
         model = try GPT(configuration.modelConfiguration, seed: configuration.seed)
         if let group, group.size > 1, configuration.zeroStage > 0 {
-            if resume != nil {
-                throw ConvoyError.invalidConfiguration("resuming under ZeRO (--zero-stage \(configuration.zeroStage)) is not supported yet: the optimizer state is sharded across ranks; resume with --zero-stage 0")
-            }
             let distributed = try DistributedOptimizer(module: model, group: group, stage: configuration.zeroStage, options: configuration.ddp,
                                                        weightDecay: Float(configuration.weightDecay)) { configuration.makeShardOptimizer($0) }
             zero = distributed
@@ -79,12 +76,21 @@ public final class Trainer {
     }
 
     private func restore(from directory: String) throws {
-        let contents = try TrainingCheckpoint.load(from: directory, into: model)
+        var optimizerFile = TrainingCheckpoint.optimizerFileName
+        if let zero {
+            let indexPath = try TrainingCheckpoint.resolvedDirectory(directory) + "/" + Self.zeroIndexFileName
+            guard let index = FileManager.default.contents(atPath: indexPath) else {
+                throw ConvoyError.incompatible("checkpoint \(directory) was not written under ZeRO (no \(Self.zeroIndexFileName)); resume it with --zero-stage 0")
+            }
+            try zero.checkLayout(index, source: indexPath)
+            optimizerFile = TrainingCheckpoint.shardFileName(rank: zero.group.rank, of: zero.group.size)
+        }
+        let contents = try TrainingCheckpoint.load(from: directory, into: model, optimizerFile: optimizerFile)
         let state = contents.state
         var saved = TrainingConfiguration()
         try? TrainingSettings.apply(toml: state.configuration, source: directory + "/trainer.json", to: &saved)
-        guard saved.zeroStage == 0 else {
-            throw ConvoyError.incompatible("checkpoint \(directory) was written under ZeRO stage \(saved.zeroStage): it holds only rank 0's shard of the optimizer state, and resuming it is not supported yet")
+        guard saved.zeroStage == (zero?.stage ?? 0) else {
+            throw ConvoyError.incompatible("checkpoint \(directory) was written under ZeRO stage \(saved.zeroStage), the run uses --zero-stage \(zero?.stage ?? 0); resume with the same stage (resharding is not supported yet)")
         }
         guard state.seed == configuration.seed else {
             throw ConvoyError.incompatible("checkpoint \(directory) was trained with seed \(state.seed), the run uses --seed \(configuration.seed); resume with the same seed")
@@ -104,6 +110,32 @@ public final class Trainer {
 
     /// The step training continues from (0, or the resumed checkpoint's step).
     public var firstStep: Int { startStep }
+
+    /// Name of the ZeRO layout index in a checkpoint.
+    static let zeroIndexFileName = "zero.json"
+
+    /// Saves a checkpoint (collective). Rank 0 writes the model and the trainer state; the optimizer state is
+    /// written whole by rank 0, or under ZeRO as one shard file per rank plus a layout index, all assembled in
+    /// one temporary directory before it is renamed into place.
+    private func saveCheckpoint(afterStep step: Int, to directory: String) throws {
+        guard let zero else {
+            if isLeader { try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state(afterStep: step), to: directory) }
+            try group?.barrier()
+            return
+        }
+        let tag = "zero-step\(step)"
+        if isLeader { try TrainingCheckpoint.prepareTemporaryDirectory(for: directory, tag: tag) }
+        try zero.group.barrier()
+        let temporary = TrainingCheckpoint.temporaryDirectoryPath(for: directory, tag: tag)
+        try TrainingCheckpoint.writeOptimizerState(optimizer.state(), kind: configuration.optimizer,
+                                                   to: temporary + "/" + TrainingCheckpoint.shardFileName(rank: zero.group.rank, of: zero.group.size))
+        try zero.group.barrier()
+        if isLeader {
+            try TrainingCheckpoint.save(model: model, optimizer: nil, state: state(afterStep: step), to: directory, temporary: temporary,
+                                        extraFiles: [Self.zeroIndexFileName: try zero.layoutIndex()])
+        }
+        try zero.group.barrier()
+    }
 
     /// The trainer state after `step` completed steps.
     func state(afterStep step: Int) -> TrainerState {
@@ -231,10 +263,7 @@ public final class Trainer {
                 try group?.barrier()
             }
             if configuration.checkpointEvery > 0 && done % configuration.checkpointEvery == 0 && done < configuration.steps {
-                if isLeader {
-                    try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state(afterStep: done), to: configuration.periodicCheckpointDirectory)
-                }
-                try group?.barrier()
+                try saveCheckpoint(afterStep: done, to: configuration.periodicCheckpointDirectory)
             }
         }
 
@@ -249,9 +278,8 @@ public final class Trainer {
                 report = try ArithmeticEvaluator.evaluate(model: model, problems: arithmetic.heldOutProblems)
                 metrics?.write(["step": configuration.steps, "accuracy": report!.accuracy, "problems": report!.problems])
             }
-            try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state(afterStep: configuration.steps), to: configuration.finalCheckpointDirectory)
         }
-        try group?.barrier()
+        try saveCheckpoint(afterStep: configuration.steps, to: configuration.finalCheckpointDirectory)
         let trained = Double(configuration.steps - startStep) * tokensPerStep
         return TrainingSummary(steps: configuration.steps, finalLoss: lastLoss, validationLoss: lastValidation, arithmetic: report,
                                seconds: seconds, tokensPerSecond: seconds > 0 ? trained / seconds : 0,

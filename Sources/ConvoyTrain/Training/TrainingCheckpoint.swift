@@ -32,21 +32,25 @@ public enum TrainingCheckpoint {
     static func asidePath(_ directory: String) -> String { directory + ".previous" }
 
     /// Writes a checkpoint of `model`, `optimizer` and `state` to `directory`, atomically.
-    public static func save(model: GPT, optimizer: any Optimizer, state: TrainerState, to directory: String, failingAt failure: SaveStage? = nil) throws {
+    ///
+    /// - Parameters:
+    ///   - optimizer: the optimizer whose whole state goes into `optimizer.safetensors`; nil when the state is
+    ///     sharded and each rank has already written its shard into `temporary` (ZeRO).
+    ///   - temporary: a directory prepared with ``prepareTemporaryDirectory(for:tag:)`` that already holds
+    ///     other ranks' files; nil to use a fresh one.
+    ///   - extraFiles: further files (name → contents), such as a ZeRO layout index.
+    public static func save(model: GPT, optimizer: (any Optimizer)?, state: TrainerState, to directory: String, temporary prepared: String? = nil,
+                            extraFiles: [String: Data] = [:], failingAt failure: SaveStage? = nil) throws {
         let target = URL(fileURLWithPath: directory).standardizedFileURL
         let parent = target.deletingLastPathComponent().path
-        try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
-        let temporary = parent + "/.\(target.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false)
+        let temporary = try prepared ?? prepareTemporaryDirectory(for: directory, tag: "\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         var published = false
         defer { if !published { try? FileManager.default.removeItem(atPath: temporary) } }
 
         try GPTCheckpoint.save(model, to: temporary)
         if failure == .afterModel { throw ConvoyError.io("simulated failure while saving \(directory)") }
-        let optimizerState = optimizer.state()
-        var metadata = ["format": "convoy-optimizer", "optimizer": state.optimizer]
-        for (key, value) in optimizerState.scalars { metadata["scalar." + key] = String(value) }
-        try SafeTensors(tensors: optimizerState.tensors, metadata: metadata).write(to: temporary + "/" + optimizerFileName)
+        if let optimizer { try writeOptimizerState(optimizer.state(), kind: state.optimizer, to: temporary + "/" + optimizerFileName) }
+        for (name, contents) in extraFiles { try AtomicFile.write(contents, to: temporary + "/" + name) }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try AtomicFile.write(try encoder.encode(state), to: temporary + "/" + trainerFileName)
@@ -69,6 +73,35 @@ public enum TrainingCheckpoint {
         if hadPrevious { try? FileManager.default.removeItem(atPath: aside) }
     }
 
+    /// Creates (empty) the temporary sibling directory a checkpoint of `directory` is assembled in. The name
+    /// depends only on `tag`, so every rank of a sharded save can compute it.
+    @discardableResult
+    public static func prepareTemporaryDirectory(for directory: String, tag: String) throws -> String {
+        let target = URL(fileURLWithPath: directory).standardizedFileURL
+        let parent = target.deletingLastPathComponent().path
+        try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
+        let temporary = temporaryDirectoryPath(for: directory, tag: tag)
+        try? FileManager.default.removeItem(atPath: temporary)
+        try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false)
+        return temporary
+    }
+
+    /// The path ``prepareTemporaryDirectory(for:tag:)`` uses.
+    public static func temporaryDirectoryPath(for directory: String, tag: String) -> String {
+        let target = URL(fileURLWithPath: directory).standardizedFileURL
+        return target.deletingLastPathComponent().path + "/.\(target.lastPathComponent).tmp-\(tag)"
+    }
+
+    /// The file holding rank `rank`'s shard of a sharded (ZeRO) optimizer state.
+    public static func shardFileName(rank: Int, of ranks: Int) -> String { "optimizer-shard-\(rank)-of-\(ranks).safetensors" }
+
+    /// Writes an optimizer state (tensors, and scalars as metadata) as safetensors.
+    public static func writeOptimizerState(_ optimizerState: OptimizerState, kind: String, to path: String) throws {
+        var metadata = ["format": "convoy-optimizer", "optimizer": kind]
+        for (key, value) in optimizerState.scalars { metadata["scalar." + key] = String(value) }
+        try SafeTensors(tensors: optimizerState.tensors, metadata: metadata).write(to: path)
+    }
+
     private static func syncDirectory(_ path: String) throws {
         let descriptor = open(path, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else { throw ConvoyError.io("cannot open directory \(path): \(String(cString: strerror(errno)))") }
@@ -89,7 +122,7 @@ public enum TrainingCheckpoint {
 
     /// Reads the trainer and optimizer state of a checkpoint and loads its weights into `model`, after
     /// checking that everything matches; on any error nothing is modified.
-    public static func load(from directory: String, into model: GPT) throws -> Contents {
+    public static func load(from directory: String, into model: GPT, optimizerFile: String = optimizerFileName) throws -> Contents {
         let directory = try resolvedDirectory(directory)
         let trainerPath = directory + "/" + trainerFileName
         guard let trainerData = FileManager.default.contents(atPath: trainerPath) else {
@@ -109,7 +142,10 @@ public enum TrainingCheckpoint {
             throw ConvoyError.incompatible(
                 "checkpoint \(directory) holds a GPT with \(configuration.layers) layers, d_model \(configuration.width), \(configuration.heads) heads, context \(configuration.contextLength); the run is configured for \(expected.layers) layers, d_model \(expected.width), \(expected.heads) heads, context \(expected.contextLength). Use the flags the checkpoint was trained with")
         }
-        let optimizerPath = directory + "/" + optimizerFileName
+        let optimizerPath = directory + "/" + optimizerFile
+        guard FileManager.default.fileExists(atPath: optimizerPath) else {
+            throw ConvoyError.incompatible("checkpoint \(directory) has no \(optimizerFile): it was saved with another data-parallel or ZeRO layout (resharding is not supported yet)")
+        }
         let optimizerFile = try SafeTensors.read(contentsOf: optimizerPath)
         var scalars: [String: Double] = [:]
         for (key, value) in optimizerFile.metadata where key.hasPrefix("scalar.") {
