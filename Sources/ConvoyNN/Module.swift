@@ -86,11 +86,13 @@ public struct Initializer: Sendable {
 
     /// N(0, std²) values for the parameter `name`.
     public func normal(_ shape: [Int], std: Float, name: String) -> Parameter {
-        Tensor.randomNormal(shape, std: std, seed: seed, stream: PhiloxRandom.streamID(name), requiresGrad: true)
+        TensorAllocator.withCategory(.parameters) {
+            Tensor.randomNormal(shape, std: std, seed: seed, stream: PhiloxRandom.streamID(name), requiresGrad: true)
+        }
     }
 
     /// A parameter filled with `value`.
     public func constant(_ shape: [Int], value: Float) -> Parameter {
-        Tensor.full(shape, value: value, requiresGrad: true)
+        TensorAllocator.withCategory(.parameters) { Tensor.full(shape, value: value, requiresGrad: true) }
     }
 }

@@ -75,7 +75,7 @@ import Testing
         for result in results {
             #expect(result[0] == 0, "stage 2 leaves .grad nil")
             #expect(result[1] == 0, "stage 2 allocates no full gradient buffer")
-            #expect(result[2] * 2 == result[3], "the gradient shard is 1/N of the buffer")
+            #expect(result[2] * 2 == result[3], "the stage-2 gradient shard is 1/N of the buffer")
             #expect(result[4] == 1)
         }
     }

@@ -25,7 +25,8 @@ public enum LocalWorld {
                 defer { finished.leave() }
                 let group = LocalProcessGroup(state: state, rank: rank)
                 let pool = ComputePool(threadCount: threads)
-                let outcome = Swift.Result { try ComputePool.withPool(pool) { try body(group) } }
+                // Memory this rank allocates is counted as its own (per-rank memory benchmarks).
+                let outcome = Swift.Result { try TensorAllocator.withOwner(rank) { try ComputePool.withPool(pool) { try body(group) } } }
                 if case .failure(let error) = outcome {
                     // The other ranks would otherwise wait for this one until their timeouts.
                     groups.abortAll("rank \(rank) stopped with an error: \(error)")

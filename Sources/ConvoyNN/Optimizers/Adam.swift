@@ -47,7 +47,7 @@ public final class Adam: Optimizer {
             for parameter in group.parameters {
                 guard let grad = parameter.grad else { continue }
                 let id = ObjectIdentifier(parameter)
-                let state = moments[id] ?? (Tensor.zeros(parameter.shape), Tensor.zeros(parameter.shape))
+                let state = moments[id] ?? TensorAllocator.withCategory(.optimizerState) { (Tensor.zeros(parameter.shape), Tensor.zeros(parameter.shape)) }
                 moments[id] = state
                 let contiguousGradient = grad.contiguous()
                 defer { withExtendedLifetime(contiguousGradient) {} }

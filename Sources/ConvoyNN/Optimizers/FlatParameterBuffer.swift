@@ -60,8 +60,8 @@ public final class FlatParameterBuffer {
         self.offsets = offsets
         self.totalCount = total
         self.gradientLayout = gradientLayout
-        values = Tensor.zeros([total])
-        gradients = gradientLayout == .flat ? Tensor.zeros([total]) : nil
+        values = TensorAllocator.withCategory(.parameters) { Tensor.zeros([total]) }
+        gradients = gradientLayout == .flat ? TensorAllocator.withCategory(.gradients) { Tensor.zeros([total]) } : nil
 
         for (index, parameter) in parameters.enumerated() {
             let source = parameter.contiguous()

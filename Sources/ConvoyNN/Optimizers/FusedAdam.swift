@@ -57,8 +57,9 @@ public final class FusedAdam: Optimizer {
         flatBuffers = partitions.map { FlatParameterBuffer($0.parameters, gradientLayout: gradientLayout) }
         fusedWeightDecays = partitions.map { Float(bitPattern: $0.key) }
         stateIndices = partitions.map(\.indices)
-        firstMoments = flatBuffers.map { Tensor.zeros([$0.totalCount]) }
-        secondMoments = flatBuffers.map { Tensor.zeros([$0.totalCount]) }
+        let counts = flatBuffers.map(\.totalCount)
+        firstMoments = TensorAllocator.withCategory(.optimizerState) { counts.map { Tensor.zeros([$0]) } }
+        secondMoments = TensorAllocator.withCategory(.optimizerState) { counts.map { Tensor.zeros([$0]) } }
         hasMoments = flatBuffers.map { [Bool](repeating: false, count: $0.parameters.count) }
         lastStepSegmentCounts = [Int](repeating: 0, count: flatBuffers.count)
     }

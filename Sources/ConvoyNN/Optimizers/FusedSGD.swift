@@ -54,7 +54,8 @@ public final class FusedSGD: Optimizer {
         flatBuffers = partitions.map { FlatParameterBuffer($0.parameters, gradientLayout: gradientLayout) }
         fusedWeightDecays = partitions.map { Float(bitPattern: $0.key) }
         stateIndices = partitions.map(\.indices)
-        momentumBuffers = flatBuffers.map { momentum != 0 ? Tensor.zeros([$0.totalCount]) : nil }
+        let counts = flatBuffers.map(\.totalCount)
+        momentumBuffers = TensorAllocator.withCategory(.optimizerState) { counts.map { momentum != 0 ? Tensor.zeros([$0]) : nil } }
         hasMomentum = flatBuffers.map { [Bool](repeating: false, count: $0.parameters.count) }
         lastStepSegmentCounts = [Int](repeating: 0, count: flatBuffers.count)
     }
@@ -152,7 +153,7 @@ public final class FusedSGD: Optimizer {
         }
         for (groupIndex, flat) in flatBuffers.enumerated() {
             if momentumBuffers[groupIndex] == nil && restored[groupIndex].contains(where: { $0 != nil }) {
-                momentumBuffers[groupIndex] = Tensor.zeros([flat.totalCount])
+                momentumBuffers[groupIndex] = TensorAllocator.withCategory(.optimizerState) { Tensor.zeros([flat.totalCount]) }
             }
             guard let buffer = momentumBuffers[groupIndex] else { continue }
             buffer.fill(0)

@@ -41,7 +41,7 @@ public final class SGD: Optimizer {
                 }
                 let id = ObjectIdentifier(parameter)
                 let isFirst = momentumBuffers[id] == nil
-                let buffer = momentumBuffers[id] ?? Tensor.zeros(parameter.shape)
+                let buffer = momentumBuffers[id] ?? TensorAllocator.withCategory(.optimizerState) { Tensor.zeros(parameter.shape) }
                 momentumBuffers[id] = buffer
                 let b = buffer.floatPointer
                 for i in 0..<n {

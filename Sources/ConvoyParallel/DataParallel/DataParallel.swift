@@ -66,7 +66,7 @@ public final class DataParallel {
         }
         let fused = options.fuseAllReduce.isEnabled(ranks: group.size)
         let total = sizes.reduce(0, +) / 4
-        let fusedGradients = fused ? Tensor.zeros([total]) : nil
+        let fusedGradients = fused ? TensorAllocator.withCategory(.gradients) { Tensor.zeros([total]) } : nil
         self.fusedGradients = fusedGradients
         var built: [GradBucket] = []
         var start = 0
@@ -91,7 +91,7 @@ public final class DataParallel {
                     views.append((parameter, view))
                 }
             } else {
-                buffer = Tensor.zeros([running])
+                buffer = TensorAllocator.withCategory(.gradients) { Tensor.zeros([running]) }
             }
             built.append(GradBucket(index: bucketIndex, parameters: memberParameters, buffer: buffer, offsets: offsets, isFusedView: fused))
             start += running

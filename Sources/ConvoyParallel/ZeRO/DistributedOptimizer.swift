@@ -26,7 +26,8 @@ public final class DistributedOptimizer {
     public let buffer: ParamAndGradBuffer
     /// The optimizer over this rank's shard slices.
     public private(set) var optimizer: (any Optimizer)!
-    /// The averaged gradients of this rank's shards, bucket after bucket.
+    /// Stage 2: the averaged gradients of this rank's shards, bucket after bucket. Stage 1 keeps them in the
+    /// rank's shard regions of the full gradient buffer instead (no extra memory), and this is empty.
     public let gradientShard: Tensor
     /// Where each bucket's shard starts in `gradientShard`.
     private let shardOffsets: [Int]
@@ -55,7 +56,8 @@ public final class DistributedOptimizer {
         buffer = try ParamAndGradBuffer(parameters: parameters, dataParallelSize: group.size,
                                         firstBucketCapBytes: Int(options.firstBucketCapMB * 1_048_576),
                                         bucketCapBytes: Int(options.bucketCapMB * 1_048_576), keepsFullGradients: stage == 1)
-        gradientShard = Tensor.zeros([buffer.shardElementCount])
+        let shardElements = stage == 2 ? buffer.shardElementCount : 0
+        gradientShard = TensorAllocator.withCategory(.gradients) { Tensor.zeros([shardElements]) }
         var offsets: [Int] = []
         var running = 0
         for bucket in buffer.buckets {
@@ -75,8 +77,9 @@ public final class DistributedOptimizer {
             let shardStart = buffer.shardRange(of: bucket, rank: group.rank).lowerBound
             let values = Tensor(storage: buffer.parameterBuffer.storage, shape: [slice.bufferRange.count],
                                 offset: buffer.parameterBuffer.offset + slice.bufferRange.lowerBound)
-            values.grad = Tensor(storage: gradientShard.storage, shape: [slice.bufferRange.count],
-                                 offset: offsets[bucket] + slice.bufferRange.lowerBound - shardStart)
+            values.grad = stage == 2
+                ? Tensor(storage: gradientShard.storage, shape: [slice.bufferRange.count], offset: offsets[bucket] + slice.bufferRange.lowerBound - shardStart)
+                : Tensor(storage: buffer.gradientBuffer.storage, shape: [slice.bufferRange.count], offset: buffer.gradientBuffer.offset + slice.bufferRange.lowerBound)
             values.name = "\(names[ObjectIdentifier(slice.parameter)] ?? "?")[\(slice.parameterRange.lowerBound)..<\(slice.parameterRange.upperBound)]"
             if slice.parameter.rank >= 2 { decaying.append(values) } else { plain.append(values) }
         }
@@ -100,7 +103,7 @@ public final class DistributedOptimizer {
     private func stage(_ gradient: Tensor, of parameter: Parameter) {
         let bucketIndex = buffer.bucketIndex(of: parameter)!
         let bucket = buffer.buckets[bucketIndex]
-        let staged = staging[bucketIndex] ?? Tensor.zeros([bucket.range.count])
+        let staged = staging[bucketIndex] ?? TensorAllocator.withCategory(.gradients) { Tensor.zeros([bucket.range.count]) }
         staging[bucketIndex] = staged
         let range = buffer.bufferRange(of: parameter)!
         let source = gradient.contiguous()
@@ -142,8 +145,7 @@ public final class DistributedOptimizer {
         for (index, entry) in incoming.enumerated() {
             guard let entry else { continue }
             try entry.work.wait()
-            let offset = shardOffsets[index]
-            gradientShard.slice(axis: 0, offset..<(offset + entry.shard.count)).contiguous().addInPlace(entry.shard)
+            shardGradient(of: index).addInPlace(entry.shard)
             withExtendedLifetime(entry.staged) {}
         }
     }
@@ -153,12 +155,28 @@ public final class DistributedOptimizer {
     public func finishGradientSynchronization() throws {
         guard stage == 1 else { return }
         let gradients = buffer.gradientBuffer
-        let works = buffer.buckets.enumerated().map { index, bucket in
-            group.reduceScatterAsync(input: CommunicationBuffer(gradients).slice(bucket.range),
-                                     output: CommunicationBuffer(gradientShard).slice(shardOffsets[index]..<(shardOffsets[index] + bucket.range.count / group.size)),
-                                     operation: .average)
+        // Outputs are transient: the result is copied into the rank's shard region of the gradient buffer, so
+        // stage 1 holds no gradient memory beyond the full buffer (and MPI never sees aliased buffers).
+        let launched = buffer.buckets.map { bucket -> (Work, Tensor) in
+            let output = TensorAllocator.withCategory(.gradients) { Tensor(uninitializedShape: [bucket.range.count / group.size]) }
+            let work = group.reduceScatterAsync(input: CommunicationBuffer(gradients).slice(bucket.range), output: CommunicationBuffer(output), operation: .average)
+            return (work, output)
         }
-        for work in works { try work.wait() }
+        for (index, (work, output)) in launched.enumerated() {
+            try work.wait()
+            shardGradient(of: index).assign(output)
+        }
+    }
+
+    /// This rank's averaged gradient of bucket `index` (a view: into `gradientShard` at stage 2, into the
+    /// gradient buffer's shard region at stage 1).
+    private func shardGradient(of index: Int) -> Tensor {
+        let count = buffer.buckets[index].range.count / group.size
+        if stage == 2 {
+            return Tensor(storage: gradientShard.storage, shape: [count], offset: gradientShard.offset + shardOffsets[index])
+        }
+        let range = buffer.shardRange(of: index, rank: group.rank)
+        return Tensor(storage: buffer.gradientBuffer.storage, shape: [count], offset: buffer.gradientBuffer.offset + range.lowerBound)
     }
 
     /// Updates this rank's shard and all-gathers the updated parameters.
@@ -214,8 +232,11 @@ public final class DistributedOptimizer {
     public func globalGradientNorm() throws -> Double {
         let squares = Tensor.zeros([1])
         var local = 0.0
-        let values = gradientShard.floatPointer
-        for i in 0..<gradientShard.count { local += Double(values[i]) * Double(values[i]) }
+        for index in buffer.buckets.indices {
+            let shard = shardGradient(of: index)
+            let values = shard.floatPointer
+            for i in 0..<shard.count { local += Double(values[i]) * Double(values[i]) }
+        }
         squares.floatPointer[0] = Float(local)
         try group.allReduce(squares, operation: .sum)
         return Double(squares.floatPointer[0]).squareRoot()
@@ -226,7 +247,7 @@ public final class DistributedOptimizer {
     public func clipGradients(maxNorm: Float) throws -> Double {
         let norm = try globalGradientNorm()
         let scale = Double(maxNorm) / (norm + 1e-6)
-        if scale < 1 { gradientShard.scaleInPlace(Float(scale)) }
+        if scale < 1 { for index in buffer.buckets.indices { shardGradient(of: index).scaleInPlace(Float(scale)) } }
         return norm
     }
 }

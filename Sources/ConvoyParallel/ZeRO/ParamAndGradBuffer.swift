@@ -148,11 +148,11 @@ public final class ParamAndGradBuffer {
         }
 
         // Zero-filled, so the padding starts (and, never being viewed, stays) zero.
-        parameterBuffer = Tensor(storage: TensorStorage(zeroedDType: parameterDType, count: total), shape: [total])
+        parameterBuffer = TensorAllocator.withCategory(.parameters) { Tensor(storage: TensorStorage(zeroedDType: parameterDType, count: total), shape: [total]) }
         // ZeRO-2/3 keep only a shard of the gradients; they pass `keepsFullGradients: false` and get an empty
         // gradient buffer (and no gradient views).
         let gradientCount = keepsFullGradients ? total : 0
-        gradientBuffer = Tensor(storage: TensorStorage(zeroedDType: gradientDType, count: gradientCount), shape: [gradientCount])
+        gradientBuffer = TensorAllocator.withCategory(.gradients) { Tensor(storage: TensorStorage(zeroedDType: gradientDType, count: gradientCount), shape: [gradientCount]) }
         self.keepsFullGradients = keepsFullGradients
         for (index, entry) in ordered.enumerated() {
             let parameter = entry.parameter

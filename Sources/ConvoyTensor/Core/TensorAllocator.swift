@@ -23,6 +23,50 @@ public final class TensorAllocator: Sendable {
         var liveBytes = 0
         var peakLiveBytes = 0
         var allocationCount = 0
+        var liveBytesByCategory: [MemoryCategory: Int] = [:]
+        var liveBytesByOwner: [Int: [MemoryCategory: Int]] = [:]
+    }
+
+    /// What memory is for, so benchmarks can report parameters, gradients and optimizer state as allocated.
+    public enum MemoryCategory: String, Sendable, CaseIterable {
+        case other, parameters, gradients, optimizerState = "optimizer state"
+    }
+
+    private static let currentCategory = ThreadLocal<MemoryCategory> { .other }
+    private static let currentOwner = ThreadLocal<Int> { -1 }
+
+    /// Who new storage on this thread is counted for (a rank of the Local backend; -1: nobody in particular).
+    public static var owner: Int { currentOwner.value }
+
+    /// Counts storage allocated by `body` on this thread as `owner`'s (LocalWorld sets each rank's thread).
+    public static func withOwner<Result>(_ owner: Int, _ body: () throws -> Result) rethrows -> Result {
+        try currentOwner.withValue(owner, body)
+    }
+
+    /// Bytes held by live storage of `category` allocated for `owner`.
+    public func liveBytes(of category: MemoryCategory, owner: Int) -> Int {
+        state.withLock { $0.liveBytesByOwner[owner]?[category] ?? 0 }
+    }
+
+    /// The category new storage on this thread is counted under.
+    public static var category: MemoryCategory { currentCategory.value }
+
+    /// Counts storage allocated by `body` on this thread under `category` (until it is freed).
+    public static func withCategory<Result>(_ category: MemoryCategory, _ body: () throws -> Result) rethrows -> Result {
+        try currentCategory.withValue(category, body)
+    }
+
+    /// Bytes held by live storage of `category`.
+    public func liveBytes(of category: MemoryCategory) -> Int {
+        state.withLock { $0.liveBytesByCategory[category, default: 0] }
+    }
+
+    /// Adds (or, negative, removes) `bytes` of live storage under a category and owner.
+    func account(_ bytes: Int, category: MemoryCategory, owner: Int) {
+        state.withLock {
+            $0.liveBytesByCategory[category, default: 0] += bytes
+            $0.liveBytesByOwner[owner, default: [:]][category, default: 0] += bytes
+        }
     }
 
     private let state = Mutex(State())
@@ -106,6 +150,10 @@ public final class TensorStorage: @unchecked Sendable {
     /// Start of the memory (64-byte aligned).
     public let pointer: UnsafeMutableRawPointer
     private let capacity: Int
+    /// What the memory is counted as (the allocating thread's ``TensorAllocator/category``).
+    public let category: TensorAllocator.MemoryCategory
+    /// Whose memory it is (the allocating thread's ``TensorAllocator/owner``).
+    public let owner: Int
 
     /// Allocates uninitialised storage for `count` elements.
     public init(dtype: DType, count: Int) {
@@ -114,6 +162,9 @@ public final class TensorStorage: @unchecked Sendable {
         let block = TensorAllocator.shared.allocate(bytes: count * dtype.byteSize)
         pointer = block.pointer
         capacity = block.capacity
+        category = TensorAllocator.category
+        owner = TensorAllocator.owner
+        TensorAllocator.shared.account(capacity, category: category, owner: owner)
     }
 
     /// Allocates storage for `count` elements set to zero.
@@ -123,6 +174,7 @@ public final class TensorStorage: @unchecked Sendable {
     }
 
     deinit {
+        TensorAllocator.shared.account(-capacity, category: category, owner: owner)
         TensorAllocator.shared.deallocate(pointer, capacity: capacity)
     }
 
