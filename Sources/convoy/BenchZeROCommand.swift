@@ -1,0 +1,115 @@
+import ArgumentParser
+import ConvoyComm
+import ConvoyNN
+import ConvoyParallel
+import ConvoyTensor
+import Foundation
+
+/// `convoy bench zero`: what ZeRO really allocates per rank, against the formula, and its speed against
+/// stage 0.
+struct BenchZeROCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "zero",
+        abstract: "Per-rank bytes of parameters, gradients and optimizer state as allocated (counted by the allocator) vs the ZeRO formula; tokens/s vs stage 0.")
+
+    @Option(help: "Data-parallel ranks (Local, one thread each).") var dp: Int = 2
+    @Option(name: .customLong("zero-stage"), help: "ZeRO stage: 0, 1 or 2 (3 is not implemented yet).") var zeroStage: Int = 1
+    @Option(help: "Transformer blocks.") var layers: Int = 6
+    @Option(name: .customLong("d-model"), help: "Model width.") var dModel: Int = 384
+    @Option(help: "Attention heads.") var heads: Int = 6
+    @Option(help: "Context length.") var context: Int = 256
+    @Option(name: .customLong("batch-per-rank"), help: "Sequences per rank per step.") var batchPerRank: Int = 4
+    @Option(help: "Untimed warm-up steps.") var warmup: Int = 1
+    @Option(help: "Timed steps.") var steps: Int = 3
+    @Flag(help: "End with one JSON line of the results.") var json = false
+
+    func validate() throws {
+        guard dp >= 1 else { throw ValidationError("--dp must be at least 1") }
+        guard (0...2).contains(zeroStage) else { throw ValidationError("--zero-stage must be 0, 1 or 2 (stage 3 is not implemented yet)") }
+        for (name, value) in [("--layers", layers), ("--d-model", dModel), ("--heads", heads), ("--context", context), ("--batch-per-rank", batchPerRank), ("--steps", steps)] where value <= 0 {
+            throw ValidationError("\(name) must be positive, got \(value)")
+        }
+    }
+
+    struct Measurement {
+        var tokensPerSecond: Double
+        /// Per rank: parameters, gradients, optimizer state (bytes).
+        var bytes: [(Int, Int, Int)]
+    }
+
+    func measure(stage: Int) throws -> Measurement {
+        let configuration = GPTConfiguration(contextLength: context, layers: layers, heads: heads, width: dModel)
+        let (warmup, steps, batch, time) = (self.warmup, self.steps, batchPerRank, context)
+        let results = try LocalWorld.run(size: dp, threadsPerRank: 1) { group -> (Double, (Int, Int, Int)) in
+            let model = try GPT(configuration, seed: 1)
+            let groups = ParameterGroup.decayingMatrices(of: model, weightDecay: 0.1)
+            var parallel: DataParallel?
+            var zero: DistributedOptimizer?
+            let optimizer: any Optimizer
+            if stage == 0 {
+                // As training does: fused gradients and the flat-buffer optimizer when there are several ranks.
+                parallel = group.size > 1 ? try DataParallel(module: model, group: group) : nil
+                optimizer = group.size > 1
+                    ? FusedAdam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1, gradientLayout: parallel?.fusedGradients != nil ? .external : .flat)
+                    : Adam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1)
+            } else {
+                let distributed = try DistributedOptimizer(module: model, group: group, stage: stage, weightDecay: 0.1) {
+                    Adam.adamW($0, learningRate: 3e-4, weightDecay: 0.1)
+                }
+                zero = distributed
+                optimizer = distributed.optimizer
+            }
+            let generator = PhiloxRandom(seed: 5, stream: UInt64(group.rank))
+            var start: UInt64 = 0
+            for step in 0..<(warmup + steps) {
+                if step == warmup {
+                    try group.barrier()
+                    start = Timeline.now
+                }
+                let tokens = (0..<(batch * time)).map { Int32(generator.block(UInt64(step * batch * time + $0)).0 % 256) }
+                model.loss(tokens, targets: tokens.map { ($0 + 1) % 256 }, batch: batch, time: time, context: ForwardContext(training: true, step: step)).backward()
+                if let zero {
+                    try zero.finishBackward()
+                    try zero.finishGradientSynchronization()
+                    try zero.step()
+                    zero.zeroGradients()
+                } else {
+                    try parallel?.finishGradientSynchronization()
+                    optimizer.step()
+                    if let parallel { parallel.zeroGradients() } else { optimizer.zeroGradients() }
+                }
+            }
+            try group.barrier()
+            let seconds = Double(Timeline.now - start) / 1e9
+            let allocator = TensorAllocator.shared
+            let rank = group.rank
+            return (Double(steps * batch * time * group.size) / seconds,
+                    (allocator.liveBytes(of: .parameters, owner: rank), allocator.liveBytes(of: .gradients, owner: rank), allocator.liveBytes(of: .optimizerState, owner: rank)))
+        }
+        return Measurement(tokensPerSecond: results[0].0, bytes: results.map(\.1))
+    }
+
+    func run() throws {
+        let parameterCount = GPTConfiguration(contextLength: context, layers: layers, heads: heads, width: dModel).parameterCount
+        let plan = try ZeROMemoryPlan(parameterCount: parameterCount, dataParallelSize: dp, stage: zeroStage, optimizer: .adamW)
+        let measured = try measure(stage: zeroStage)
+        let baseline = zeroStage == 0 ? measured : try measure(stage: 0)
+        let worst = measured.bytes.map { $0.0 + $0.1 + $0.2 }.max()!
+        func mib(_ bytes: Int) -> String { String(format: "%.2f MiB", Double(bytes) / 1_048_576) }
+        print("# ZeRO stage \(zeroStage), dp \(dp) Local ranks × 1 thread; GPT \(layers)L d\(dModel) h\(heads) T\(context), Ψ = \(parameterCount); AdamW; \(batchPerRank) sequences per rank")
+        print("rank  parameters     gradients      optimizer state  total          formula (\(plan.formula))")
+        for (rank, bytes) in measured.bytes.enumerated() {
+            let total = bytes.0 + bytes.1 + bytes.2
+            print(String(format: "%4d  %-13@  %-13@  %-15@  %-13@  %@", rank, mib(bytes.0), mib(bytes.1), mib(bytes.2), mib(total), mib(plan.totalBytes)))
+        }
+        let ratio = Double(worst) / Double(plan.totalBytes)
+        print(String(format: "measured ÷ formula (largest rank): %.4f", ratio))
+        print(String(format: "tokens/s: %.0f at stage %d, %.0f at stage 0 (%.3f ×)", measured.tokensPerSecond, zeroStage, baseline.tokensPerSecond, measured.tokensPerSecond / baseline.tokensPerSecond))
+        if json {
+            let object: [String: Any] = ["zero_stage": zeroStage, "dp": dp, "state_bytes_measured": worst, "state_bytes_formula": plan.totalBytes,
+                                         "tokens_per_s": measured.tokensPerSecond, "tokens_per_s_stage0": baseline.tokensPerSecond,
+                                         "measured_over_formula": ratio]
+            print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+        }
+    }
+}
