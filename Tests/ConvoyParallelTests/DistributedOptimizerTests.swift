@@ -99,3 +99,41 @@ import Testing
         }
     }
 }
+
+@Suite struct ZeROMemoryAccountingTests {
+    /// What the allocator counts per rank after a step matches the ZeRO formula for the (padded) buffer.
+    @Test(arguments: [(0, 2), (1, 2), (2, 2), (1, 4), (2, 4)])
+    func allocatedBytesMatchTheFormula(stage: Int, ranks: Int) throws {
+        let configuration = GPTConfiguration(vocabularySize: 256, contextLength: 16, layers: 2, heads: 4, width: 64)
+        let results = try LocalWorld.run(size: ranks, threadsPerRank: 1) { group -> (measured: Int, padded: Int) in
+            // A private owner id: other suites run Local ranks with the same rank numbers at the same time.
+            let owner = 7_000 + 10 * stage + group.rank + 100 * ranks
+            return try TensorAllocator.withOwner(owner) {
+                let model = try GPT(configuration, seed: 1)
+                let groups = ParameterGroup.decayingMatrices(of: model, weightDecay: 0.1)
+                var padded = model.parameterCount
+                var step: () throws -> Void
+                if stage == 0 {
+                    let parallel = try DataParallel(module: model, group: group)
+                    let optimizer = FusedAdam.adamW(groups, learningRate: 1e-3, gradientLayout: .external)
+                    step = { try parallel.finishGradientSynchronization(); optimizer.step(); parallel.zeroGradients() }
+                } else {
+                    let zero = try DistributedOptimizer(module: model, group: group, stage: stage, weightDecay: 0.1) { Adam.adamW($0, learningRate: 1e-3) }
+                    padded = zero.buffer.totalCount
+                    step = { try zero.finishBackward(); try zero.finishGradientSynchronization(); try zero.step(); zero.zeroGradients() }
+                }
+                let tokens = (0..<32).map { Int32($0 * 7 % 256) }
+                model.loss(tokens, targets: tokens.map { ($0 + 1) % 256 }, batch: 2, time: 16).backward()
+                try step()
+                let allocator = TensorAllocator.shared
+                let measured = [TensorAllocator.MemoryCategory.parameters, .gradients, .optimizerState].reduce(0) { $0 + allocator.liveBytes(of: $1, owner: owner) }
+                return (measured, padded)
+            }
+        }
+        for result in results {
+            let plan = try ZeROMemoryPlan(parameterCount: result.padded, dataParallelSize: ranks, stage: stage, optimizer: .adamW)
+            let ratio = Double(result.measured) / Double(plan.totalBytes)
+            #expect(abs(ratio - 1) <= 0.02, "stage \(stage) dp \(ranks): measured \(result.measured) B vs formula \(plan.totalBytes) B")
+        }
+    }
+}
