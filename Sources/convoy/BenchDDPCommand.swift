@@ -13,10 +13,7 @@ struct BenchDDPCommand: ParsableCommand {
         discussion: "Overlap fraction: the share of all-reduce time that lies inside backward spans on the same rank (from the timeline).")
 
     @Option(help: "Data-parallel ranks.") var ranks: Int = 2
-    @Option(help: "Transformer blocks.") var layers: Int = 6
-    @Option(name: .customLong("d-model"), help: "Model width.") var dModel: Int = 384
-    @Option(help: "Attention heads.") var heads: Int = 6
-    @Option(help: "Context length.") var context: Int = 256
+    @OptionGroup var shape: ModelShapeOptions
     @Option(name: .customLong("batch-per-rank"), help: "Sequences per rank per step.") var batchPerRank: Int = 4
     @Option(help: "Untimed warm-up steps.") var warmup: Int = 1
     @Option(help: "Timed steps.") var steps: Int = 3
@@ -25,7 +22,7 @@ struct BenchDDPCommand: ParsableCommand {
     @Flag(help: "End with one JSON line of the results.") var json = false
 
     func validate() throws {
-        for (name, value) in [("--ranks", ranks), ("--layers", layers), ("--d-model", dModel), ("--heads", heads), ("--context", context), ("--batch-per-rank", batchPerRank), ("--steps", steps)] where value <= 0 {
+        for (name, value) in [("--ranks", ranks), ("--batch-per-rank", batchPerRank), ("--steps", steps)] where value <= 0 {
             throw ValidationError("\(name) must be positive, got \(value)")
         }
     }
@@ -38,13 +35,13 @@ struct BenchDDPCommand: ParsableCommand {
 
     /// Trains on `rankCount` Local ranks with one compute thread each.
     func measure(rankCount: Int) throws -> Result {
-        let configuration = GPTConfiguration(contextLength: context, layers: layers, heads: heads, width: dModel)
+        let configuration = shape.configuration
         let timeline = Timeline()
         var chosen = DataParallelOptions()
         chosen.bucketCapMB = bucketCapMB
         chosen.firstBucketCapMB = firstBucketCapMB
         let options = chosen
-        let (warmup, steps, batch, time) = (self.warmup, self.steps, batchPerRank, context)
+        let (warmup, steps, batch, time) = (self.warmup, self.steps, batchPerRank, shape.context)
         let results = try LocalWorld.run(size: rankCount, threadsPerRank: 1) { group -> (Double, Int) in
             let model = try GPT(configuration, seed: 1)
             let parallel = group.size > 1 ? try DataParallel(module: model, group: group, options: options, timeline: timeline) : nil
@@ -83,7 +80,7 @@ struct BenchDDPCommand: ParsableCommand {
         let parallel = try measure(rankCount: ranks)
         let efficiency = parallel.tokensPerSecond / (Double(ranks) * single.tokensPerSecond)
         let rows: [(String, String)] = [
-            ("model", "GPT \(layers)L d\(dModel) h\(heads) T\(context); \(batchPerRank) sequences per rank per step; AdamW"),
+            ("model", "\(shape.summary); \(batchPerRank) sequences per rank per step; AdamW"),
             ("1 rank × 1 thread", String(format: "%.0f tokens/s", single.tokensPerSecond)),
             ("\(ranks) ranks × 1 thread", String(format: "%.0f tokens/s", parallel.tokensPerSecond)),
             ("scaling efficiency", String(format: "%.3f", efficiency)),

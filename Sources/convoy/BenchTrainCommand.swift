@@ -10,10 +10,7 @@ struct BenchTrainCommand: ParsableCommand {
         commandName: "train",
         abstract: "Time GPT training steps; report tokens/s, model FLOP/s and MFU against the measured sgemm peak.")
 
-    @Option(help: "Transformer blocks.") var layers: Int = 6
-    @Option(name: .customLong("d-model"), help: "Model width.") var dModel: Int = 384
-    @Option(help: "Attention heads.") var heads: Int = 6
-    @Option(help: "Context length (tokens per sequence).") var context: Int = 256
+    @OptionGroup var shape: ModelShapeOptions
     @Option(help: "Sequences per step.") var batch: Int = 8
     @Option(help: "Compute threads.") var threads: Int = 2
     @Option(help: "Untimed warm-up steps.") var warmup: Int = 2
@@ -22,7 +19,7 @@ struct BenchTrainCommand: ParsableCommand {
     @Flag(help: "End with one JSON line of the results.") var json = false
 
     func validate() throws {
-        for (name, value) in [("--layers", layers), ("--d-model", dModel), ("--heads", heads), ("--context", context), ("--batch", batch), ("--threads", threads), ("--steps", steps)] where value <= 0 {
+        for (name, value) in [("--batch", batch), ("--threads", threads), ("--steps", steps)] where value <= 0 {
             throw ValidationError("\(name) must be positive, got \(value)")
         }
         guard warmup >= 0 else { throw ValidationError("--warmup must be ≥ 0") }
@@ -31,11 +28,11 @@ struct BenchTrainCommand: ParsableCommand {
     func run() throws {
         let pool = ComputePool(threadCount: threads)
         try ComputePool.withPool(pool) {
-            let configuration = GPTConfiguration(contextLength: context, layers: layers, heads: heads, width: dModel)
+            let configuration = shape.configuration
             let model = try GPT(configuration, seed: seed)
             let optimizer = Adam.adamW(ParameterGroup.decayingMatrices(of: model, weightDecay: 0.1), learningRate: 3e-4)
             let generator = PhiloxRandom(seed: seed, stream: 99)
-            let tokenCount = batch * context
+            let tokenCount = batch * shape.context
             func randomTokens(_ step: Int) -> [Int32] {
                 (0..<tokenCount).map { Int32(generator.block(UInt64(step * tokenCount + $0)).0 % UInt32(configuration.vocabularySize)) }
             }
@@ -46,7 +43,7 @@ struct BenchTrainCommand: ParsableCommand {
             for step in 0..<(warmup + steps) {
                 let inputs = randomTokens(2 * step), targets = randomTokens(2 * step + 1)
                 let start = DispatchTime.now().uptimeNanoseconds
-                let loss = model.loss(inputs, targets: targets, batch: batch, time: context, context: ForwardContext(training: true, seed: seed, step: step))
+                let loss = model.loss(inputs, targets: targets, batch: batch, time: shape.context, context: ForwardContext(training: true, seed: seed, step: step))
                 loss.backward()
                 optimizer.step()
                 optimizer.zeroGradients()
@@ -62,8 +59,8 @@ struct BenchTrainCommand: ParsableCommand {
             let peakRSS = ProcessMemory.peakResidentBytes()
 
             let rows: [(String, String)] = [
-                ("model", "GPT \(layers)L d\(dModel) h\(heads) T\(context), \(configuration.parameterCount) parameters"),
-                ("batch", "\(batch) × \(context) = \(tokenCount) tokens, AdamW, \(threads) threads"),
+                ("model", "\(shape.summary), \(configuration.parameterCount) parameters"),
+                ("batch", "\(batch) × \(shape.context) = \(tokenCount) tokens, AdamW, \(threads) threads"),
                 ("steps", "\(warmup) warm-up + \(steps) timed; last loss \(String(format: "%.4f", lastLoss))"),
                 ("step time", String(format: "%.1f ms (min %.1f, max %.1f)", meanStep * 1e3, stepTimes.min()! * 1e3, stepTimes.max()! * 1e3)),
                 ("tokens/s", String(format: "%.0f", tokensPerSecond)),

@@ -14,10 +14,7 @@ struct BenchZeROCommand: ParsableCommand {
 
     @Option(help: "Data-parallel ranks (Local, one thread each).") var dp: Int = 2
     @Option(name: .customLong("zero-stage"), help: "ZeRO stage: 0, 1 or 2 (3 is not implemented yet).") var zeroStage: Int = 1
-    @Option(help: "Transformer blocks.") var layers: Int = 6
-    @Option(name: .customLong("d-model"), help: "Model width.") var dModel: Int = 384
-    @Option(help: "Attention heads.") var heads: Int = 6
-    @Option(help: "Context length.") var context: Int = 256
+    @OptionGroup var shape: ModelShapeOptions
     @Option(name: .customLong("batch-per-rank"), help: "Sequences per rank per step.") var batchPerRank: Int = 4
     @Option(help: "Untimed warm-up steps.") var warmup: Int = 1
     @Option(help: "Timed steps.") var steps: Int = 3
@@ -26,7 +23,7 @@ struct BenchZeROCommand: ParsableCommand {
     func validate() throws {
         guard dp >= 1 else { throw ValidationError("--dp must be at least 1") }
         guard (0...2).contains(zeroStage) else { throw ValidationError("--zero-stage must be 0, 1 or 2 (stage 3 is not implemented yet)") }
-        for (name, value) in [("--layers", layers), ("--d-model", dModel), ("--heads", heads), ("--context", context), ("--batch-per-rank", batchPerRank), ("--steps", steps)] where value <= 0 {
+        for (name, value) in [("--batch-per-rank", batchPerRank), ("--steps", steps)] where value <= 0 {
             throw ValidationError("\(name) must be positive, got \(value)")
         }
     }
@@ -38,8 +35,8 @@ struct BenchZeROCommand: ParsableCommand {
     }
 
     func measure(stage: Int) throws -> Measurement {
-        let configuration = GPTConfiguration(contextLength: context, layers: layers, heads: heads, width: dModel)
-        let (warmup, steps, batch, time) = (self.warmup, self.steps, batchPerRank, context)
+        let configuration = shape.configuration
+        let (warmup, steps, batch, time) = (self.warmup, self.steps, batchPerRank, shape.context)
         let results = try LocalWorld.run(size: dp, threadsPerRank: 1) { group -> (Double, (Int, Int, Int)) in
             let model = try GPT(configuration, seed: 1)
             let groups = ParameterGroup.decayingMatrices(of: model, weightDecay: 0.1)
@@ -90,13 +87,13 @@ struct BenchZeROCommand: ParsableCommand {
     }
 
     func run() throws {
-        let parameterCount = GPTConfiguration(contextLength: context, layers: layers, heads: heads, width: dModel).parameterCount
+        let parameterCount = shape.configuration.parameterCount
         let plan = try ZeROMemoryPlan(parameterCount: parameterCount, dataParallelSize: dp, stage: zeroStage, optimizer: .adamW)
         let measured = try measure(stage: zeroStage)
         let baseline = zeroStage == 0 ? measured : try measure(stage: 0)
         let worst = measured.bytes.map { $0.0 + $0.1 + $0.2 }.max()!
         func mib(_ bytes: Int) -> String { String(format: "%.2f MiB", Double(bytes) / 1_048_576) }
-        print("# ZeRO stage \(zeroStage), dp \(dp) Local ranks × 1 thread; GPT \(layers)L d\(dModel) h\(heads) T\(context), Ψ = \(parameterCount); AdamW; \(batchPerRank) sequences per rank")
+        print("# ZeRO stage \(zeroStage), dp \(dp) Local ranks × 1 thread; \(shape.summary), Ψ = \(parameterCount); AdamW; \(batchPerRank) sequences per rank")
         print("rank  parameters     gradients      optimizer state  total          formula (\(plan.formula))")
         for (rank, bytes) in measured.bytes.enumerated() {
             let total = bytes.0 + bytes.1 + bytes.2
