@@ -13,6 +13,8 @@ public typealias Parameter = Tensor
 open class Module {
     /// Whether the module is in training mode (dropout active).
     public private(set) var isTraining = true
+    private var forwardPreHooks: [(id: Int, body: (Module) -> Void)] = []
+    private var nextHookID = 0
 
     public init() {}
 
@@ -68,6 +70,33 @@ open class Module {
     /// Writes each parameter's full name into its ``Tensor/name`` (called once the tree is built).
     public final func assignParameterNames() {
         for (name, parameter) in namedParameters() { parameter.name = name }
+    }
+
+    /// This module and all its descendants, depth-first in declaration order.
+    public final var allModules: [Module] {
+        var result: [Module] = []
+        visit(prefix: "") { _, module in result.append(module) }
+        return result
+    }
+
+    /// Registers `hook` to run at the start of this module's forward (layers that own parameters call
+    /// ``runForwardPreHooks()`` first). ZeRO uses it to wait for a layer's parameters to be gathered just
+    /// before the layer needs them.
+    @discardableResult
+    public final func registerForwardPreHook(_ hook: @escaping (Module) -> Void) -> Int {
+        nextHookID += 1
+        forwardPreHooks.append((nextHookID, hook))
+        return nextHookID
+    }
+
+    /// Removes a hook registered with ``registerForwardPreHook(_:)``.
+    public final func removeForwardPreHook(_ id: Int) {
+        forwardPreHooks.removeAll { $0.id == id }
+    }
+
+    /// Runs the forward pre-hooks (called by layers at the start of their forward).
+    public final func runForwardPreHooks() {
+        for hook in forwardPreHooks { hook.body(self) }
     }
 
     private func visit(prefix: String, _ body: (String, Module) -> Void) {

@@ -50,6 +50,7 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("fuse-all-reduce"), help: "One contiguous gradient buffer: auto, on or off.") var fuseAllReduce: String?
     @Option(name: .customLong("fuse-optimizer"), help: "Flat-buffer optimizer: auto, on or off.") var fuseOptimizer: String?
     @Option(name: .customLong("find-unused-parameters"), help: "Allow parameters without gradients (true/false).") var findUnusedParameters: String?
+    @Option(name: .customLong("overlap-param-gather"), help: "ZeRO: gather updated parameters in the background, each layer waiting for its own (true/false).") var overlapParamGather: String?
     @Option(help: "Write a Chrome trace (chrome://tracing, Perfetto) of forward, backward, all-reduces and optimizer steps.") var trace: String?
 
     func run() throws {
@@ -63,7 +64,7 @@ struct TrainCommand: ParsableCommand {
         add("--log-every", logEvery); add("--output", output); add("--save", save); add("--threads", threads)
         add("--dp", dp); add("--backend", backend); add("--zero-stage", zeroStage); add("--bucketing", bucketing); add("--first-bucket-cap-mb", firstBucketCapMB)
         add("--bucket-cap-mb", bucketCapMB); add("--overlap-grad-reduce", overlapGradReduce); add("--fuse-all-reduce", fuseAllReduce)
-        add("--fuse-optimizer", fuseOptimizer); add("--find-unused-parameters", findUnusedParameters); add("--trace", trace)
+        add("--fuse-optimizer", fuseOptimizer); add("--find-unused-parameters", findUnusedParameters); add("--overlap-param-gather", overlapParamGather); add("--trace", trace)
         let configuration = try TrainingSettings.resolve(configFile: config, flags: flags)
         let timeline = configuration.trace == nil ? nil : Timeline()
         // mpirun forwards output through a pseudo-terminal; a live line redrawn from rank 0 only garbles it.

@@ -9,13 +9,14 @@ import Testing
     init() { CommunicationTimeout.set(30) }
 
     /// `ranks` Local ranks under ZeRO `stage`, each starting from its own seed.
-    func zeroWeights(stage: Int, ranks: Int, steps: Int, batch: Int, microSteps: Int = 1, overlap: Bool = true) throws -> [([[Float]], Int)] {
+    func zeroWeights(stage: Int, ranks: Int, steps: Int, batch: Int, microSteps: Int = 1, overlap: Bool = true, overlapParamGather: Bool = false) throws -> [([[Float]], Int)] {
         try LocalWorld.run(size: ranks, threadsPerRank: 1) { group in
             let model = try GPT(dpConfiguration, seed: 1 + UInt64(group.rank))
             var options = DataParallelOptions()
             options.firstBucketCapMB = 0.002
             options.bucketCapMB = 0.01
             options.overlapGradReduce = overlap
+            options.overlapParamGather = overlapParamGather
             let zero = try DistributedOptimizer(module: model, group: group, stage: stage, options: options, weightDecay: 0.1) { groups in
                 SGD(groups, learningRate: 0.1, momentum: 0.9)
             }
@@ -32,6 +33,7 @@ import Testing
                 try zero.step()
                 zero.zeroGradients()
             }
+            try zero.waitForParameters()
             let stateElements = zero.optimizer.state().tensors.values.reduce(0) { $0 + $1.count }
             return (model.parameters.map { $0.toArray() }, stateElements)
         }
@@ -49,6 +51,36 @@ import Testing
         let parameters = try GPT(dpConfiguration, seed: 1).parameterCount
         #expect(results.map(\.1).reduce(0, +) == parameters)
         for result in results { #expect(result.1 <= (parameters + ranks - 1) / ranks + 64 * ranks) }
+    }
+
+    @Test(arguments: [1, 2])
+    func overlappedParameterGathersMatchOneProcess(stage: Int) throws {
+        let reference = try referenceWeights(steps: 10, batch: 8)
+        for result in try zeroWeights(stage: stage, ranks: 2, steps: 10, batch: 8, microSteps: 2, overlapParamGather: true) {
+            #expect(maxRelativeError(result.0, reference) <= 1e-5)
+        }
+    }
+
+    @Test func parameterGathersStayInFlightUntilTheLayerNeedsThem() throws {
+        let counts = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [Int] in
+            let model = try GPT(dpConfiguration, seed: 3)
+            var options = DataParallelOptions()
+            options.overlapParamGather = true
+            options.firstBucketCapMB = 0.002
+            options.bucketCapMB = 0.01
+            let zero = try DistributedOptimizer(module: model, group: group, stage: 1, options: options, weightDecay: 0) { SGD($0, learningRate: 0.1) }
+            let data = globalBatch(step: 0, batch: 4)
+            model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8).backward()
+            try zero.finishGradientSynchronization()
+            try zero.step()
+            let inFlight = zero.pendingParameterGathers
+            _ = withNoGrad { model.logits(data.inputs[0], batch: 1, time: 8) }
+            return [inFlight, zero.buffer.buckets.count, zero.pendingParameterGathers]
+        }
+        for count in counts {
+            #expect(count[0] == count[1], "every bucket's gather is still in flight right after the step")
+            #expect(count[2] == 0, "a forward waits for every bucket it uses")
+        }
     }
 
     @Test func stageTwoWithoutOverlapMatchesOneProcess() throws {

@@ -53,8 +53,8 @@ import Testing
         #expect(metrics.split(separator: "\n").filter { $0.contains("\"loss\"") }.count == 10)
     }
 
-    @Test(arguments: [(1, 2, 1), (2, 2, 2), (2, 4, 1)])
-    func zeroTrainingMatchesOneProcess(stage: Int, ranks: Int, accumulate: Int) throws {
+    @Test(arguments: [(1, 2, 1, false), (2, 2, 2, false), (2, 4, 1, false), (1, 2, 2, true), (2, 2, 1, true)])
+    func zeroTrainingMatchesOneProcess(stage: Int, ranks: Int, accumulate: Int, overlapParamGather: Bool) throws {
         let single = scratchDirectory("zero-single"), parallel = scratchDirectory("zero-parallel")
         defer { for path in [single, parallel] { try? FileManager.default.removeItem(atPath: path) } }
         var reference = try configuration(output: single)
@@ -66,6 +66,7 @@ import Testing
         distributed.output = parallel
         distributed.dp = ranks
         distributed.zeroStage = stage
+        distributed.ddp.overlapParamGather = overlapParamGather
         distributed.ddp.firstBucketCapMB = 0.001
         distributed.ddp.bucketCapMB = 0.004
         let frozen = distributed

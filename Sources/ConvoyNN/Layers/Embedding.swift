@@ -13,6 +13,7 @@ public final class Embedding: Module {
 
     /// Rows for `indices`, shaped `shape + [width]`.
     public func callAsFunction(_ indices: [Int32], shape: [Int]) -> Tensor {
-        Tensor.embedding(weight, indices: indices, shape: shape)
+        runForwardPreHooks()
+        return Tensor.embedding(weight, indices: indices, shape: shape)
     }
 }

@@ -15,6 +15,7 @@ public final class LayerNorm: Module {
     public override var localParameters: [(name: String, parameter: Parameter)] { [("weight", weight), ("bias", bias)] }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        Tensor.layerNorm(x, weight: weight, bias: bias, epsilon: epsilon)
+        runForwardPreHooks()
+        return Tensor.layerNorm(x, weight: weight, bias: bias, epsilon: epsilon)
     }
 }

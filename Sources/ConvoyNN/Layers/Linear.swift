@@ -19,6 +19,7 @@ public final class Linear: Module {
 
     /// Applies the layer to x [..., in].
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        Tensor.linear(x, weight: weight, bias: bias)
+        runForwardPreHooks()
+        return Tensor.linear(x, weight: weight, bias: bias)
     }
 }

@@ -30,6 +30,9 @@ public struct DataParallelOptions: Sendable, Equatable {
     public var fuseOptimizer: FusionChoice = .automatic
     /// Mark parameters that got no gradient as ready with a zero gradient instead of failing.
     public var findUnusedParameters = false
+    /// ZeRO: launch the all-gathers of updated parameters asynchronously after the step; each layer's next
+    /// forward waits only for the gathers of its own buckets, in forward order.
+    public var overlapParamGather = false
 
     public init() {}
 }

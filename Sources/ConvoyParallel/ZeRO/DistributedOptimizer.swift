@@ -37,6 +37,11 @@ public final class DistributedOptimizer {
     private var pending: [Int]
     private var incoming: [(work: Work, shard: Tensor, staged: Tensor)?]
     private var nextBucketToLaunch = 0
+    /// All-gathers launched by the last step and not yet waited for (with `overlapParamGather`).
+    private var pendingGathers: [Int: (work: Work, staged: Tensor)] = [:]
+    private var gatherError: Error?
+    private let overlapParamGather: Bool
+    private var forwardHooks: [(Module, Int)] = []
 
     /// Wraps `module` (collective: every rank must call it). Parameters are broadcast from rank 0 first, so
     /// replicas start identical. `makeOptimizer` receives the shard slices grouped like
@@ -49,6 +54,7 @@ public final class DistributedOptimizer {
         self.group = group
         self.stage = stage
         overlap = options.overlapGradReduce
+        overlapParamGather = options.overlapParamGather
         let parameters = module.namedParameters().filter { !$0.parameter.isDistributed }
         try withNoGrad {
             for (_, parameter) in parameters { try group.broadcast(parameter, root: 0) }
@@ -84,6 +90,14 @@ public final class DistributedOptimizer {
             if slice.parameter.rank >= 2 { decaying.append(values) } else { plain.append(values) }
         }
         optimizer = makeOptimizer([ParameterGroup(decaying, weightDecay: weightDecay), ParameterGroup(plain, weightDecay: 0)])
+        if overlapParamGather {
+            // Each layer that owns parameters waits, at the start of its forward, for its buckets only.
+            for layer in module.allModules where !layer.localParameters.isEmpty {
+                let buckets = Set(layer.localParameters.compactMap { buffer.bucketIndex(of: $0.parameter) }).sorted()
+                let id = layer.registerForwardPreHook { [weak self] _ in self?.waitForGathers(of: buckets) }
+                forwardHooks.append((layer, id))
+            }
+        }
         if stage == 2 {
             for (_, parameter) in buffer.parameters {
                 parameter.setGradientInterceptor { [weak self] parameter, gradient in
@@ -96,6 +110,28 @@ public final class DistributedOptimizer {
 
     deinit {
         if stage == 2 { for (_, parameter) in buffer.parameters { parameter.setGradientInterceptor(nil) } }
+        for (layer, id) in forwardHooks { layer.removeForwardPreHook(id) }
+    }
+
+    private func waitForGathers(of buckets: [Int]) {
+        for index in buckets {
+            guard let pending = pendingGathers.removeValue(forKey: index) else { continue }
+            do { try pending.work.wait() } catch { if gatherError == nil { gatherError = error } }
+            withExtendedLifetime(pending.staged) {}
+        }
+    }
+
+    /// Parameter all-gathers launched by the last step and not yet waited for.
+    public var pendingParameterGathers: Int { pendingGathers.count }
+
+    /// Waits for every parameter all-gather still in flight (before evaluation, saving, or reading the
+    /// parameters outside a forward) and rethrows a failed one.
+    public func waitForParameters() throws {
+        waitForGathers(of: Array(pendingGathers.keys).sorted())
+        if let error = gatherError {
+            gatherError = nil
+            throw error
+        }
     }
 
     /// Stage 2: copies one parameter's gradient of this backward into its bucket's staging buffer; a complete
@@ -135,6 +171,7 @@ public final class DistributedOptimizer {
     /// reduce-scatter and adds the results to the gradient shard; the staging buffers are released. Stage 1:
     /// nothing to do until ``finishGradientSynchronization()``.
     public func finishBackward() throws {
+        try waitForParameters()
         guard stage == 2 else { return }
         defer {
             nextBucketToLaunch = 0
@@ -153,6 +190,7 @@ public final class DistributedOptimizer {
     /// Call after the last backward of a step (stage 2: after its ``finishBackward()``): stage 1 reduce-
     /// scatters (averages) every bucket's gradients into this rank's gradient shard.
     public func finishGradientSynchronization() throws {
+        try waitForParameters()
         guard stage == 1 else { return }
         let gradients = buffer.gradientBuffer
         // Outputs are transient: the result is copied into the rank's shard region of the gradient buffer, so
@@ -179,20 +217,20 @@ public final class DistributedOptimizer {
         return Tensor(storage: buffer.gradientBuffer.storage, shape: [count], offset: buffer.gradientBuffer.offset + range.lowerBound)
     }
 
-    /// Updates this rank's shard and all-gathers the updated parameters.
+    /// Updates this rank's shard and all-gathers the updated parameters: waits for them, or with
+    /// `overlapParamGather` leaves them in flight — launched in forward order, each waited for by the first
+    /// layer that needs it.
     public func step() throws {
+        try waitForParameters()
         optimizer.step()
         let parameters = buffer.parameterBuffer
-        // The all-gather's input is copied out first: MPI forbids aliasing input and output buffers.
-        let staged = buffer.buckets.map { bucket -> Tensor in
-            let shard = buffer.shardRange(of: bucket.index, rank: group.rank)
-            return parameters.slice(axis: 0, shard).copy()
+        for bucket in buffer.buckets.reversed() {
+            // The all-gather's input is copied out first: MPI forbids aliasing input and output buffers.
+            let staged = parameters.slice(axis: 0, buffer.shardRange(of: bucket.index, rank: group.rank)).copy()
+            let work = group.allGatherAsync(input: CommunicationBuffer(staged), output: CommunicationBuffer(parameters).slice(bucket.range))
+            pendingGathers[bucket.index] = (work, staged)
         }
-        let works = zip(buffer.buckets, staged).map { bucket, shard in
-            group.allGatherAsync(input: CommunicationBuffer(shard), output: CommunicationBuffer(parameters).slice(bucket.range))
-        }
-        for work in works { try work.wait() }
-        withExtendedLifetime(staged) {}
+        if !overlapParamGather { try waitForParameters() }
     }
 
     /// Zeroes the full gradients (keeping them views into the buffer) and the gradient shard.

@@ -118,6 +118,7 @@ public final class Trainer {
     /// written whole by rank 0, or under ZeRO as one shard file per rank plus a layout index, all assembled in
     /// one temporary directory before it is renamed into place.
     private func saveCheckpoint(afterStep step: Int, to directory: String) throws {
+        try zero?.waitForParameters()
         guard let zero else {
             if isLeader { try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state(afterStep: step), to: directory) }
             try group?.barrier()
@@ -268,6 +269,7 @@ public final class Trainer {
         }
 
         let seconds = elapsed()
+        try zero?.waitForParameters()
         var report: ArithmeticReport?
         if isLeader {
             if let validation = validationLoss(batches: configuration.evalBatches) {

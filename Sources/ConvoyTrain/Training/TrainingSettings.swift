@@ -171,6 +171,7 @@ public enum TrainingSettings {
         fusion("parallel.ddp.fuse_all_reduce", "--fuse-all-reduce", \.ddp.fuseAllReduce),
         fusion("parallel.ddp.fuse_optimizer", "--fuse-optimizer", \.ddp.fuseOptimizer),
         boolean("parallel.ddp.find_unused_parameters", "--find-unused-parameters", \.ddp.findUnusedParameters),
+        boolean("parallel.ddp.overlap_param_gather", "--overlap-param-gather", \.ddp.overlapParamGather),
     ]
 
     private static let byKey: [String: Setting] = Dictionary(uniqueKeysWithValues: all.map { ($0.key, $0) })
