@@ -23,8 +23,7 @@ public final class TensorAllocator: Sendable {
         var liveBytes = 0
         var peakLiveBytes = 0
         var allocationCount = 0
-        var liveBytesByCategory: [MemoryCategory: Int] = [:]
-        var liveBytesByOwner: [Int: [MemoryCategory: Int]] = [:]
+        var liveBytesByTag: [MemoryTag: Int] = [:]
     }
 
     /// What memory is for, so benchmarks can report parameters, gradients and optimizer state as allocated.
@@ -32,41 +31,41 @@ public final class TensorAllocator: Sendable {
         case other, parameters, gradients, optimizerState = "optimizer state"
     }
 
-    private static let currentCategory = ThreadLocal<MemoryCategory> { .other }
-    private static let currentOwner = ThreadLocal<Int> { -1 }
+    /// Whom and what a block of storage is counted for.
+    public struct MemoryTag: Hashable, Sendable {
+        public var category: MemoryCategory
+        /// A rank of the Local backend, or -1 for nobody in particular.
+        public var owner: Int
+    }
 
-    /// Who new storage on this thread is counted for (a rank of the Local backend; -1: nobody in particular).
-    public static var owner: Int { currentOwner.value }
+    /// One thread-local read per allocation: the tag new storage on this thread is counted under.
+    private static let currentTag = ThreadLocal<MemoryTag> { MemoryTag(category: .other, owner: -1) }
+
+    /// The tag new storage on this thread is counted under.
+    public static var tag: MemoryTag { currentTag.value }
 
     /// Counts storage allocated by `body` on this thread as `owner`'s (LocalWorld sets each rank's thread).
     public static func withOwner<Result>(_ owner: Int, _ body: () throws -> Result) rethrows -> Result {
-        try currentOwner.withValue(owner, body)
+        var tag = currentTag.value
+        tag.owner = owner
+        return try currentTag.withValue(tag, body)
+    }
+
+    /// Counts storage allocated by `body` on this thread under `category` (until it is freed).
+    public static func withCategory<Result>(_ category: MemoryCategory, _ body: () throws -> Result) rethrows -> Result {
+        var tag = currentTag.value
+        tag.category = category
+        return try currentTag.withValue(tag, body)
     }
 
     /// Bytes held by live storage of `category` allocated for `owner`.
     public func liveBytes(of category: MemoryCategory, owner: Int) -> Int {
-        state.withLock { $0.liveBytesByOwner[owner]?[category] ?? 0 }
+        state.withLock { $0.liveBytesByTag[MemoryTag(category: category, owner: owner), default: 0] }
     }
 
-    /// The category new storage on this thread is counted under.
-    public static var category: MemoryCategory { currentCategory.value }
-
-    /// Counts storage allocated by `body` on this thread under `category` (until it is freed).
-    public static func withCategory<Result>(_ category: MemoryCategory, _ body: () throws -> Result) rethrows -> Result {
-        try currentCategory.withValue(category, body)
-    }
-
-    /// Bytes held by live storage of `category`.
+    /// Bytes held by live storage of `category`, whoever owns it.
     public func liveBytes(of category: MemoryCategory) -> Int {
-        state.withLock { $0.liveBytesByCategory[category, default: 0] }
-    }
-
-    /// Adds (or, negative, removes) `bytes` of live storage under a category and owner.
-    func account(_ bytes: Int, category: MemoryCategory, owner: Int) {
-        state.withLock {
-            $0.liveBytesByCategory[category, default: 0] += bytes
-            $0.liveBytesByOwner[owner, default: [:]][category, default: 0] += bytes
-        }
+        state.withLock { $0.liveBytesByTag.reduce(0) { $0 + ($1.key.category == category ? $1.value : 0) } }
     }
 
     private let state = Mutex(State())
@@ -84,11 +83,12 @@ public final class TensorAllocator: Sendable {
         return (minimum + unit - 1) / unit * unit
     }
 
-    /// Allocates `bytes` bytes aligned to 64; the contents are undefined.
-    public func allocate(bytes: Int) -> (pointer: UnsafeMutableRawPointer, capacity: Int) {
+    /// Allocates `bytes` bytes aligned to 64, counted under `tag`; the contents are undefined.
+    public func allocate(bytes: Int, tag: MemoryTag = TensorAllocator.tag) -> (pointer: UnsafeMutableRawPointer, capacity: Int) {
         let size = Self.roundedSize(bytes)
         let reused: UInt? = state.withLock { state in
             state.liveBytes += size
+            state.liveBytesByTag[tag, default: 0] += size
             state.peakLiveBytes = Swift.max(state.peakLiveBytes, state.liveBytes)
             state.allocationCount += 1
             if var list = state.freeBlocks[size], let block = list.popLast() {
@@ -107,10 +107,11 @@ public final class TensorAllocator: Sendable {
         return (raw, size)
     }
 
-    /// Returns a block obtained from ``allocate(bytes:)``.
-    public func deallocate(_ pointer: UnsafeMutableRawPointer, capacity: Int) {
+    /// Returns a block obtained from ``allocate(bytes:tag:)`` with the same tag.
+    public func deallocate(_ pointer: UnsafeMutableRawPointer, capacity: Int, tag: MemoryTag) {
         let keep = state.withLock { state -> Bool in
             state.liveBytes -= capacity
+            state.liveBytesByTag[tag, default: 0] -= capacity
             guard state.cachedBytes + capacity <= cacheLimitBytes else { return false }
             state.freeBlocks[capacity, default: []].append(UInt(bitPattern: pointer))
             state.cachedBytes += capacity
@@ -150,21 +151,17 @@ public final class TensorStorage: @unchecked Sendable {
     /// Start of the memory (64-byte aligned).
     public let pointer: UnsafeMutableRawPointer
     private let capacity: Int
-    /// What the memory is counted as (the allocating thread's ``TensorAllocator/category``).
-    public let category: TensorAllocator.MemoryCategory
-    /// Whose memory it is (the allocating thread's ``TensorAllocator/owner``).
-    public let owner: Int
+    /// What and whose the memory is counted as (the allocating thread's ``TensorAllocator/tag``).
+    public let tag: TensorAllocator.MemoryTag
 
     /// Allocates uninitialised storage for `count` elements.
     public init(dtype: DType, count: Int) {
         self.dtype = dtype
         self.count = count
-        let block = TensorAllocator.shared.allocate(bytes: count * dtype.byteSize)
+        tag = TensorAllocator.tag
+        let block = TensorAllocator.shared.allocate(bytes: count * dtype.byteSize, tag: tag)
         pointer = block.pointer
         capacity = block.capacity
-        category = TensorAllocator.category
-        owner = TensorAllocator.owner
-        TensorAllocator.shared.account(capacity, category: category, owner: owner)
     }
 
     /// Allocates storage for `count` elements set to zero.
@@ -174,8 +171,7 @@ public final class TensorStorage: @unchecked Sendable {
     }
 
     deinit {
-        TensorAllocator.shared.account(-capacity, category: category, owner: owner)
-        TensorAllocator.shared.deallocate(pointer, capacity: capacity)
+        TensorAllocator.shared.deallocate(pointer, capacity: capacity, tag: tag)
     }
 
     /// The memory as Float32 elements (the storage must hold Float32).
