@@ -42,13 +42,18 @@ public enum AtomicFile {
         guard rename(temporaryPath, path) == 0 else { throw failure("renaming \(temporaryPath) to", path) }
         renamed = true
 
-        // Make the rename itself durable. Some file systems cannot fsync a directory (EINVAL): the data is
-        // already safe, so that case is not an error.
-        let directoryDescriptor = open(directory, O_RDONLY | O_CLOEXEC)
-        guard directoryDescriptor >= 0 else { throw failure("opening directory", directory) }
-        defer { close(directoryDescriptor) }
-        if fsync(directoryDescriptor) != 0 && errno != EINVAL {
-            throw failure("fsync of directory", directory)
+        // Make the rename itself durable.
+        try syncDirectory(directory)
+    }
+
+    /// Flushes a directory's entries (new names, renames) to disk. Some file systems cannot fsync a directory
+    /// (EINVAL): the files' data is already safe then, so that case is not an error.
+    public static func syncDirectory(_ directory: String) throws {
+        let descriptor = open(directory, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw ConvoyError.io("opening directory \(directory) failed: \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        if fsync(descriptor) != 0 && errno != EINVAL {
+            throw ConvoyError.io("fsync of directory \(directory) failed: \(String(cString: strerror(errno)))")
         }
     }
 }

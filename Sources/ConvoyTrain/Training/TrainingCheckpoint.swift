@@ -54,7 +54,7 @@ public enum TrainingCheckpoint {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try AtomicFile.write(try encoder.encode(state), to: temporary + "/" + trainerFileName)
-        try syncDirectory(temporary)
+        try AtomicFile.syncDirectory(temporary)
         if failure == .beforeRename { throw ConvoyError.io("simulated failure while saving \(directory)") }
 
         let aside = asidePath(target.path)
@@ -69,7 +69,7 @@ public enum TrainingCheckpoint {
             throw ConvoyError.io("could not move the new checkpoint into \(target.path): \(reason)")
         }
         published = true
-        try syncDirectory(parent)
+        try AtomicFile.syncDirectory(parent)
         if hadPrevious { try? FileManager.default.removeItem(atPath: aside) }
     }
 
@@ -100,15 +100,6 @@ public enum TrainingCheckpoint {
         var metadata = ["format": "convoy-optimizer", "optimizer": kind]
         for (key, value) in optimizerState.scalars { metadata["scalar." + key] = String(value) }
         try SafeTensors(tensors: optimizerState.tensors, metadata: metadata).write(to: path)
-    }
-
-    private static func syncDirectory(_ path: String) throws {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { throw ConvoyError.io("cannot open directory \(path): \(String(cString: strerror(errno)))") }
-        defer { close(descriptor) }
-        if fsync(descriptor) != 0 && errno != EINVAL {
-            throw ConvoyError.io("fsync of directory \(path) failed: \(String(cString: strerror(errno)))")
-        }
     }
 
     /// The directory to read: `directory`, or its aside copy if a save was interrupted between renames.
