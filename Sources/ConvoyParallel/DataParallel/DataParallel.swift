@@ -42,18 +42,13 @@ public final class DataParallel {
         self.options = options
         self.timeline = timeline
         worldRank = group.worldRanks[group.rank]
-        let parameters = module.namedParameters().filter { !$0.parameter.isDistributed }
-        self.parameters = parameters
         guard options.firstBucketCapMB > 0, options.bucketCapMB > 0 else {
             throw ConvoyError.invalidConfiguration("parallel.ddp bucket caps must be positive (first_bucket_cap_mb \(options.firstBucketCapMB), bucket_cap_mb \(options.bucketCapMB))")
         }
+        let parameters = try ReplicatedParameters.synchronized(module, over: group)
+        self.parameters = parameters
         for (name, parameter) in parameters where parameter.dtype != .float32 {
             throw ConvoyError.invalidConfiguration("parameter \(name) is \(parameter.dtype); data parallelism reduces float32 gradients")
-        }
-
-        // Replicas start identical whatever their seeds.
-        try withNoGrad {
-            for (_, parameter) in parameters { try group.broadcast(parameter, root: 0) }
         }
 
         let sizes = parameters.map { $0.parameter.count * 4 }

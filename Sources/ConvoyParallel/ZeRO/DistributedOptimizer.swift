@@ -55,10 +55,7 @@ public final class DistributedOptimizer {
         self.stage = stage
         overlap = options.overlapGradReduce
         overlapParamGather = options.overlapParamGather
-        let parameters = module.namedParameters().filter { !$0.parameter.isDistributed }
-        try withNoGrad {
-            for (_, parameter) in parameters { try group.broadcast(parameter, root: 0) }
-        }
+        let parameters = try ReplicatedParameters.synchronized(module, over: group)
         buffer = try ParamAndGradBuffer(parameters: parameters, dataParallelSize: group.size,
                                         firstBucketCapBytes: Int(options.firstBucketCapMB * 1_048_576),
                                         bucketCapBytes: Int(options.bucketCapMB * 1_048_576), keepsFullGradients: stage == 1)
