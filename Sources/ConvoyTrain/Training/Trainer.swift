@@ -150,13 +150,16 @@ public final class Trainer {
         let context = configuration.context
         let rank = group.map { $0.worldRanks[$0.rank] } ?? 0
         let globalIndices = (step * configuration.batch)..<((step + 1) * configuration.batch)
-        let totalCounted = globalIndices.reduce(0) { $0 + dataset.trainingExample($1).countedTargets }
+        // Every rank needs the whole global batch's target count for the weights; its own examples are taken
+        // from the same list rather than generated again.
+        let globalExamples = globalIndices.map { dataset.trainingExample($0) }
+        let totalCounted = globalExamples.reduce(0) { $0 + $1.countedTargets }
         // Data parallelism averages gradients over ranks, so each rank's share is scaled up by the rank count.
         let reducingGroup = parallel?.group ?? zero?.group
         let rankScale = Float(reducingGroup?.size ?? 1)
         var loss = 0.0
         for microBatch in 0..<sampler.microBatches {
-            let examples = sampler.indices(step: step, microBatch: microBatch).map { dataset.trainingExample($0) }
+            let examples = sampler.indices(step: step, microBatch: microBatch).map { globalExamples[$0 - globalIndices.lowerBound] }
             let counted = examples.reduce(0) { $0 + $1.countedTargets }
             let weight = Float(counted) / Float(max(totalCounted, 1))
             let forward = ForwardContext(training: true, seed: configuration.seed, step: step, firstSequence: sampler.firstSequence(microBatch: microBatch))
