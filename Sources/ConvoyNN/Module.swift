@@ -14,6 +14,7 @@ open class Module {
     /// Whether the module is in training mode (dropout active).
     public private(set) var isTraining = true
     private var forwardPreHooks: [(id: Int, body: (Module) -> Void)] = []
+    private var forwardPostHooks: [(id: Int, body: (Module, Tensor) -> Tensor)] = []
     private var nextHookID = 0
 
     public init() {}
@@ -89,14 +90,32 @@ open class Module {
         return nextHookID
     }
 
-    /// Removes a hook registered with ``registerForwardPreHook(_:)``.
-    public final func removeForwardPreHook(_ id: Int) {
+    /// Registers `hook` to run on the output of this module's forward; what it returns replaces the output
+    /// (modules that support it — ``TransformerBlock`` — call ``runForwardPostHooks(_:)`` last). ZeRO stage 3
+    /// uses it to release a layer's gathered parameters after its forward and to put an identity node on the
+    /// tape whose backward gathers them again just before the layer's backward.
+    @discardableResult
+    public final func registerForwardPostHook(_ hook: @escaping (Module, Tensor) -> Tensor) -> Int {
+        nextHookID += 1
+        forwardPostHooks.append((nextHookID, hook))
+        return nextHookID
+    }
+
+    /// Removes a hook registered with ``registerForwardPreHook(_:)`` or ``registerForwardPostHook(_:)``.
+    public final func removeForwardHook(_ id: Int) {
         forwardPreHooks.removeAll { $0.id == id }
+        forwardPostHooks.removeAll { $0.id == id }
     }
 
     /// Runs the forward pre-hooks (called by layers at the start of their forward).
     public final func runForwardPreHooks() {
         for hook in forwardPreHooks { hook.body(self) }
+    }
+
+    /// Runs the forward post-hooks on `output` in registration order and returns what the last one returns
+    /// (called by modules at the end of their forward).
+    public final func runForwardPostHooks(_ output: Tensor) -> Tensor {
+        forwardPostHooks.reduce(output) { $1.body(self, $0) }
     }
 
     private func visit(prefix: String, _ body: (String, Module) -> Void) {

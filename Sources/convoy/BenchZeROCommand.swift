@@ -13,7 +13,7 @@ struct BenchZeROCommand: ParsableCommand {
         abstract: "Per-rank bytes of parameters, gradients and optimizer state as allocated (counted by the allocator) vs the ZeRO formula; tokens/s vs stage 0.")
 
     @Option(help: "Data-parallel ranks (Local, one thread each).") var dp: Int = 2
-    @Option(name: .customLong("zero-stage"), help: "ZeRO stage: 0, 1 or 2 (3 is not implemented yet).") var zeroStage: Int = 1
+    @Option(name: .customLong("zero-stage"), help: "ZeRO stage: 0, 1, 2 or 3.") var zeroStage: Int = 1
     @OptionGroup var shape: ModelShapeOptions
     @Option(name: .customLong("batch-per-rank"), help: "Sequences per rank per step.") var batchPerRank: Int = 4
     @Option(help: "Untimed warm-up steps.") var warmup: Int = 1
@@ -22,7 +22,7 @@ struct BenchZeROCommand: ParsableCommand {
 
     func validate() throws {
         guard dp >= 1 else { throw ValidationError("--dp must be at least 1") }
-        guard (0...2).contains(zeroStage) else { throw ValidationError("--zero-stage must be 0, 1 or 2 (stage 3 is not implemented yet)") }
+        guard (0...3).contains(zeroStage) else { throw ValidationError("--zero-stage must be 0, 1, 2 or 3, got \(zeroStage)") }
         for (name, value) in [("--batch-per-rank", batchPerRank), ("--steps", steps)] where value <= 0 {
             throw ValidationError("\(name) must be positive, got \(value)")
         }

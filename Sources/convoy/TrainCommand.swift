@@ -42,7 +42,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Compute threads (default: CONVOY_THREADS or all cores); with --dp on Local ranks, shared among the ranks.") var threads: Int?
     @Option(help: "Data-parallel ranks (Local: threads of this process; under mpirun: the world size).") var dp: Int?
     @Option(help: "Communication backend: local or mpi (default: mpi under mpirun, else local).") var backend: String?
-    @Option(name: .customLong("zero-stage"), help: "ZeRO stage: 0 (plain data parallelism), 1 (shard optimizer state), 2 (also gradients).") var zeroStage: Int?
+    @Option(name: .customLong("zero-stage"), help: "ZeRO stage: 0 (plain data parallelism), 1 (shard optimizer state), 2 (also gradients), 3 (also parameters).") var zeroStage: Int?
     @Option(help: "Bucket gradients (true/false).") var bucketing: String?
     @Option(name: .customLong("first-bucket-cap-mb"), help: "Cap of the first gradient bucket in MiB.") var firstBucketCapMB: Double?
     @Option(name: .customLong("bucket-cap-mb"), help: "Cap of the other gradient buckets in MiB.") var bucketCapMB: Double?
@@ -51,6 +51,7 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("fuse-optimizer"), help: "Flat-buffer optimizer: auto, on or off.") var fuseOptimizer: String?
     @Option(name: .customLong("find-unused-parameters"), help: "Allow parameters without gradients (true/false).") var findUnusedParameters: String?
     @Option(name: .customLong("overlap-param-gather"), help: "ZeRO: gather updated parameters in the background, each layer waiting for its own (true/false).") var overlapParamGather: String?
+    @Option(name: .customLong("reshard-after-forward"), help: "ZeRO-3: release each layer's parameters after its forward and gather them again for backward (true, default) or keep them (false).") var reshardAfterForward: String?
     @Option(help: "Write a Chrome trace (chrome://tracing, Perfetto) of forward, backward, all-reduces and optimizer steps.") var trace: String?
 
     func run() throws {
@@ -64,7 +65,8 @@ struct TrainCommand: ParsableCommand {
         add("--log-every", logEvery); add("--output", output); add("--save", save); add("--threads", threads)
         add("--dp", dp); add("--backend", backend); add("--zero-stage", zeroStage); add("--bucketing", bucketing); add("--first-bucket-cap-mb", firstBucketCapMB)
         add("--bucket-cap-mb", bucketCapMB); add("--overlap-grad-reduce", overlapGradReduce); add("--fuse-all-reduce", fuseAllReduce)
-        add("--fuse-optimizer", fuseOptimizer); add("--find-unused-parameters", findUnusedParameters); add("--overlap-param-gather", overlapParamGather); add("--trace", trace)
+        add("--fuse-optimizer", fuseOptimizer); add("--find-unused-parameters", findUnusedParameters); add("--overlap-param-gather", overlapParamGather)
+        add("--reshard-after-forward", reshardAfterForward); add("--trace", trace)
         let configuration = try TrainingSettings.resolve(configFile: config, flags: flags)
         let timeline = configuration.trace == nil ? nil : Timeline()
         // mpirun forwards output through a pseudo-terminal; a live line redrawn from rank 0 only garbles it.

@@ -9,7 +9,8 @@ import Testing
     init() { CommunicationTimeout.set(30) }
 
     /// `ranks` Local ranks under ZeRO `stage`, each starting from its own seed.
-    func zeroWeights(stage: Int, ranks: Int, steps: Int, batch: Int, microSteps: Int = 1, overlap: Bool = true, overlapParamGather: Bool = false) throws -> [([[Float]], Int)] {
+    func zeroWeights(stage: Int, ranks: Int, steps: Int, batch: Int, microSteps: Int = 1, overlap: Bool = true, overlapParamGather: Bool = false,
+                     reshardAfterForward: Bool = true) throws -> [([[Float]], Int)] {
         try LocalWorld.run(size: ranks, threadsPerRank: 1) { group in
             let model = try GPT(dpConfiguration, seed: 1 + UInt64(group.rank))
             var options = DataParallelOptions()
@@ -17,6 +18,7 @@ import Testing
             options.bucketCapMB = 0.01
             options.overlapGradReduce = overlap
             options.overlapParamGather = overlapParamGather
+            options.reshardAfterForward = reshardAfterForward
             let zero = try DistributedOptimizer(module: model, group: group, stage: stage, options: options, weightDecay: 0.1) { groups in
                 SGD(groups, learningRate: 0.1, momentum: 0.9)
             }
@@ -33,13 +35,13 @@ import Testing
                 try zero.step()
                 zero.zeroGradients()
             }
-            try zero.waitForParameters()
+            try zero.gatherFullParameters()
             let stateElements = zero.optimizer.state().tensors.values.reduce(0) { $0 + $1.count }
             return (model.parameters.map { $0.toArray() }, stateElements)
         }
     }
 
-    @Test(arguments: [(1, 2, 1), (1, 4, 1), (1, 2, 2), (1, 4, 2), (2, 2, 1), (2, 4, 1), (2, 2, 2), (2, 4, 2)])
+    @Test(arguments: [(1, 2, 1), (1, 4, 1), (1, 2, 2), (1, 4, 2), (2, 2, 1), (2, 4, 1), (2, 2, 2), (2, 4, 2), (3, 2, 1), (3, 4, 1), (3, 2, 2), (3, 4, 2)])
     func matchesOneProcess(stage: Int, ranks: Int, microSteps: Int) throws {
         let reference = try referenceWeights(steps: 10, batch: 8)
         let results = try zeroWeights(stage: stage, ranks: ranks, steps: 10, batch: 8, microSteps: microSteps)
@@ -53,7 +55,7 @@ import Testing
         for result in results { #expect(result.1 <= (parameters + ranks - 1) / ranks + 64 * ranks) }
     }
 
-    @Test(arguments: [1, 2])
+    @Test(arguments: [1, 2, 3])
     func overlappedParameterGathersMatchOneProcess(stage: Int) throws {
         let reference = try referenceWeights(steps: 10, batch: 8)
         for result in try zeroWeights(stage: stage, ranks: 2, steps: 10, batch: 8, microSteps: 2, overlapParamGather: true) {
@@ -83,14 +85,86 @@ import Testing
         }
     }
 
-    @Test func stageTwoWithoutOverlapMatchesOneProcess() throws {
+    @Test(arguments: [2, 3])
+    func withoutOverlapMatchesOneProcess(stage: Int) throws {
         let reference = try referenceWeights(steps: 10, batch: 8)
-        for result in try zeroWeights(stage: 2, ranks: 2, steps: 10, batch: 8, overlap: false) {
+        for result in try zeroWeights(stage: stage, ranks: 2, steps: 10, batch: 8, overlap: false) {
             #expect(maxRelativeError(result.0, reference) <= 1e-5)
         }
     }
 
-    @Test func stageTwoKeepsNoFullGradientsAndStageThreeIsRefused() throws {
+    @Test(arguments: [2, 4])
+    func stageThreeKeepingLayersFromForwardToBackwardMatchesOneProcess(ranks: Int) throws {
+        let reference = try referenceWeights(steps: 10, batch: 8)
+        for result in try zeroWeights(stage: 3, ranks: ranks, steps: 10, batch: 8, microSteps: 2, reshardAfterForward: false) {
+            #expect(maxRelativeError(result.0, reference) <= 1e-5)
+        }
+    }
+
+    /// Stage 3 holds only shards between steps, gathers each layer for forward (and, resharding after forward,
+    /// again for backward except the last layer, which backward needs first), and traps nothing: a released
+    /// layer is never read.
+    @Test(arguments: [true, false])
+    func stageThreeGathersLayersOnDemandAndReleasesThem(reshardAfterForward: Bool) throws {
+        let configuration = GPTConfiguration(vocabularySize: 32, contextLength: 8, layers: 3, heads: 2, width: 16)
+        let results = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [Int] in
+            let model = try GPT(configuration, seed: 3)
+            var options = DataParallelOptions()
+            options.reshardAfterForward = reshardAfterForward
+            let zero = try DistributedOptimizer(module: model, group: group, stage: 3, options: options, weightDecay: 0) { SGD($0, learningRate: 0.1) }
+            let atRest = zero.gatheredParameterBytes
+            let data = globalBatch(step: 0, batch: 4)
+            let loss = model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8)
+            let afterForward = zero.gatheredParameterBytes
+            let forwardGathers = zero.parameterGatherCount
+            loss.backward()
+            try zero.finishBackward()
+            let backwardGathers = zero.parameterGatherCount - forwardGathers
+            let afterBackward = zero.gatheredParameterBytes
+            try zero.step()
+            zero.zeroGradients()
+            return [zero.buffer.buckets.count, atRest, afterForward, forwardGathers, backwardGathers, afterBackward,
+                    zero.buffer.parameterBuffer.count, zero.buffer.totalCount * 4]
+        }
+        for result in results {
+            #expect(result[0] == 4, "one bucket per block and one for the embeddings and final norm")
+            #expect(result[1] == 0 && result[5] == 0, "nothing is gathered at rest")
+            #expect(result[6] == 0, "no full parameter buffer")
+            #expect(result[3] == 4, "forward gathers the root and each of the 3 layers once")
+            if reshardAfterForward {
+                #expect(result[4] == 2, "backward gathers the first two layers again; the last was kept")
+                #expect(result[2] < result[7], "after forward only the root and the last layer remain gathered")
+            } else {
+                #expect(result[4] == 0)
+                #expect(result[2] == result[7], "every layer is kept from forward to backward")
+            }
+        }
+    }
+
+    @Test func gatheredParametersCanBeReadAndLoadedOnEveryRank() throws {
+        let results = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [Float] in
+            let model = try GPT(dpConfiguration, seed: 3)
+            let zero = try DistributedOptimizer(module: model, group: group, stage: 3, weightDecay: 0) { SGD($0, learningRate: 0.1) }
+            try zero.gatherFullParameters()
+            let before = model.finalNorm.weight.toArray()[0]
+            // Loading writes the same values on every rank; each rank takes its shard back.
+            model.finalNorm.weight.fill(2.5)
+            zero.releaseFullParameters(copyingBack: true)
+            let evaluation = withNoGrad { model.logits([1, 2, 3], batch: 1, time: 3) }.toArray()[0]
+            try zero.gatherFullParameters()
+            let after = model.finalNorm.weight.toArray()
+            zero.releaseFullParameters()
+            return [before, after.min()!, after.max()!, evaluation.isFinite ? 1 : 0, Float(zero.gatheredParameterBytes)]
+        }
+        for result in results {
+            #expect(result[0] == 1)
+            #expect(result[1] == 2.5 && result[2] == 2.5)
+            #expect(result[3] == 1)
+            #expect(result[4] == 0)
+        }
+    }
+
+    @Test func stageTwoKeepsNoFullGradientsAndStageFourIsRefused() throws {
         let results = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [Int] in
             let model = try GPT(dpConfiguration, seed: 3)
             let zero = try DistributedOptimizer(module: model, group: group, stage: 2, weightDecay: 0) { SGD($0, learningRate: 0.1) }
@@ -99,8 +173,8 @@ import Testing
             try zero.finishBackward()
             let withGradients = model.parameters.filter { $0.grad != nil }.count
             var refused = 0
-            do { _ = try DistributedOptimizer(module: try GPT(dpConfiguration, seed: 3), group: group, stage: 3, weightDecay: 0) { SGD($0, learningRate: 0.1) } } catch {
-                if "\(error)".contains("zero_stage 3") { refused = 1 }
+            do { _ = try DistributedOptimizer(module: try GPT(dpConfiguration, seed: 3), group: group, stage: 4, weightDecay: 0) { SGD($0, learningRate: 0.1) } } catch {
+                if "\(error)".contains("zero_stage 4") { refused = 1 }
             }
             return [withGradients, zero.buffer.gradientBuffer.count, zero.gradientShard.count, zero.buffer.totalCount, refused]
         }
@@ -134,7 +208,7 @@ import Testing
 
 @Suite struct ZeROMemoryAccountingTests {
     /// What the allocator counts per rank after a step matches the ZeRO formula for the (padded) buffer.
-    @Test(arguments: [(0, 2), (1, 2), (2, 2), (1, 4), (2, 4)])
+    @Test(arguments: [(0, 2), (1, 2), (2, 2), (3, 2), (1, 4), (2, 4), (3, 4)])
     func allocatedBytesMatchTheFormula(stage: Int, ranks: Int) throws {
         let configuration = GPTConfiguration(vocabularySize: 256, contextLength: 16, layers: 2, heads: 4, width: 64)
         let results = try LocalWorld.run(size: ranks, threadsPerRank: 1) { group -> (measured: Int, padded: Int) in

@@ -53,7 +53,7 @@ import Testing
         #expect(metrics.split(separator: "\n").filter { $0.contains("\"loss\"") }.count == 10)
     }
 
-    @Test(arguments: [(1, 2, 1, false), (2, 2, 2, false), (2, 4, 1, false), (1, 2, 2, true), (2, 2, 1, true)])
+    @Test(arguments: [(1, 2, 1, false), (2, 2, 2, false), (2, 4, 1, false), (1, 2, 2, true), (2, 2, 1, true), (3, 2, 2, false), (3, 4, 1, true)])
     func zeroTrainingMatchesOneProcess(stage: Int, ranks: Int, accumulate: Int, overlapParamGather: Bool) throws {
         let single = scratchDirectory("zero-single"), parallel = scratchDirectory("zero-parallel")
         defer { for path in [single, parallel] { try? FileManager.default.removeItem(atPath: path) } }
@@ -87,7 +87,7 @@ import Testing
         #expect(throws: ConvoyError.self) { try Trainer(configuration: resumed, resume: parallel + "/final") }
     }
 
-    @Test(arguments: [1, 2])
+    @Test(arguments: [1, 2, 3])
     func resumingUnderZeROIsBitIdentical(stage: Int) throws {
         let straight = scratchDirectory("zero-straight"), split = scratchDirectory("zero-split")
         defer { for path in [straight, split] { try? FileManager.default.removeItem(atPath: path) } }
@@ -156,8 +156,8 @@ import Testing
         #expect(parsed.dp == 2 && !parsed.ddp.bucketing && parsed.ddp.fuseAllReduce == .on && parsed.ddp.bucketCapMB == 4)
         #expect(throws: ConvoyError.self) { try TrainingSettings.apply(toml: "[parallel.ddp]\nfuse_all_reduce = \"maybe\"\n", source: "p.toml", to: &parsed) }
         #expect(throws: ConvoyError.self) { try TrainingSettings.apply(toml: "[parallel.ddp]\nbucketting = true\n", source: "p.toml", to: &parsed) }
-        let stageThree = try? TrainingSettings.resolve(configFile: nil, flags: [("--dp", "2"), ("--zero-stage", "3")])
-        #expect(stageThree == nil)
+        let stageThree = try TrainingSettings.resolve(configFile: nil, flags: [("--dp", "2"), ("--zero-stage", "3"), ("--reshard-after-forward", "false")])
+        #expect(stageThree.zeroStage == 3 && !stageThree.ddp.reshardAfterForward)
         #expect(throws: ConvoyError.self) { try TrainingSettings.resolve(configFile: nil, flags: [("--zero-stage", "4")]) }
         #expect(throws: ConvoyError.self) { try TrainingSettings.resolve(configFile: nil, flags: [("--dp", "1"), ("--zero-stage", "1")]) }
     }

@@ -58,6 +58,8 @@ import Testing
             ("[model]\nlayers = \"four\"\n", "model.layers"),
             ("[training]\nbatch = 2.5\n", "training.batch"),
             ("[data]\ndigits = 12\n", "data.digits"),
+            ("[parallel]\nzero_stage = 4\n", "parallel.zero_stage"),
+            ("[parallel.ddp]\nreshard_after_forward = 1\n", "parallel.ddp.reshard_after_forward"),
         ]
         for (toml, key) in cases {
             let text = message { try TrainingSettings.apply(toml: toml, source: "bad.toml", to: &configuration) }

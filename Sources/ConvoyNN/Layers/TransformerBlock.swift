@@ -27,7 +27,8 @@ public final class TransformerBlock: Module {
 
     /// x [batch, time, width] → [batch, time, width].
     public func callAsFunction(_ x: Tensor, context: ForwardContext) -> Tensor {
+        runForwardPreHooks()
         let afterAttention = x + attention(attentionNorm(x), context: context)
-        return afterAttention + mlp(mlpNorm(afterAttention), context: context)
+        return runForwardPostHooks(afterAttention + mlp(mlpNorm(afterAttention), context: context))
     }
 }

@@ -33,6 +33,9 @@ public struct DataParallelOptions: Sendable, Equatable {
     /// ZeRO: launch the all-gathers of updated parameters asynchronously after the step; each layer's next
     /// forward waits only for the gathers of its own buckets, in forward order.
     public var overlapParamGather = false
+    /// ZeRO stage 3: release each layer's gathered parameters after its forward and gather them again before
+    /// its backward (less memory), or keep them from forward to backward (one all-gather fewer per layer).
+    public var reshardAfterForward = true
 
     public init() {}
 }

@@ -3,7 +3,7 @@ import ConvoyNN
 import ConvoyTensor
 import Foundation
 
-/// ZeRO stages 1 and 2 (a distributed optimizer over a ``ParamAndGradBuffer``).
+/// ZeRO stages 1, 2 and 3 (a distributed optimizer over a ``ParamAndGradBuffer``).
 ///
 /// Parameters live in a contiguous buffer cut into buckets padded so the data-parallel size divides them; rank
 /// r owns the same-offset shard of every bucket. Optimizer state exists only for the rank's shard: the optimizer
@@ -16,12 +16,17 @@ import Foundation
 ///   transient staging buffer of its bucket and takes it over (`.grad` stays nil); a complete bucket is
 ///   reduce-scattered at once, overlapping the rest of backward, and the result is added to the gradient
 ///   shard. Between micro-steps only the shard persists; ``finishBackward()`` must follow every backward.
+/// - Stage 3: gradients as in stage 2, and the parameters themselves are sharded at rest: the buffer has one
+///   bucket per repeated layer (plus one for the rest), each gathered just before the layer's forward and
+///   again before its backward, released after use, with the next layer's gather prefetched
+///   (``ShardedParameters``). The step updates the shard and gathers nothing; the next forward does.
+///   Reading parameters outside a training forward (evaluation, saving) needs ``gatherFullParameters()``.
 ///
 /// Per rank with Adam: stage 1 holds 4Ψ parameters + 4Ψ gradients + 8Ψ/N state; stage 2 holds 4Ψ + 12Ψ/N
-/// (plus the staging of buckets in flight).
+/// (plus the staging of buckets in flight); stage 3 holds 16Ψ/N at rest (plus the gathered layers in use).
 public final class DistributedOptimizer {
     public let group: any ProcessGroup
-    /// 1 or 2.
+    /// 1, 2 or 3.
     public let stage: Int
     public let buffer: ParamAndGradBuffer
     /// The optimizer over this rank's shard slices.
@@ -42,24 +47,30 @@ public final class DistributedOptimizer {
     private var gatherError: Error?
     private let overlapParamGather: Bool
     private var forwardHooks: [(Module, Int)] = []
+    /// Stage 3: the sharded parameters and their per-layer gathering.
+    private let sharded: ShardedParameters?
 
     /// Wraps `module` (collective: every rank must call it). Parameters are broadcast from rank 0 first, so
     /// replicas start identical. `makeOptimizer` receives the shard slices grouped like
     /// ``ConvoyNN/ParameterGroup/decayingMatrices(of:weightDecay:)`` (slices of matrices decay, others not).
     public init(module: Module, group: any ProcessGroup, stage: Int, options: DataParallelOptions = DataParallelOptions(), weightDecay: Float,
                 makeOptimizer: ([ParameterGroup]) -> any Optimizer) throws {
-        guard stage == 1 || stage == 2 else {
-            throw ConvoyError.invalidConfiguration("zero_stage \(stage) is not a distributed-optimizer stage; use 1 or 2 (0 is plain data parallelism; stage 3 is not implemented yet)")
+        guard (1...3).contains(stage) else {
+            throw ConvoyError.invalidConfiguration("zero_stage \(stage) is not a distributed-optimizer stage; use 1, 2 or 3 (0 is plain data parallelism)")
         }
         self.group = group
         self.stage = stage
         overlap = options.overlapGradReduce
         overlapParamGather = options.overlapParamGather
         let parameters = try ReplicatedParameters.synchronized(module, over: group)
+        let units = stage == 3 ? ShardedParameters.bucketAssignment(module: module, parameters: parameters) : nil
         buffer = try ParamAndGradBuffer(parameters: parameters, dataParallelSize: group.size,
                                         firstBucketCapBytes: Int(options.firstBucketCapMB * 1_048_576),
-                                        bucketCapBytes: Int(options.bucketCapMB * 1_048_576), keepsFullGradients: stage == 1)
-        let shardElements = stage == 2 ? buffer.shardElementCount : 0
+                                        bucketCapBytes: Int(options.bucketCapMB * 1_048_576), keepsFullGradients: stage == 1,
+                                        keepsFullParameters: stage < 3, bucketAssignment: units?.buckets)
+        let layout = buffer
+        sharded = units.map { ShardedParameters(buffer: layout, layers: $0.layers, module: module, group: group, reshardAfterForward: options.reshardAfterForward) }
+        let shardElements = stage >= 2 ? buffer.shardElementCount : 0
         gradientShard = TensorAllocator.withCategory(.gradients) { Tensor.zeros([shardElements]) }
         var offsets: [Int] = []
         var running = 0
@@ -72,22 +83,23 @@ public final class DistributedOptimizer {
         pending = buffer.buckets.map(\.parameters.count)
         incoming = Array(repeating: nil, count: buffer.buckets.count)
 
-        // Views of this rank's slices: values in the parameter buffer, gradients in the gradient shard.
+        // Views of this rank's slices: values in the parameter buffer (stage 3: the parameter shard), gradients
+        // in the gradient shard.
         let names = Dictionary(uniqueKeysWithValues: parameters.map { (ObjectIdentifier($0.parameter), $0.name) })
         var decaying: [Parameter] = [], plain: [Parameter] = []
         for slice in buffer.ownedSlices(rank: group.rank) {
             let bucket = buffer.bucketIndex(of: slice.parameter)!
             let shardStart = buffer.shardRange(of: bucket, rank: group.rank).lowerBound
-            let values = Tensor(storage: buffer.parameterBuffer.storage, shape: [slice.bufferRange.count],
-                                offset: buffer.parameterBuffer.offset + slice.bufferRange.lowerBound)
-            values.grad = stage == 2
+            let values = sharded.map { Tensor(storage: $0.shard.storage, shape: [slice.bufferRange.count], offset: offsets[bucket] + slice.bufferRange.lowerBound - shardStart) }
+                ?? Tensor(storage: buffer.parameterBuffer.storage, shape: [slice.bufferRange.count], offset: buffer.parameterBuffer.offset + slice.bufferRange.lowerBound)
+            values.grad = stage >= 2
                 ? Tensor(storage: gradientShard.storage, shape: [slice.bufferRange.count], offset: offsets[bucket] + slice.bufferRange.lowerBound - shardStart)
                 : Tensor(storage: buffer.gradientBuffer.storage, shape: [slice.bufferRange.count], offset: buffer.gradientBuffer.offset + slice.bufferRange.lowerBound)
             values.name = "\(names[ObjectIdentifier(slice.parameter)] ?? "?")[\(slice.parameterRange.lowerBound)..<\(slice.parameterRange.upperBound)]"
             if slice.parameter.rank >= 2 { decaying.append(values) } else { plain.append(values) }
         }
         optimizer = makeOptimizer([ParameterGroup(decaying, weightDecay: weightDecay), ParameterGroup(plain, weightDecay: 0)])
-        if overlapParamGather {
+        if overlapParamGather && stage < 3 {
             // Each layer that owns parameters waits, at the start of its forward, for its buckets only.
             for layer in module.allModules where !layer.localParameters.isEmpty {
                 let buckets = Set(layer.localParameters.compactMap { buffer.bucketIndex(of: $0.parameter) }).sorted()
@@ -95,7 +107,7 @@ public final class DistributedOptimizer {
                 forwardHooks.append((layer, id))
             }
         }
-        if stage == 2 {
+        if stage >= 2 {
             for (_, parameter) in buffer.parameters {
                 parameter.setGradientInterceptor { [weak self] parameter, gradient in
                     self?.stage(gradient, of: parameter)
@@ -106,8 +118,8 @@ public final class DistributedOptimizer {
     }
 
     deinit {
-        if stage == 2 { for (_, parameter) in buffer.parameters { parameter.setGradientInterceptor(nil) } }
-        for (layer, id) in forwardHooks { layer.removeForwardPreHook(id) }
+        if stage >= 2 { for (_, parameter) in buffer.parameters { parameter.setGradientInterceptor(nil) } }
+        for (layer, id) in forwardHooks { layer.removeForwardHook(id) }
     }
 
     private func waitForGathers(of buckets: [Int]) {
@@ -121,15 +133,38 @@ public final class DistributedOptimizer {
     /// Parameter all-gathers launched by the last step and not yet waited for.
     public var pendingParameterGathers: Int { pendingGathers.count }
 
-    /// Waits for every parameter all-gather still in flight (before evaluation, saving, or reading the
-    /// parameters outside a forward) and rethrows a failed one.
+    /// Waits for every parameter all-gather still in flight and rethrows a failed one. Stages 1 and 2: the
+    /// parameters are then complete; stage 3 needs ``gatherFullParameters()`` for that.
     public func waitForParameters() throws {
         waitForGathers(of: Array(pendingGathers.keys).sorted())
         if let error = gatherError {
             gatherError = nil
             throw error
         }
+        try sharded?.checkFailures()
     }
+
+    /// Makes every parameter complete and readable on every rank (collective): before evaluation, saving,
+    /// loading into the model, or any other use outside a training forward. Stage 3 gathers all layers and
+    /// keeps them until ``releaseFullParameters(copyingBack:)`` or the next ``step()``.
+    public func gatherFullParameters() throws {
+        try waitForParameters()
+        sharded?.gatherAll()
+        try sharded?.checkFailures()
+    }
+
+    /// Stage 3: releases what ``gatherFullParameters()`` gathered. With `copyingBack`, each rank first takes its
+    /// shard from the full parameters — after the same values were written into the model on every rank (e.g.
+    /// a loaded checkpoint). Stages 1 and 2 keep full parameters anyway: nothing to do.
+    public func releaseFullParameters(copyingBack: Bool = false) {
+        sharded?.releaseAll(copyingBack: copyingBack)
+    }
+
+    /// Stage 3: all-gathers launched so far (layers are gathered for forward and again for backward).
+    public var parameterGatherCount: Int { sharded?.gatherCount ?? 0 }
+
+    /// Stage 3: parameter bytes gathered right now on this rank (0 at rest).
+    public var gatheredParameterBytes: Int { sharded?.gatheredBytes ?? 0 }
 
     /// Stage 2: copies one parameter's gradient of this backward into its bucket's staging buffer; a complete
     /// bucket is reduce-scattered (in bucket order, overlapping the rest of backward when `overlap` is on).
@@ -144,6 +179,7 @@ public final class DistributedOptimizer {
             (staged.floatPointer + range.lowerBound - bucket.range.lowerBound).update(from: source.floatPointer, count: range.count)
         }
         pending[bucketIndex] -= 1
+        if pending[bucketIndex] == 0 { sharded?.gradientsComplete(bucket: bucketIndex) }
         if overlap { launchCompleteBuckets() }
     }
 
@@ -164,12 +200,13 @@ public final class DistributedOptimizer {
         incoming[bucketIndex] = (work, shard, staged)
     }
 
-    /// Stage 2: call after every backward (each micro-step): launches what is left, waits for every bucket's
-    /// reduce-scatter and adds the results to the gradient shard; the staging buffers are released. Stage 1:
-    /// nothing to do until ``finishGradientSynchronization()``.
+    /// Stages 2 and 3: call after every backward (each micro-step): launches what is left, waits for every
+    /// bucket's reduce-scatter and adds the results to the gradient shard; the staging buffers are released
+    /// (stage 3: so are the gathered parameters). Stage 1: nothing to do until ``finishGradientSynchronization()``.
     public func finishBackward() throws {
         try waitForParameters()
-        guard stage == 2 else { return }
+        guard stage >= 2 else { return }
+        defer { sharded?.releaseUnpinned() }
         defer {
             nextBucketToLaunch = 0
             pending = buffer.buckets.map(\.parameters.count)
@@ -207,7 +244,7 @@ public final class DistributedOptimizer {
     /// gradient buffer's shard region at stage 1).
     private func shardGradient(of index: Int) -> Tensor {
         let count = buffer.buckets[index].range.count / group.size
-        if stage == 2 {
+        if stage >= 2 {
             return Tensor(storage: gradientShard.storage, shape: [count], offset: gradientShard.offset + shardOffsets[index])
         }
         let range = buffer.shardRange(of: index, rank: group.rank)
@@ -216,9 +253,16 @@ public final class DistributedOptimizer {
 
     /// Updates this rank's shard and all-gathers the updated parameters: waits for them, or with
     /// `overlapParamGather` leaves them in flight — launched in forward order, each waited for by the first
-    /// layer that needs it.
+    /// layer that needs it. Stage 3 gathers nothing here (each forward gathers its layers) apart from, with
+    /// `overlapParamGather`, launching the first layers' gathers so they overlap what precedes the next forward.
     public func step() throws {
         try waitForParameters()
+        if let sharded {
+            sharded.releaseAll()
+            optimizer.step()
+            if overlapParamGather { sharded.prefetchForward() }
+            return
+        }
         optimizer.step()
         let parameters = buffer.parameterBuffer
         for bucket in buffer.buckets.reversed() {

@@ -75,10 +75,18 @@ public final class ParamAndGradBuffer {
     ///   - bucketCapBytes: cap of the other buckets (> 0); a parameter larger than a cap gets a bucket alone.
     ///   - bucketsPerGroup: consecutive buckets reduced by one collective (≥ 1).
     ///   - gradientDType: element type of the gradient buffer.
+    ///   - keepsFullGradients: allocate the full gradient buffer and make every gradient a view into it (false
+    ///     for ZeRO stages that keep only a gradient shard: the buffer is then empty).
+    ///   - keepsFullParameters: copy the parameters into ``parameterBuffer`` and rebind them there (false for
+    ///     ZeRO stage 3, which keeps parameters as shards and gathers them itself: the buffer is then empty and
+    ///     the parameters are left as they are; only the layout is computed).
+    ///   - bucketAssignment: the buckets as lists of indices into `parameters`, in buffer order, each parameter
+    ///     exactly once — replaces the assignment by caps (ZeRO stage 3 makes one bucket per layer).
     /// - Throws: ``ConvoyTensor/ConvoyError/invalidConfiguration(_:)`` for a size, cap or dtype outside what is
     ///   supported, or a parameter listed twice.
     public init(parameters: [(name: String, parameter: Parameter)], dataParallelSize: Int, firstBucketCapBytes: Int,
-                bucketCapBytes: Int, bucketsPerGroup: Int = 1, gradientDType: DType = .float32, keepsFullGradients: Bool = true) throws {
+                bucketCapBytes: Int, bucketsPerGroup: Int = 1, gradientDType: DType = .float32, keepsFullGradients: Bool = true,
+                keepsFullParameters: Bool = true, bucketAssignment: [[Int]]? = nil) throws {
         guard dataParallelSize >= 1 else {
             throw ConvoyError.invalidConfiguration("the data-parallel size must be at least 1, got \(dataParallelSize)")
         }
@@ -107,8 +115,14 @@ public final class ParamAndGradBuffer {
         self.gradientDType = gradientDType
         self.dataParallelSize = dataParallelSize
 
-        let assignment = BucketAssignment.assign(byteSizes: parameters.map { $0.parameter.count * parameterDType.byteSize },
-                                                 firstBucketCapBytes: firstBucketCapBytes, bucketCapBytes: bucketCapBytes)
+        if let bucketAssignment {
+            let listed = bucketAssignment.flatMap { $0 }
+            guard listed.sorted() == Array(parameters.indices), !bucketAssignment.contains(where: \.isEmpty) else {
+                throw ConvoyError.invalidConfiguration("an explicit bucket assignment must list every parameter index 0..<\(parameters.count) exactly once in non-empty buckets")
+            }
+        }
+        let assignment = bucketAssignment ?? BucketAssignment.assign(byteSizes: parameters.map { $0.parameter.count * parameterDType.byteSize },
+                                                                     firstBucketCapBytes: firstBucketCapBytes, bucketCapBytes: bucketCapBytes)
         // BucketAssignment walks in reverse registration order, so concatenating its buckets gives the
         // buffer order.
         var ordered: [(name: String, parameter: Parameter)] = []
@@ -148,13 +162,15 @@ public final class ParamAndGradBuffer {
         }
 
         // Zero-filled, so the padding starts (and, never being viewed, stays) zero.
-        parameterBuffer = TensorAllocator.withCategory(.parameters) { Tensor(storage: TensorStorage(zeroedDType: parameterDType, count: total), shape: [total]) }
+        let parameterCount = keepsFullParameters ? total : 0
+        parameterBuffer = TensorAllocator.withCategory(.parameters) { Tensor(storage: TensorStorage(zeroedDType: parameterDType, count: parameterCount), shape: [parameterCount]) }
         // ZeRO-2/3 keep only a shard of the gradients; they pass `keepsFullGradients: false` and get an empty
         // gradient buffer (and no gradient views).
         let gradientCount = keepsFullGradients ? total : 0
         gradientBuffer = TensorAllocator.withCategory(.gradients) { Tensor(storage: TensorStorage(zeroedDType: gradientDType, count: gradientCount), shape: [gradientCount]) }
         self.keepsFullGradients = keepsFullGradients
-        for (index, entry) in ordered.enumerated() {
+        self.keepsFullParameters = keepsFullParameters
+        for (index, entry) in ordered.enumerated() where keepsFullParameters {
             let parameter = entry.parameter
             let source = parameter.contiguous()
             withExtendedLifetime(source) {
@@ -167,9 +183,12 @@ public final class ParamAndGradBuffer {
 
     /// Whether ``gradientBuffer`` holds full gradients (false for ZeRO stages that keep only a shard).
     public let keepsFullGradients: Bool
+    /// Whether ``parameterBuffer`` holds the parameters (false for ZeRO stage 3).
+    public let keepsFullParameters: Bool
 
-    /// Elements in each buffer, padding included.
-    public var totalCount: Int { parameterBuffer.count }
+    /// Elements in the layout, padding included (what each full buffer holds; also defined when a buffer is
+    /// kept empty).
+    public var totalCount: Int { buckets.last?.range.upperBound ?? 0 }
 
     /// The buffer range of `parameter`, or nil if it is not in this buffer.
     public func bufferRange(of parameter: Parameter) -> Range<Int>? {

@@ -31,7 +31,7 @@ public final class Trainer {
     public let sampler: DistributedSampler
     /// The data-parallel wrapper (nil on one rank, and under ZeRO).
     public let parallel: DataParallel?
-    /// The ZeRO distributed optimizer (stages 1 and 2), or nil.
+    /// The ZeRO distributed optimizer (stages 1–3), or nil.
     public let zero: DistributedOptimizer?
     public let group: (any ProcessGroup)?
     private let schedule: any LearningRateSchedule
@@ -85,7 +85,11 @@ public final class Trainer {
             try zero.checkLayout(index, source: indexPath)
             optimizerFile = TrainingCheckpoint.shardFileName(rank: zero.group.rank, of: zero.group.size)
         }
+        // Stage 3 keeps only shards: the loaded weights are written into the gathered model on every rank, and
+        // each rank takes its shard back from them.
+        try zero?.gatherFullParameters()
         let contents = try TrainingCheckpoint.load(from: directory, into: model, optimizerFile: optimizerFile)
+        zero?.releaseFullParameters(copyingBack: true)
         let state = contents.state
         var saved = TrainingConfiguration()
         try? TrainingSettings.apply(toml: state.configuration, source: directory + "/trainer.json", to: &saved)
@@ -116,9 +120,10 @@ public final class Trainer {
 
     /// Saves a checkpoint (collective). Rank 0 writes the model and the trainer state; the optimizer state is
     /// written whole by rank 0, or under ZeRO as one shard file per rank plus a layout index, all assembled in
-    /// one temporary directory before it is renamed into place.
+    /// one temporary directory before it is renamed into place. Under ZeRO stage 3 the parameters are left
+    /// gathered (the caller releases them when training goes on).
     private func saveCheckpoint(afterStep step: Int, to directory: String) throws {
-        try zero?.waitForParameters()
+        try zero?.gatherFullParameters()
         guard let zero else {
             if isLeader { try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state(afterStep: step), to: directory) }
             try group?.barrier()
@@ -259,6 +264,9 @@ public final class Trainer {
                 metrics?.write(["step": done, "loss": loss, "lr": learningRate, "tokens_per_s": tokensPerSecond, "grad_norm": norm, "elapsed_s": now])
             }
             if configuration.evalEvery > 0 && done % configuration.evalEvery == 0 && done < configuration.steps {
+                // Rank 0 alone evaluates: every rank gathers the parameters first (collective under ZeRO-3).
+                try zero?.gatherFullParameters()
+                defer { zero?.releaseFullParameters() }
                 if isLeader, let validation = validationLoss(batches: configuration.evalBatches) {
                     lastValidation = validation
                     metrics?.write(["step": done, "val_loss": validation, "elapsed_s": elapsed()])
@@ -268,11 +276,13 @@ public final class Trainer {
             }
             if configuration.checkpointEvery > 0 && done % configuration.checkpointEvery == 0 && done < configuration.steps {
                 try saveCheckpoint(afterStep: done, to: configuration.periodicCheckpointDirectory)
+                zero?.releaseFullParameters()
             }
         }
 
         let seconds = elapsed()
-        try zero?.waitForParameters()
+        // From here on the model's parameters are complete on every rank (also after run() returns).
+        try zero?.gatherFullParameters()
         var report: ArithmeticReport?
         if isLeader {
             if let validation = validationLoss(batches: configuration.evalBatches) {

@@ -102,9 +102,6 @@ public struct TrainingConfiguration: Sendable, Equatable {
         guard minLearningRate <= learningRate else {
             throw ConvoyError.invalidConfiguration("training.min_lr \(minLearningRate) exceeds training.lr \(learningRate)")
         }
-        if zeroStage == 3 {
-            throw ConvoyError.invalidConfiguration("parallel.zero_stage 3 (sharded parameters) is not implemented yet; use --zero-stage 0, 1 or 2")
-        }
         if zeroStage > 0, let dp, dp < 2 {
             throw ConvoyError.invalidConfiguration("parallel.zero_stage \(zeroStage) shards state across data-parallel ranks and needs --dp 2 or more (dp is \(dp))")
         }

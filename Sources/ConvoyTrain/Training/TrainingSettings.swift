@@ -172,6 +172,7 @@ public enum TrainingSettings {
         fusion("parallel.ddp.fuse_optimizer", "--fuse-optimizer", \.ddp.fuseOptimizer),
         boolean("parallel.ddp.find_unused_parameters", "--find-unused-parameters", \.ddp.findUnusedParameters),
         boolean("parallel.ddp.overlap_param_gather", "--overlap-param-gather", \.ddp.overlapParamGather),
+        boolean("parallel.ddp.reshard_after_forward", "--reshard-after-forward", \.ddp.reshardAfterForward),
     ]
 
     private static let byKey: [String: Setting] = Dictionary(uniqueKeysWithValues: all.map { ($0.key, $0) })
