@@ -32,12 +32,14 @@ struct BenchZeROCommand: ParsableCommand {
         var tokensPerSecond: Double
         /// Per rank: parameters, gradients, optimizer state (bytes).
         var bytes: [(Int, Int, Int)]
+        /// Stage 3: the most parameter bytes gathered at once on any rank (transient).
+        var peakGatheredBytes: Int
     }
 
     func measure(stage: Int) throws -> Measurement {
         let configuration = shape.configuration
         let (warmup, steps, batch, time) = (self.warmup, self.steps, batchPerRank, shape.context)
-        let results = try LocalWorld.run(size: dp, threadsPerRank: 1) { group -> (Double, (Int, Int, Int)) in
+        let results = try LocalWorld.run(size: dp, threadsPerRank: 1) { group -> (Double, (Int, Int, Int), Int) in
             let model = try GPT(configuration, seed: 1)
             let groups = ParameterGroup.decayingMatrices(of: model, weightDecay: 0.1)
             var parallel: DataParallel?
@@ -81,9 +83,10 @@ struct BenchZeROCommand: ParsableCommand {
             let allocator = TensorAllocator.shared
             let rank = group.rank
             return (Double(steps * batch * time * group.size) / seconds,
-                    (allocator.liveBytes(of: .parameters, owner: rank), allocator.liveBytes(of: .gradients, owner: rank), allocator.liveBytes(of: .optimizerState, owner: rank)))
+                    (allocator.liveBytes(of: .parameters, owner: rank), allocator.liveBytes(of: .gradients, owner: rank), allocator.liveBytes(of: .optimizerState, owner: rank)),
+                    zero?.peakGatheredParameterBytes ?? 0)
         }
-        return Measurement(tokensPerSecond: results[0].0, bytes: results.map(\.1))
+        return Measurement(tokensPerSecond: results[0].0, bytes: results.map(\.1), peakGatheredBytes: results.map(\.2).max() ?? 0)
     }
 
     func run() throws {
@@ -101,11 +104,14 @@ struct BenchZeROCommand: ParsableCommand {
         }
         let ratio = Double(worst) / Double(plan.totalBytes)
         print(String(format: "measured ÷ formula (largest rank): %.4f", ratio))
+        if zeroStage == 3 {
+            print("between steps; while a step runs, gathered layers add at most \(mib(measured.peakGatheredBytes)) of parameters (the layers in use and the one prefetched)")
+        }
         print(String(format: "tokens/s: %.0f at stage %d, %.0f at stage 0 (%.3f ×)", measured.tokensPerSecond, zeroStage, baseline.tokensPerSecond, measured.tokensPerSecond / baseline.tokensPerSecond))
         if json {
             let object: [String: Any] = ["zero_stage": zeroStage, "dp": dp, "state_bytes_measured": worst, "state_bytes_formula": plan.totalBytes,
                                          "tokens_per_s": measured.tokensPerSecond, "tokens_per_s_stage0": baseline.tokensPerSecond,
-                                         "measured_over_formula": ratio]
+                                         "measured_over_formula": ratio, "peak_gathered_parameter_bytes": measured.peakGatheredBytes]
             print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
         }
     }

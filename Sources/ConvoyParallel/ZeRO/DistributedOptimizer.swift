@@ -166,6 +166,9 @@ public final class DistributedOptimizer {
     /// Stage 3: parameter bytes gathered right now on this rank (0 at rest).
     public var gatheredParameterBytes: Int { sharded?.gatheredBytes ?? 0 }
 
+    /// Stage 3: the most parameter bytes this rank has had gathered at once (transient, beside the shards).
+    public var peakGatheredParameterBytes: Int { sharded?.peakGatheredBytes ?? 0 }
+
     /// Stage 2: copies one parameter's gradient of this backward into its bucket's staging buffer; a complete
     /// bucket is reduce-scattered (in bucket order, overlapping the rest of backward when `overlap` is on).
     private func stage(_ gradient: Tensor, of parameter: Parameter) {

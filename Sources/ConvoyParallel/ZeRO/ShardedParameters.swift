@@ -58,6 +58,8 @@ final class ShardedParameters {
     private var failure: Error?
     /// How many all-gathers were launched (a test reads it to see that layers are gathered again for backward).
     private(set) var gatherCount = 0
+    /// The most parameter bytes gathered at once so far.
+    private(set) var peakGatheredBytes = 0
 
     /// The bucket assignment for ``ParamAndGradBuffer``: one bucket per repeated layer, in reverse forward
     /// order (the order backward finishes them), then one for everything else. `parameters` are in
@@ -192,6 +194,7 @@ final class ShardedParameters {
         let input = CommunicationBuffer(shard).slice(shardOffsets[bucket]..<(shardOffsets[bucket] + count / group.size))
         states[unit] = .gathering(group.allGatherAsync(input: input, output: CommunicationBuffer(Tensor(storage: storage, shape: [count]))))
         gatherCount += 1
+        peakGatheredBytes = max(peakGatheredBytes, gatheredBytes)
     }
 
     /// Makes `unit`'s parameters present: waits for its gather, launching it first if needed.
