@@ -147,6 +147,17 @@ public final class DataParallel {
         bucket.work = group.allReduceAsync(CommunicationBuffer(bucket.buffer), operation: .average)
     }
 
+    /// For gradients accumulated entirely under ``withoutSynchronization(_:)`` (a pipeline schedule, whose last
+    /// backward on a rank need not touch all of the rank's parameters): every parameter holding a gradient is
+    /// marked ready, then the step finishes as ``finishGradientSynchronization()`` does.
+    public func reduceAccumulatedGradients() throws {
+        for (_, parameter) in parameters where parameter.grad != nil {
+            guard let bucketIndex = bucketOfParameter[ObjectIdentifier(parameter)], ready.insert(ObjectIdentifier(parameter)).inserted else { continue }
+            buckets[bucketIndex].pending -= 1
+        }
+        try finishGradientSynchronization()
+    }
+
     /// Call after the last backward of a step, before clipping and the optimizer step: handles parameters that
     /// received no gradient, launches what is left, and waits for every reduction.
     public func finishGradientSynchronization() throws {

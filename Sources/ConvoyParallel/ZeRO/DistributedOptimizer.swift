@@ -47,6 +47,8 @@ public final class DistributedOptimizer {
     private var gatherError: Error?
     private let overlapParamGather: Bool
     private var forwardHooks: [(Module, Int)] = []
+    /// The optimizer's shard slices, each with the parameter it belongs to.
+    private var shardSlices: [(values: Tensor, owner: ObjectIdentifier)] = []
     /// Stage 3: the sharded parameters and their per-layer gathering.
     private let sharded: ShardedParameters?
 
@@ -87,6 +89,7 @@ public final class DistributedOptimizer {
         // in the gradient shard.
         let names = Dictionary(uniqueKeysWithValues: parameters.map { (ObjectIdentifier($0.parameter), $0.name) })
         var decaying: [Parameter] = [], plain: [Parameter] = []
+        var slices: [(Tensor, ObjectIdentifier)] = []
         for slice in buffer.ownedSlices(rank: group.rank) {
             let bucket = buffer.bucketIndex(of: slice.parameter)!
             let shardStart = buffer.shardRange(of: bucket, rank: group.rank).lowerBound
@@ -97,7 +100,9 @@ public final class DistributedOptimizer {
                 : Tensor(storage: buffer.gradientBuffer.storage, shape: [slice.bufferRange.count], offset: buffer.gradientBuffer.offset + slice.bufferRange.lowerBound)
             values.name = "\(names[ObjectIdentifier(slice.parameter)] ?? "?")[\(slice.parameterRange.lowerBound)..<\(slice.parameterRange.upperBound)]"
             if slice.parameter.rank >= 2 { decaying.append(values) } else { plain.append(values) }
+            slices.append((values, ObjectIdentifier(slice.parameter)))
         }
+        shardSlices = slices
         optimizer = makeOptimizer([ParameterGroup(decaying, weightDecay: weightDecay), ParameterGroup(plain, weightDecay: 0)])
         if overlapParamGather && stage < 3 {
             // Each layer that owns parameters waits, at the start of its forward, for its buckets only.
@@ -312,16 +317,38 @@ public final class DistributedOptimizer {
 
     /// The L2 norm of the averaged gradient over all ranks' shards (padding is zero and adds nothing).
     public func globalGradientNorm() throws -> Double {
-        let squares = Tensor.zeros([1])
+        try squaredGradientNorm().squareRoot()
+    }
+
+    /// The squared L2 norm of the averaged gradient over all ranks' shards, leaving out the parameters in
+    /// `excluded` (a pipeline counts a tied weight held by two stages once).
+    public func squaredGradientNorm(excluding excluded: Set<ObjectIdentifier> = []) throws -> Double {
         var local = 0.0
-        for index in buffer.buckets.indices {
-            let shard = shardGradient(of: index)
-            let values = shard.floatPointer
-            for i in 0..<shard.count { local += Double(values[i]) * Double(values[i]) }
+        if excluded.isEmpty {
+            for index in buffer.buckets.indices { local += Self.sumOfSquares(shardGradient(of: index)) }
+        } else {
+            for (values, owner) in shardSlices where !excluded.contains(owner) {
+                if let gradient = values.grad { local += Self.sumOfSquares(gradient) }
+            }
         }
-        squares.floatPointer[0] = Float(local)
+        let squares = Tensor(shape: [1], values: [Float(local)])
         try group.allReduce(squares, operation: .sum)
-        return Double(squares.floatPointer[0]).squareRoot()
+        return Double(squares.floatPointer[0])
+    }
+
+    private static func sumOfSquares(_ tensor: Tensor) -> Double {
+        let values = tensor.contiguous()
+        return withExtendedLifetime(values) {
+            let pointer = values.floatPointer
+            var sum = 0.0
+            for i in 0..<values.count { sum += Double(pointer[i]) * Double(pointer[i]) }
+            return sum
+        }
+    }
+
+    /// Multiplies this rank's averaged gradient shard by `factor`.
+    public func scaleGradients(by factor: Float) {
+        for index in buffer.buckets.indices { shardGradient(of: index).scaleInPlace(factor) }
     }
 
     /// Scales the gradient shard so the global norm is at most `maxNorm`; returns the norm before clipping.
@@ -329,7 +356,7 @@ public final class DistributedOptimizer {
     public func clipGradients(maxNorm: Float) throws -> Double {
         let norm = try globalGradientNorm()
         let scale = Double(maxNorm) / (norm + 1e-6)
-        if scale < 1 { for index in buffer.buckets.indices { shardGradient(of: index).scaleInPlace(Float(scale)) } }
+        if scale < 1 { scaleGradients(by: Float(scale)) }
         return norm
     }
 }
