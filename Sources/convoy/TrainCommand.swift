@@ -27,7 +27,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Optimizer steps.") var steps: Int?
     @Option(help: "Peak learning rate.") var lr: Double?
     @Option(name: .customLong("min-lr"), help: "Final learning rate of the cosine schedule.") var minLR: Double?
-    @Option(help: "Learning-rate schedule: cosine or constant.") var schedule: String?
+    @Option(name: .customLong("lr-schedule"), help: "Learning-rate schedule: cosine or constant.") var lrSchedule: String?
     @Option(help: "Linear warm-up steps.") var warmup: Int?
     @Option(name: .customLong("weight-decay"), help: "Weight decay of matrices.") var weightDecay: Double?
     @Option(name: .customLong("grad-clip"), help: "Clip gradients to this global norm (0: off).") var gradClip: Double?
@@ -52,6 +52,11 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("find-unused-parameters"), help: "Allow parameters without gradients (true/false).") var findUnusedParameters: String?
     @Option(name: .customLong("overlap-param-gather"), help: "ZeRO: gather updated parameters in the background, each layer waiting for its own (true/false).") var overlapParamGather: String?
     @Option(name: .customLong("reshard-after-forward"), help: "ZeRO-3: release each layer's parameters after its forward and gather them again for backward (true, default) or keep them (false).") var reshardAfterForward: String?
+    @Option(help: "Pipeline stages (pp); with --dp the world is pp·dp ranks, without it dp = world ÷ pp.") var pp: Int?
+    @Option(name: .customLong("micro-batch-size"), help: "Sequences per micro-batch (checked: × accumulate steps × dp = batch).") var microBatchSize: Int?
+    @Option(help: "Pipeline schedule: gpipe, 1f1b or interleaved-1f1b.") var schedule: String?
+    @Option(name: .customLong("virtual-stages"), help: "Model chunks per pipeline rank (interleaved-1f1b).") var virtualStages: Int?
+    @Option(name: .customLong("stage-layers"), help: "Layers per (virtual) stage, e.g. 3,3 (default: balanced).") var stageLayers: String?
     @Option(help: "Write a Chrome trace (chrome://tracing, Perfetto) of forward, backward, all-reduces and optimizer steps.") var trace: String?
 
     func run() throws {
@@ -60,13 +65,14 @@ struct TrainCommand: ParsableCommand {
         add("--dataset", dataset); add("--data", data); add("--digits", digits)
         add("--layers", layers); add("--d-model", dModel); add("--heads", heads); add("--context", context); add("--dropout", dropout)
         add("--batch", batch); add("--accumulate-steps", accumulateSteps); add("--steps", steps); add("--lr", lr); add("--min-lr", minLR)
-        add("--schedule", schedule); add("--warmup", warmup); add("--weight-decay", weightDecay); add("--grad-clip", gradClip)
+        add("--lr-schedule", lrSchedule); add("--warmup", warmup); add("--weight-decay", weightDecay); add("--grad-clip", gradClip)
         add("--optimizer", optimizer); add("--seed", seed); add("--eval-every", evalEvery); add("--checkpoint-every", checkpointEvery)
         add("--log-every", logEvery); add("--output", output); add("--save", save); add("--threads", threads)
         add("--dp", dp); add("--backend", backend); add("--zero-stage", zeroStage); add("--bucketing", bucketing); add("--first-bucket-cap-mb", firstBucketCapMB)
         add("--bucket-cap-mb", bucketCapMB); add("--overlap-grad-reduce", overlapGradReduce); add("--fuse-all-reduce", fuseAllReduce)
         add("--fuse-optimizer", fuseOptimizer); add("--find-unused-parameters", findUnusedParameters); add("--overlap-param-gather", overlapParamGather)
         add("--reshard-after-forward", reshardAfterForward); add("--trace", trace)
+        add("--pp", pp); add("--micro-batch-size", microBatchSize); add("--schedule", schedule); add("--virtual-stages", virtualStages); add("--stage-layers", stageLayers)
         let configuration = try TrainingSettings.resolve(configFile: config, flags: flags)
         let timeline = configuration.trace == nil ? nil : Timeline()
         // mpirun forwards output through a pseudo-terminal; a live line redrawn from rank 0 only garbles it.
@@ -75,7 +81,7 @@ struct TrainCommand: ParsableCommand {
         let summary: TrainingSummary
         switch try CommunicationBackend.resolve(configuration.backend) {
         case .local:
-            let ranks = configuration.dp ?? 1
+            let ranks = (configuration.dp ?? 1) * configuration.pipeline.stages
             let threads = configuration.threads ?? ComputePool.defaultThreadCount
             if ranks == 1 {
                 ComputePool.setSharedThreadCount(threads)
@@ -84,7 +90,7 @@ struct TrainCommand: ParsableCommand {
                 summary = try trainer.run()
             } else {
                 // Validate before starting any rank, so a bad configuration fails once, clearly.
-                _ = try DistributedSampler(globalBatch: configuration.batch, worldSize: ranks, rank: 0, microBatches: configuration.accumulateSteps)
+                _ = try DistributedSampler(globalBatch: configuration.batch, worldSize: configuration.dp ?? 1, rank: 0, microBatches: configuration.accumulateSteps)
                 let resume = self.resume
                 let summaries = try LocalWorld.run(size: ranks, threadsPerRank: max(1, threads / ranks)) { group in
                     let trainer = try Trainer(configuration: configuration, group: group, resume: resume, display: display, timeline: timeline)

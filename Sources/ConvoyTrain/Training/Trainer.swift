@@ -33,6 +33,8 @@ public final class Trainer {
     public let parallel: DataParallel?
     /// The ZeRO distributed optimizer (stages 1–3), or nil.
     public let zero: DistributedOptimizer?
+    /// Pipeline parallelism (with data parallelism or ZeRO-1 across pipelines), or nil when pp is 1.
+    public let pipeline: PipelineParallel?
     public let group: (any ProcessGroup)?
     private let schedule: any LearningRateSchedule
     private let display: ProgressDisplay?
@@ -51,19 +53,36 @@ public final class Trainer {
         self.configuration = configuration
         self.group = group
         let ranks = group?.size ?? 1
-        if let dp = configuration.dp, dp != ranks {
-            throw ConvoyError.invalidConfiguration("world size \(ranks) is not dp·pp·tp = \(dp)·1·1; change --dp or the number of ranks")
+        let pp = configuration.pipeline.stages
+        // Without --dp, the ranks that are not pipeline stages are data-parallel replicas.
+        let dp = configuration.dp ?? max(1, ranks / pp)
+        guard dp * pp == ranks else {
+            throw ConvoyError.invalidConfiguration("world size \(ranks) is not dp·pp·tp = \(dp)·\(pp)·1; change --dp, --pp or the number of ranks")
         }
+        let mesh = try DeviceMesh(dp: dp, pp: pp, tp: 1)
+        let dataParallelRank = mesh.position(along: .dp, of: group?.rank ?? 0)
+        if pp > 1 { try configuration.validatePipeline(dataParallelSize: dp) }
         dataset = try configuration.makeDataset()
-        sampler = try DistributedSampler(globalBatch: configuration.batch, worldSize: ranks, rank: group?.rank ?? 0, microBatches: configuration.accumulateSteps)
+        sampler = try DistributedSampler(globalBatch: configuration.batch, worldSize: dp, rank: dataParallelRank, microBatches: configuration.accumulateSteps)
         model = try GPT(configuration.modelConfiguration, seed: configuration.seed)
-        if let group, group.size > 1, configuration.zeroStage > 0 {
+        if let group, pp > 1 {
+            pipeline = try PipelineParallel(model: model, world: group, options: configuration.pipeline, microBatches: configuration.accumulateSteps,
+                                            zeroStage: configuration.zeroStage, dataParallelOptions: configuration.ddp,
+                                            weightDecay: Float(configuration.weightDecay), timeline: timeline,
+                                            makeOptimizer: { configuration.makeOptimizer(for: $0, ranks: ranks, externalGradients: $1) },
+                                            makeShardOptimizer: { configuration.makeShardOptimizer($0) })
+            zero = nil
+            parallel = nil
+            optimizer = pipeline!.optimizer
+        } else if let group, group.size > 1, configuration.zeroStage > 0 {
+            pipeline = nil
             let distributed = try DistributedOptimizer(module: model, group: group, stage: configuration.zeroStage, options: configuration.ddp,
                                                        weightDecay: Float(configuration.weightDecay)) { configuration.makeShardOptimizer($0) }
             zero = distributed
             parallel = nil
             optimizer = distributed.optimizer
         } else {
+            pipeline = nil
             zero = nil
             parallel = group.map { $0.size > 1 } == true
                 ? try DataParallel(module: model, group: group!, options: configuration.ddp, timeline: timeline) : nil
@@ -77,7 +96,17 @@ public final class Trainer {
 
     private func restore(from directory: String) throws {
         var optimizerFile = TrainingCheckpoint.optimizerFileName
-        if let zero {
+        if let pipeline, let group {
+            let indexPath = try TrainingCheckpoint.resolvedDirectory(directory) + "/" + Self.pipelineIndexFileName
+            guard let index = FileManager.default.contents(atPath: indexPath),
+                  let saved = try? JSONSerialization.jsonObject(with: index) as? [String: String], let layout = saved["layout"] else {
+                throw ConvoyError.incompatible("checkpoint \(directory) was not written by a pipeline run (no readable \(Self.pipelineIndexFileName)); resume it with the parallel layout it was saved with")
+            }
+            guard layout == pipeline.layoutDescription else {
+                throw ConvoyError.incompatible("checkpoint \(directory) was saved with \(layout); this run uses \(pipeline.layoutDescription). Resume with the same --pp, --dp, --virtual-stages, --stage-layers and --zero-stage (resharding is not supported yet)")
+            }
+            optimizerFile = TrainingCheckpoint.shardFileName(rank: group.rank, of: group.size)
+        } else if let zero {
             let indexPath = try TrainingCheckpoint.resolvedDirectory(directory) + "/" + Self.zeroIndexFileName
             guard let index = FileManager.default.contents(atPath: indexPath) else {
                 throw ConvoyError.incompatible("checkpoint \(directory) was not written under ZeRO (no \(Self.zeroIndexFileName)); resume it with --zero-stage 0")
@@ -88,13 +117,16 @@ public final class Trainer {
         // Stage 3 keeps only shards: the loaded weights are written into the gathered model on every rank, and
         // each rank takes its shard back from them.
         try zero?.gatherFullParameters()
+        pipeline?.stage.restoreUnownedParameters()
         let contents = try TrainingCheckpoint.load(from: directory, into: model, optimizerFile: optimizerFile)
+        pipeline?.stage.releaseUnownedParameters()
         zero?.releaseFullParameters(copyingBack: true)
         let state = contents.state
         var saved = TrainingConfiguration()
         try? TrainingSettings.apply(toml: state.configuration, source: directory + "/trainer.json", to: &saved)
-        guard saved.zeroStage == (zero?.stage ?? 0) else {
-            throw ConvoyError.incompatible("checkpoint \(directory) was written under ZeRO stage \(saved.zeroStage), the run uses --zero-stage \(zero?.stage ?? 0); resume with the same stage (resharding is not supported yet)")
+        let runningStage = zero?.stage ?? (pipeline?.zero != nil ? 1 : 0)
+        guard saved.zeroStage == runningStage else {
+            throw ConvoyError.incompatible("checkpoint \(directory) was written under ZeRO stage \(saved.zeroStage), the run uses --zero-stage \(runningStage); resume with the same stage (resharding is not supported yet)")
         }
         guard state.seed == configuration.seed else {
             throw ConvoyError.incompatible("checkpoint \(directory) was trained with seed \(state.seed), the run uses --seed \(configuration.seed); resume with the same seed")
@@ -117,6 +149,8 @@ public final class Trainer {
 
     /// Name of the ZeRO layout index in a checkpoint.
     static let zeroIndexFileName = "zero.json"
+    /// Name of the pipeline layout index in a checkpoint.
+    static let pipelineIndexFileName = "pipeline.json"
 
     /// Saves a checkpoint (collective). Rank 0 writes the model and the trainer state; the optimizer state is
     /// written whole by rank 0, or under ZeRO as one shard file per rank plus a layout index, all assembled in
@@ -124,23 +158,34 @@ public final class Trainer {
     /// gathered (the caller releases them when training goes on).
     private func saveCheckpoint(afterStep step: Int, to directory: String) throws {
         try zero?.gatherFullParameters()
-        guard let zero else {
+        // The whole model is written by rank 0, which collects the other stages' parameters first.
+        try pipeline?.collectModel()
+        let index: (name: String, contents: Data)?
+        if let zero {
+            index = (Self.zeroIndexFileName, try zero.layoutIndex())
+        } else if let pipeline {
+            index = (Self.pipelineIndexFileName, try JSONSerialization.data(withJSONObject: ["layout": pipeline.layoutDescription], options: [.sortedKeys]))
+        } else {
+            index = nil
+        }
+        guard let index, let group else {
             if isLeader { try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state(afterStep: step), to: directory) }
             try group?.barrier()
             return
         }
-        let tag = "zero-step\(step)"
+        // Sharded optimizer state: one file per rank plus the layout index, assembled in one temporary directory.
+        let tag = "sharded-step\(step)"
         if isLeader { try TrainingCheckpoint.prepareTemporaryDirectory(for: directory, tag: tag) }
-        try zero.group.barrier()
+        try group.barrier()
         let temporary = TrainingCheckpoint.temporaryDirectoryPath(for: directory, tag: tag)
         try TrainingCheckpoint.writeOptimizerState(optimizer.state(), kind: configuration.optimizer,
-                                                   to: temporary + "/" + TrainingCheckpoint.shardFileName(rank: zero.group.rank, of: zero.group.size))
-        try zero.group.barrier()
+                                                   to: temporary + "/" + TrainingCheckpoint.shardFileName(rank: group.rank, of: group.size))
+        try group.barrier()
         if isLeader {
             try TrainingCheckpoint.save(model: model, optimizer: nil, state: state(afterStep: step), to: directory, temporary: temporary,
-                                        extraFiles: [Self.zeroIndexFileName: try zero.layoutIndex()])
+                                        extraFiles: [index.name: index.contents])
         }
-        try zero.group.barrier()
+        try group.barrier()
     }
 
     /// The trainer state after `step` completed steps.
@@ -152,6 +197,7 @@ public final class Trainer {
     /// Runs one optimizer step; returns (mean loss over the global batch, gradient norm before clipping).
     public func trainStep(_ step: Int) throws -> (loss: Double, gradientNorm: Double) {
         optimizer.learningRate = schedule.learningRate(at: step)
+        if let pipeline { return try pipelineStep(step, pipeline) }
         let context = configuration.context
         let rank = group.map { $0.worldRanks[$0.rank] } ?? 0
         let globalIndices = (step * configuration.batch)..<((step + 1) * configuration.batch)
@@ -202,6 +248,23 @@ public final class Trainer {
         return (loss, norm)
     }
 
+    /// One step of the pipeline: this rank's instruction list over the micro-batches of its data-parallel slice.
+    private func pipelineStep(_ step: Int, _ pipeline: PipelineParallel) throws -> (loss: Double, gradientNorm: Double) {
+        let globalIndices = (step * configuration.batch)..<((step + 1) * configuration.batch)
+        let globalExamples = globalIndices.map { dataset.trainingExample($0) }
+        let totalCounted = max(globalExamples.reduce(0) { $0 + $1.countedTargets }, 1)
+        let replicas = pipeline.mesh.dp
+        let result = try pipeline.trainStep(maxGradientNorm: Float(configuration.gradClip)) { microBatch in
+            let examples = sampler.indices(step: step, microBatch: microBatch).map { globalExamples[$0 - globalIndices.lowerBound] }
+            let weight = Double(examples.reduce(0) { $0 + $1.countedTargets }) / Double(totalCounted)
+            return PipelineExecutor.MicroBatch(tokens: examples.flatMap(\.inputs), targets: examples.flatMap(\.targets), batch: examples.count,
+                                               time: configuration.context, lossScale: Float(weight) * Float(replicas), lossWeight: weight,
+                                               context: ForwardContext(training: true, seed: configuration.seed, step: step,
+                                                                       firstSequence: sampler.firstSequence(microBatch: microBatch)))
+        }
+        return (result.loss, result.gradientNorm)
+    }
+
     private func measure<Result>(_ name: String, rank: Int, _ body: () throws -> Result) rethrows -> Result {
         guard let timeline else { return try body() }
         return try timeline.measure(name, category: name, rank: rank, body)
@@ -244,7 +307,8 @@ public final class Trainer {
         var tokensPerSecond = 0.0
         var lastLoss = Double.nan, lastValidation: Double?
         display?.message("training \(model.parameterCount) parameters on \(dataset.summary); \(configuration.steps - startStep) steps of \(configuration.batch) × \(configuration.context) tokens" + (parallel.map { "; data parallel over \($0.group.size) ranks, \($0.bucketCount) buckets" } ?? "")
-            + (zero.map { "; ZeRO stage \($0.stage) over \($0.group.size) ranks, \($0.buffer.buckets.count) buckets" } ?? ""))
+            + (zero.map { "; ZeRO stage \($0.stage) over \($0.group.size) ranks, \($0.buffer.buckets.count) buckets" } ?? "")
+            + (pipeline.map { "; pipeline of \($0.mesh.pp) stages (layers \($0.stage.partition.stageLayers.map(String.init).joined(separator: "/"))), \($0.schedule.kind.rawValue), \(configuration.accumulateSteps) micro-batches, \($0.mesh.dp) replicas" } ?? ""))
 
         for step in startStep..<configuration.steps {
             let (loss, norm) = try trainStep(step)
@@ -266,7 +330,11 @@ public final class Trainer {
             if configuration.evalEvery > 0 && done % configuration.evalEvery == 0 && done < configuration.steps {
                 // Rank 0 alone evaluates: every rank gathers the parameters first (collective under ZeRO-3).
                 try zero?.gatherFullParameters()
-                defer { zero?.releaseFullParameters() }
+                try pipeline?.collectModel()
+                defer {
+                    zero?.releaseFullParameters()
+                    pipeline?.releaseCollectedModel()
+                }
                 if isLeader, let validation = validationLoss(batches: configuration.evalBatches) {
                     lastValidation = validation
                     metrics?.write(["step": done, "val_loss": validation, "elapsed_s": elapsed()])
@@ -277,12 +345,14 @@ public final class Trainer {
             if configuration.checkpointEvery > 0 && done % configuration.checkpointEvery == 0 && done < configuration.steps {
                 try saveCheckpoint(afterStep: done, to: configuration.periodicCheckpointDirectory)
                 zero?.releaseFullParameters()
+                pipeline?.releaseCollectedModel()
             }
         }
 
         let seconds = elapsed()
         // From here on the model's parameters are complete on every rank (also after run() returns).
         try zero?.gatherFullParameters()
+        try pipeline?.collectModel()
         var report: ArithmeticReport?
         if isLeader {
             if let validation = validationLoss(batches: configuration.evalBatches) {

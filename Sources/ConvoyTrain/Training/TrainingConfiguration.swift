@@ -57,9 +57,13 @@ public struct TrainingConfiguration: Sendable, Equatable {
     public var dp: Int?
     /// "local" or "mpi" (nil: MPI when started by mpirun, else Local).
     public var backend: String?
-    /// ZeRO stage: 0 is plain data parallelism; 1 shards optimizer state; 2 also gradients (3 is not
-    /// implemented yet and is refused).
+    /// ZeRO stage: 0 is plain data parallelism; 1 shards optimizer state; 2 also gradients; 3 also parameters.
     public var zeroStage = 0
+    // [parallel.pipeline]
+    /// Pipeline stages, schedule, virtual stages and explicit stage sizes (`pipeline.stages` is pp).
+    public var pipeline = PipelineOptions()
+    /// Sequences per micro-batch; when set, micro_batch_size × accumulate_steps × dp must equal the batch.
+    public var microBatchSize: Int?
     // [parallel.ddp]
     public var ddp = DataParallelOptions()
     /// Write a Chrome trace of forward, backward, bucket all-reduces and optimizer steps here.
@@ -102,10 +106,25 @@ public struct TrainingConfiguration: Sendable, Equatable {
         guard minLearningRate <= learningRate else {
             throw ConvoyError.invalidConfiguration("training.min_lr \(minLearningRate) exceeds training.lr \(learningRate)")
         }
-        if zeroStage > 0, let dp, dp < 2 {
+        if pipeline.stages > 1 {
+            try validatePipeline(dataParallelSize: dp)
+        } else if zeroStage > 0, let dp, dp < 2 {
             throw ConvoyError.invalidConfiguration("parallel.zero_stage \(zeroStage) shards state across data-parallel ranks and needs --dp 2 or more (dp is \(dp))")
         }
         try modelConfiguration.validate()
+    }
+
+    /// Checks a pipeline configuration before any compute: the partition of the model, the schedule, the
+    /// ZeRO stage, and (when the data-parallel size is known) that the micro-batches make up the global batch.
+    public func validatePipeline(dataParallelSize dp: Int?) throws {
+        _ = try pipeline.partition(for: modelConfiguration)
+        _ = try PipelineSchedule(kind: pipeline.schedule, stages: pipeline.stages, microBatches: accumulateSteps, virtualStages: pipeline.virtualStages)
+        guard zeroStage <= 1 else {
+            throw ConvoyError.invalidConfiguration("parallel.zero_stage \(zeroStage) does not combine with pipeline parallelism (pp = \(pipeline.stages)): stages 2 and 3 reduce inside every backward, a pipeline accumulates over all its micro-batches first; use --zero-stage 0 or 1")
+        }
+        if let microBatchSize, let dp, microBatchSize * accumulateSteps * dp != batch {
+            throw ConvoyError.invalidConfiguration("micro_batch_size \(microBatchSize) × accumulate_steps \(accumulateSteps) × dp \(dp) = \(microBatchSize * accumulateSteps * dp) is not the global batch \(batch); change --micro-batch-size, --accumulate-steps or --batch")
+        }
     }
 
     /// The learning-rate schedule.

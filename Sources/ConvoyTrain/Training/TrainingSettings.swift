@@ -143,7 +143,7 @@ public enum TrainingSettings {
         choice("training.optimizer", "--optimizer", \.optimizer, ["adamw", "adam", "sgd", "momentum", "nesterov"]),
         real("training.lr", "--lr", \.learningRate, 0...10),
         real("training.min_lr", "--min-lr", \.minLearningRate, 0...10),
-        choice("training.schedule", "--schedule", \.schedule, ["cosine", "constant"]),
+        choice("training.lr_schedule", "--lr-schedule", \.schedule, ["cosine", "constant"]),
         integer("training.warmup", "--warmup", \.warmupSteps, 0...100_000_000),
         real("training.weight_decay", "--weight-decay", \.weightDecay, 0...10),
         real("training.beta1", "--beta1", \.beta1, 0...1, openUpper: true),
@@ -173,6 +173,22 @@ public enum TrainingSettings {
         boolean("parallel.ddp.find_unused_parameters", "--find-unused-parameters", \.ddp.findUnusedParameters),
         boolean("parallel.ddp.overlap_param_gather", "--overlap-param-gather", \.ddp.overlapParamGather),
         boolean("parallel.ddp.reshard_after_forward", "--reshard-after-forward", \.ddp.reshardAfterForward),
+        integer("parallel.pipeline.pp", "--pp", \.pipeline.stages, 1...4096),
+        optionalInteger("parallel.pipeline.micro_batch_size", "--micro-batch-size", \.microBatchSize, 1...1_000_000),
+        Setting(key: "parallel.pipeline.schedule", flag: "--schedule", apply: { configuration, value in
+            guard case .text(let text) = value else { throw fail("parallel.pipeline.schedule", "expected a string, got \(value)") }
+            do { configuration.pipeline.schedule = try PipelineScheduleKind(parsing: text) } catch { throw fail("parallel.pipeline.schedule", "\(error)") }
+        }, read: { .text($0.pipeline.schedule.rawValue) }),
+        integer("parallel.pipeline.virtual_stages", "--virtual-stages", \.pipeline.virtualStages, 1...1024),
+        Setting(key: "parallel.pipeline.stage_layers", flag: "--stage-layers", apply: { configuration, value in
+            // A TOML array of integers arrives as text "3,3" (see apply(toml:)), as does the flag.
+            guard case .text(let text) = value else { throw fail("parallel.pipeline.stage_layers", "expected layer counts such as [3, 3], got \(value)") }
+            let counts = text.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard !counts.isEmpty, counts.allSatisfy({ ($0 ?? 0) >= 1 }) else {
+                throw fail("parallel.pipeline.stage_layers", "expected positive layer counts such as [3, 3] (one per virtual stage), got \(value)")
+            }
+            configuration.pipeline.stageLayers = counts.map { $0! }
+        }, read: { $0.pipeline.stageLayers.map { .text($0.map(String.init).joined(separator: ",")) } }),
     ]
 
     private static let byKey: [String: Setting] = Dictionary(uniqueKeysWithValues: all.map { ($0.key, $0) })
@@ -196,7 +212,7 @@ public enum TrainingSettings {
         }
         for (section, sectionValue) in table {
             guard sectionValue.table != nil else {
-                throw ConvoyError.invalidConfiguration("\(source): top-level key '\(section)' must be a section such as [training]; keys live in [model], [data], [training], [parallel] and [parallel.ddp]")
+                throw ConvoyError.invalidConfiguration("\(source): top-level key '\(section)' must be a section such as [training]; keys live in [model], [data], [training], [parallel], [parallel.ddp] and [parallel.pipeline]")
             }
         }
         // Nested sections ([parallel.ddp]) become dotted keys.
@@ -214,6 +230,11 @@ public enum TrainingSettings {
             case .double: converted = .real(value.double!)
             case .string: converted = .text(value.string!)
             case .bool: converted = .boolean(value.bool!)
+            case .array:
+                // Only integer lists exist (parallel.pipeline.stage_layers); they travel as "3,3".
+                let items = value.array!.map { $0.int }
+                guard items.allSatisfy({ $0 != nil }) else { throw ConvoyError.invalidConfiguration("\(source): \(key) must be a list of integers") }
+                converted = .text(items.map { String($0!) }.joined(separator: ","))
             default: throw ConvoyError.invalidConfiguration("\(source): \(key) has unsupported type \(value.type)")
             }
             do {
@@ -243,7 +264,7 @@ public enum TrainingSettings {
             value = .text(text)
         default:
             // Optional integers (threads) read as nil before they are set.
-            if setting.key == "training.threads" || setting.key == "parallel.dp" {
+            if ["training.threads", "parallel.dp", "parallel.pipeline.micro_batch_size"].contains(setting.key) {
                 guard let number = Int(text) else { throw ConvoyError.invalidConfiguration("\(flag): expected an integer, got '\(text)'") }
                 value = .integer(number)
             } else {
@@ -267,6 +288,8 @@ public enum TrainingSettings {
             let parts = [String(setting.key[..<lastDot]), String(setting.key[setting.key.index(after: lastDot)...])]
             let line: String
             switch value {
+            case .text(let text) where setting.key == "parallel.pipeline.stage_layers":
+                line = "\(parts[1]) = [\(text.split(separator: ",").joined(separator: ", "))]"
             case .text(let text):
                 let escaped = text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
                 line = "\(parts[1]) = \"\(escaped)\""

@@ -1,0 +1,130 @@
+import ConvoyComm
+import ConvoyNN
+import ConvoyParallel
+import ConvoyTensor
+import ConvoyTrain
+import Foundation
+import Testing
+
+@Suite(.serialized) struct PipelineTrainingTests {
+    /// Four layers (so pp 4 and pp 2 × v 2 have a layer per chunk), dropout on, clipping at the default 1.0.
+    func configuration(output: String) throws -> TrainingConfiguration {
+        var configuration = try tinyConfiguration(output: output, steps: 10)
+        configuration.layers = 4
+        configuration.optimizer = "momentum"
+        configuration.learningRate = 0.05
+        configuration.dropout = 0.1
+        configuration.accumulateSteps = 1
+        return configuration
+    }
+
+    func relativeError(_ a: [[Float]], _ b: [[Float]]) -> Float {
+        zip(a, b).map { x, y in zip(x, y).map { abs($0 - $1) }.max()! / max(x.map(abs).max()!, 1e-6) }.max()!
+    }
+
+    /// (pp, dp, schedule, micro-batches, virtual stages, zero stage)
+    @Test(arguments: [(2, 1, "1f1b", 4, 1, 0), (2, 2, "gpipe", 2, 1, 0), (2, 2, "1f1b", 2, 1, 1), (2, 1, "interleaved-1f1b", 2, 2, 0)])
+    func pipelineTrainingMatchesOneProcess(pp: Int, dp: Int, schedule: String, microBatches: Int, virtualStages: Int, zeroStage: Int) throws {
+        let single = scratchDirectory("pp-single"), parallel = scratchDirectory("pp-parallel")
+        defer { for path in [single, parallel] { try? FileManager.default.removeItem(atPath: path) } }
+        let reference = try configuration(output: single)
+        let one = try Trainer(configuration: reference)
+        let oneSummary = try one.run()
+        var pipelined = reference
+        pipelined.output = parallel
+        pipelined.accumulateSteps = microBatches
+        pipelined.zeroStage = zeroStage
+        try TrainingSettings.applyFlag("--pp", String(pp), to: &pipelined)
+        try TrainingSettings.applyFlag("--schedule", schedule, to: &pipelined)
+        try TrainingSettings.applyFlag("--virtual-stages", String(virtualStages), to: &pipelined)
+        try pipelined.validate()
+        let frozen = pipelined
+        let results = try LocalWorld.run(size: pp * dp, threadsPerRank: 1) { group -> ([[Float]], Double) in
+            let trainer = try Trainer(configuration: frozen, group: group)
+            #expect(trainer.pipeline?.mesh.dp == dp)
+            let summary = try trainer.run()
+            return (group.rank == 0 ? trainer.model.parameters.map { $0.toArray() } : [], summary.finalLoss)
+        }
+        let error = relativeError(results[0].0, one.model.parameters.map { $0.toArray() })
+        #expect(error <= 1e-5, "pp \(pp) × dp \(dp) \(schedule) m \(microBatches) v \(virtualStages) zero \(zeroStage): relative error \(error)")
+        for result in results { #expect(abs(result.1 - oneSummary.finalLoss) <= 1e-5 * abs(oneSummary.finalLoss)) }
+        // Rank 0 saved the whole model, which loads into one process.
+        let loaded = try GPTCheckpoint.load(from: parallel + "/final")
+        #expect(relativeError(loaded.parameters.map { $0.toArray() }, results[0].0) == 0)
+    }
+
+    @Test func resumingAPipelineIsBitIdenticalAndAnotherLayoutIsRefused() throws {
+        let straight = scratchDirectory("pp-straight"), split = scratchDirectory("pp-split")
+        defer { for path in [straight, split] { try? FileManager.default.removeItem(atPath: path) } }
+        var configuration = try configuration(output: straight)
+        configuration.optimizer = "adamw"
+        configuration.accumulateSteps = 2
+        configuration.checkpointEvery = 5
+        configuration.pipeline.stages = 2
+        let frozen = configuration
+        let full = try LocalWorld.run(size: 4, threadsPerRank: 1) { group -> [[Float]] in
+            let trainer = try Trainer(configuration: frozen, group: group)
+            _ = try trainer.run()
+            // Only rank 0 holds the whole model; the others released what they do not own.
+            return group.rank == 0 ? trainer.model.parameters.map { $0.toArray() } : []
+        }
+        let checkpoint = straight + "/checkpoint"
+        #expect(FileManager.default.fileExists(atPath: checkpoint + "/pipeline.json"))
+        var resumed = frozen
+        resumed.output = split
+        resumed.checkpointEvery = 0
+        let frozenResumed = resumed
+        let continued = try LocalWorld.run(size: 4, threadsPerRank: 1) { group -> [[Float]] in
+            let trainer = try Trainer(configuration: frozenResumed, group: group, resume: checkpoint)
+            #expect(trainer.firstStep == 5)
+            _ = try trainer.run()
+            // Only rank 0 holds the whole model; the others released what they do not own.
+            return group.rank == 0 ? trainer.model.parameters.map { $0.toArray() } : []
+        }
+        #expect(continued[0] == full[0], "resuming a pipeline must give bit-identical weights")
+
+        var otherLayout = resumed
+        otherLayout.pipeline.stageLayers = [1, 3]
+        let frozenOther = otherLayout
+        do {
+            _ = try LocalWorld.run(size: 4, threadsPerRank: 1) { group in try Trainer(configuration: frozenOther, group: group, resume: checkpoint) }
+            Issue.record("a checkpoint saved with layers 2/2 must not load with 1/3")
+        } catch {
+            #expect("\(error)".contains("--stage-layers"), "\(error)")
+        }
+    }
+
+    @Test func badPipelineConfigurationsAreRefusedBeforeCompute() throws {
+        func message(_ flags: [(String, String)]) -> String {
+            do {
+                _ = try TrainingSettings.resolve(configFile: nil, flags: [("--layers", "4"), ("--context", "8"), ("--digits", "1")] + flags)
+                return "accepted"
+            } catch { return "\(error)" }
+        }
+        #expect(message([("--pp", "2"), ("--dp", "2"), ("--batch", "8"), ("--accumulate-steps", "2"), ("--micro-batch-size", "3")]).contains("micro_batch_size 3"))
+        #expect(message([("--pp", "2"), ("--schedule", "interleaved-1f1b"), ("--virtual-stages", "2"), ("--accumulate-steps", "3"), ("--batch", "6")]).contains("multiple of pp"))
+        #expect(message([("--pp", "8")]).contains("4 layers"))
+        #expect(message([("--pp", "2"), ("--stage-layers", "1,2")]).contains("3"))
+        #expect(message([("--pp", "2"), ("--dp", "2"), ("--zero-stage", "2")]).contains("zero_stage 2"))
+        #expect(message([("--pp", "2"), ("--schedule", "zigzag")]).contains("gpipe"))
+        #expect(message([("--pp", "2"), ("--dp", "2"), ("--batch", "8"), ("--accumulate-steps", "2"), ("--micro-batch-size", "2")]) == "accepted")
+        // A world that is not pp·dp is refused by the trainer.
+        var configuration = try configuration(output: scratchDirectory("pp-bad"))
+        configuration.pipeline.stages = 2
+        configuration.dp = 2
+        let frozen = configuration
+        do {
+            _ = try LocalWorld.run(size: 2, threadsPerRank: 1) { group in try Trainer(configuration: frozen, group: group) }
+            Issue.record("dp 2 × pp 2 on 2 ranks must be refused")
+        } catch {
+            #expect("\(error)".contains("world size 2") && "\(error)".contains("--pp"), "\(error)")
+        }
+        // The pipeline keys round-trip through the effective configuration file.
+        var parsed = TrainingConfiguration()
+        try TrainingSettings.apply(toml: "[parallel.pipeline]\npp = 2\nschedule = \"GPipe\"\nstage_layers = [3, 1]\nmicro_batch_size = 4\n", source: "p.toml", to: &parsed)
+        #expect(parsed.pipeline.stages == 2 && parsed.pipeline.schedule == .gpipe && parsed.pipeline.stageLayers == [3, 1] && parsed.microBatchSize == 4)
+        var reparsed = TrainingConfiguration()
+        try TrainingSettings.apply(toml: TrainingSettings.tomlText(parsed), source: "again.toml", to: &reparsed)
+        #expect(reparsed == parsed)
+    }
+}
