@@ -105,6 +105,7 @@ final class MPIBackendSuite {
         testDebugModeCatchesMismatches(world)
         testDebugModeTimeout(world)
         testDataParallelMatchesOneProcess(world)
+        testPipelineMatchesOneProcess(world)
 
         // Sum the tallies over the world; rank 0 reports.
         let totals = TestBuffer(.float32, count: 2) { $0 == 0 ? Float(passed) : Float(failed) }
