@@ -9,10 +9,12 @@ import Foundation
 struct PlanCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "plan",
-        abstract: "Print the per-rank bytes of parameters, gradients and optimizer state for a ZeRO stage.",
+        abstract: "Print the per-rank bytes of parameters, gradients and optimizer state for a ZeRO stage, and with --pp the pipeline plan.",
         discussion: """
             fp32 parameters and gradients (4 B each); optimizer state 8 B/param for adam/adamw, 4 B for momentum and \
-            nesterov, 0 for sgd. Sharded parts hold ⌈Ψ/N⌉ elements per rank. Activations are not counted.
+            nesterov, 0 for sgd. Sharded parts hold ⌈Ψ/N⌉ elements per rank. Activations are not counted there. With \
+            --pp > 1: the stage-to-layer assignment, parameters per stage, process groups, the simulated bubble and \
+            the peak activation memory per stage (an estimate, see PipelinePlan.activationBytes).
             """)
 
     @Option(help: "Model preset: \(ZeROMemoryPlan.modelPresets.map(\.name).joined(separator: ", ")).") var model: String = "gpt-mini"
@@ -24,6 +26,12 @@ struct PlanCommand: ParsableCommand {
     @Option(help: "Data-parallel ranks N.") var dp: Int = 1
     @Option(name: .customLong("zero-stage"), help: "ZeRO stage 0, 1, 2 or 3, or 'all' for the four side by side.") var zeroStage: String = "0"
     @Option(help: "Optimizer: \(ZeROMemoryPlan.OptimizerKind.allCases.map(\.rawValue).joined(separator: ", ")).") var optimizer: String = "adamw"
+    @Option(help: "Pipeline stages.") var pp: Int = 1
+    @Option(name: .customLong("accumulate-steps"), help: "Micro-batches per step (pipeline).") var accumulateSteps: Int = 8
+    @Option(name: .customLong("micro-batch-size"), help: "Sequences per micro-batch (pipeline activation memory).") var microBatchSize: Int = 1
+    @Option(help: "Pipeline schedule: gpipe, 1f1b or interleaved-1f1b.") var schedule: String = "1f1b"
+    @Option(name: .customLong("virtual-stages"), help: "Model chunks per pipeline rank (interleaved-1f1b).") var virtualStages: Int = 1
+    @Option(name: .customLong("stage-layers"), help: "Layers per virtual stage, e.g. 3,3 (default: balanced).") var stageLayers: String?
     @Flag(help: "Print one JSON line per stage instead of the table.") var json = false
 
     /// The model shape: the preset with any explicit flags applied.
@@ -65,6 +73,36 @@ struct PlanCommand: ParsableCommand {
             + "optimizer \(kind.rawValue) (\(kind.stateBytesPerParameter) B/param state); fp32 parameters and gradients")
         print("per rank:")
         print(Self.table(plans))
+        if pp > 1 { try printPipelinePlan(configuration) }
+    }
+
+    func printPipelinePlan(_ configuration: GPTConfiguration) throws {
+        var options = PipelineOptions()
+        options.stages = pp
+        options.schedule = try PipelineScheduleKind(parsing: schedule)
+        options.virtualStages = virtualStages
+        if let stageLayers {
+            let counts = stageLayers.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard counts.count == stageLayers.split(separator: ",").count else {
+                throw ConvoyError.invalidConfiguration("--stage-layers must be comma-separated layer counts such as 3,3, got \"\(stageLayers)\"")
+            }
+            options.stageLayers = counts
+        }
+        let plan = try PipelinePlan(model: configuration, options: options, dataParallelSize: dp, microBatches: accumulateSteps, microBatchSize: microBatchSize)
+        print("")
+        print("pipeline: pp \(pp) × dp \(dp) = \(pp * dp) ranks; \(plan.schedule.kind.rawValue), \(accumulateSteps) micro-batches of \(microBatchSize) sequence(s), \(virtualStages) virtual stage(s) per rank")
+        print("stage  layers                          parameters            peak stashed  peak activations (est.)")
+        for stage in plan.stages {
+            var held = stage.chunks.map { chunk in
+                "s\(chunk.virtualStage): h.\(chunk.layers.lowerBound)" + (chunk.layers.count > 1 ? "–\(chunk.layers.upperBound - 1)" : "")
+            }
+            if stage.holdsEmbeddings { held.insert("embeddings", at: 0) }
+            if stage.holdsHead { held.append("ln_f + head") }
+            print(String(format: "%5d  %@  %@  %12d  %@", stage.pipelineRank, held.joined(separator: ", ").padding(toLength: max(30, held.joined(separator: ", ").count), withPad: " ", startingAt: 0),
+                         Self.grouped(stage.parameters).padding(toLength: 20, withPad: " ", startingAt: 0), stage.peakStashed, Self.bytes(stage.peakActivationBytes)))
+        }
+        print("groups: pipelines \(plan.pipelineGroups), data-parallel per stage \(plan.dataParallelGroups), embedding \(plan.embeddingGroups)")
+        print(String(format: "bubble: %.4f simulated (per-chunk compute, backward = 2 × forward), %.4f by (p−1)/(v·m+p−1)", plan.predictedBubble, plan.formulaBubble))
     }
 
     /// Rows of bytes, one column per stage.

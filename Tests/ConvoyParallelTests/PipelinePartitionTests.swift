@@ -1,3 +1,4 @@
+import ConvoyNN
 import ConvoyParallel
 import ConvoyTensor
 import Testing
@@ -71,5 +72,23 @@ private func partitionError(_ make: () throws -> PipelinePartition) -> String? {
         #expect(partitionError { try .explicit(stageLayers: [1], layers: 1, stages: 0) }?.contains("pp = 0") == true)
         #expect(partitionError { try .balanced(layers: 4, stages: 2, blockCost: 0) }?.contains("got 0") == true)
         #expect(partitionError { try .balanced(layers: 4, stages: 2, lastStageExtraCost: -1) }?.contains("last -1") == true)
+    }
+}
+
+@Suite struct PipelinePlanTests {
+    @Test func planCountsEveryParameterOnceBesidesTheTiedEmbedding() throws {
+        let model = GPTConfiguration(vocabularySize: 256, contextLength: 32, layers: 6, heads: 4, width: 64)
+        var options = PipelineOptions()
+        options.stages = 3
+        let plan = try PipelinePlan(model: model, options: options, dataParallelSize: 2, microBatches: 6, microBatchSize: 2)
+        let built = try GPT(model, seed: 1)
+        // The head's copy of the token embedding is the only parameter counted twice.
+        #expect(plan.stages.map(\.parameters).reduce(0, +) == built.parameterCount + model.vocabularySize * model.width)
+        #expect(plan.stages.map { $0.chunks.map(\.layers.count).reduce(0, +) } == [2, 2, 2])
+        #expect(plan.stages.map(\.peakStashed) == [3, 2, 1])
+        #expect(abs(plan.formulaBubble - 2.0 / 8.0) < 1e-12)
+        #expect(plan.predictedBubble >= plan.formulaBubble - 1e-9, "the head makes the last stage slower, never faster")
+        #expect(plan.pipelineGroups == [[0, 2, 4], [1, 3, 5]] && plan.dataParallelGroups == [[0, 1], [2, 3], [4, 5]])
+        #expect(plan.embeddingGroups == [[0, 4], [1, 5]])
     }
 }
