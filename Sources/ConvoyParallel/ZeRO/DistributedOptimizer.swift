@@ -74,12 +74,7 @@ public final class DistributedOptimizer {
         sharded = units.map { ShardedParameters(buffer: layout, layers: $0.layers, module: module, group: group, reshardAfterForward: options.reshardAfterForward) }
         let shardElements = stage >= 2 ? buffer.shardElementCount : 0
         gradientShard = TensorAllocator.withCategory(.gradients) { Tensor.zeros([shardElements]) }
-        var offsets: [Int] = []
-        var running = 0
-        for bucket in buffer.buckets {
-            offsets.append(running)
-            running += bucket.range.count / group.size
-        }
+        let offsets = buffer.shardOffsets
         shardOffsets = offsets
         staging = Array(repeating: nil, count: buffer.buckets.count)
         pending = buffer.buckets.map(\.parameters.count)

@@ -210,6 +210,18 @@ public final class ParamAndGradBuffer {
         return (range.lowerBound + rank * shard)..<(range.lowerBound + (rank + 1) * shard)
     }
 
+    /// Where each bucket's shard starts when a rank keeps its shards one after another (a gradient or parameter
+    /// shard of ``shardElementCount`` elements), in bucket order.
+    public var shardOffsets: [Int] {
+        var offsets: [Int] = []
+        var running = 0
+        for bucket in buckets {
+            offsets.append(running)
+            running += bucket.range.count / dataParallelSize
+        }
+        return offsets
+    }
+
     /// The shards rank `rank` owns, one per bucket, in bucket order.
     public func localShardRanges(rank: Int) -> [Range<Int>] {
         buckets.indices.map { shardRange(of: $0, rank: rank) }

@@ -90,14 +90,9 @@ final class ShardedParameters {
         self.group = group
         self.buffer = buffer
         self.reshardAfterForward = reshardAfterForward
-        var offsets: [Int] = []
-        var running = 0
-        for bucket in buffer.buckets {
-            offsets.append(running)
-            running += bucket.range.count / group.size
-        }
+        let offsets = buffer.shardOffsets
         shardOffsets = offsets
-        shard = TensorAllocator.withCategory(.parameters) { Tensor.zeros([running]) }
+        shard = TensorAllocator.withCategory(.parameters) { Tensor.zeros([buffer.shardElementCount]) }
         let storages = buffer.buckets.map { bucket in
             TensorAllocator.withCategory(.parameters) { TensorStorage(zeroedDType: buffer.parameterDType, count: bucket.range.count) }
         }
