@@ -11,23 +11,10 @@ extension MPIBackendSuite {
     func testDataParallelMatchesOneProcess(_ world: MPIProcessGroup) {
         let configuration = GPTConfiguration(vocabularySize: 32, contextLength: 8, layers: 2, heads: 2, width: 16)
         let batch = 4 * world.size, steps = 10
-        func data(_ step: Int) -> ([Int32], [Int32]) {
-            let generator = PhiloxRandom(seed: 91, stream: UInt64(step))
-            let inputs = (0..<(batch * 8)).map { Int32(generator.block(UInt64($0)).0 % 32) }
-            return (inputs, inputs.map { ($0 * 5 + 1) % 32 })
-        }
-        func optimizer(_ model: GPT) -> any Optimizer {
-            SGD(ParameterGroup.decayingMatrices(of: model, weightDecay: 0.1), learningRate: 0.1, momentum: 0.9)
-        }
+        let run = TrainingReference(configuration: configuration, batch: batch, dataSeed: 91)
+        let data = run.data, optimizer = TrainingReference.optimizer
         do {
-            let reference = try GPT(configuration, seed: 1)
-            let referenceOptimizer = optimizer(reference)
-            for step in 0..<steps {
-                let (inputs, targets) = data(step)
-                reference.loss(inputs, targets: targets, batch: batch, time: 8).backward()
-                referenceOptimizer.step()
-                referenceOptimizer.zeroGradients()
-            }
+            let reference = try run.train(steps: steps)
             for fuse in [FusionChoice.on, .off] {
                 let model = try GPT(configuration, seed: 1 + UInt64(world.rank))
                 var options = DataParallelOptions()
@@ -45,11 +32,7 @@ extension MPIBackendSuite {
                     localOptimizer.step()
                     parallel.zeroGradients()
                 }
-                var worst: Float = 0
-                for (a, b) in zip(model.parameters, reference.parameters) {
-                    let x = a.toArray(), y = b.toArray()
-                    worst = max(worst, zip(x, y).map { abs($0 - $1) }.max()! / max(y.map(abs).max()!, 1e-6))
-                }
+                let worst = TrainingReference.relativeError(model, reference)
                 check(worst <= 1e-5, "data parallel (fuse_all_reduce \(fuse.rawValue)) matches one process after \(steps) steps", "relative error \(worst)")
             }
             // (stage, micro-steps, overlap_param_gather, reshard_after_forward)
@@ -78,11 +61,7 @@ extension MPIBackendSuite {
                     zero.zeroGradients()
                 }
                 try zero.gatherFullParameters()
-                var worst: Float = 0
-                for (a, b) in zip(model.parameters, reference.parameters) {
-                    let x = a.toArray(), y = b.toArray()
-                    worst = max(worst, zip(x, y).map { abs($0 - $1) }.max()! / max(y.map(abs).max()!, 1e-6))
-                }
+                let worst = TrainingReference.relativeError(model, reference)
                 check(worst <= 1e-5, "ZeRO stage \(stage) (\(microSteps) micro-steps, overlap_param_gather \(overlapGather), reshard_after_forward \(reshard)) matches one process after \(steps) steps", "relative error \(worst)")
             }
         } catch {

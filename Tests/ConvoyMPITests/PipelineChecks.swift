@@ -12,24 +12,10 @@ extension MPIBackendSuite {
         let configuration = GPTConfiguration(vocabularySize: 32, contextLength: 8, layers: 4, heads: 2, width: 16)
         let pp = world.size == 4 ? 2 : world.size, dp = world.size / pp
         let batch = 8, steps = 10, microBatches = 4
-        func data(_ step: Int) -> ([Int32], [Int32]) {
-            let generator = PhiloxRandom(seed: 93, stream: UInt64(step))
-            let inputs = (0..<(batch * 8)).map { Int32(generator.block(UInt64($0)).0 % 32) }
-            return (inputs, inputs.map { ($0 * 3 + 2) % 32 })
-        }
-        func optimizer(_ module: Module) -> any Optimizer {
-            SGD(ParameterGroup.decayingMatrices(of: module, weightDecay: 0.1), learningRate: 0.1, momentum: 0.9)
-        }
+        let run = TrainingReference(configuration: configuration, batch: batch, dataSeed: 93)
+        let data = run.data, optimizer = TrainingReference.optimizer
         do {
-            let reference = try GPT(configuration, seed: 1)
-            let referenceOptimizer = optimizer(reference)
-            for step in 0..<steps {
-                let (inputs, targets) = data(step)
-                reference.loss(inputs, targets: targets, batch: batch, time: 8).backward()
-                GradientClipping.clip(reference.parameters, maxNorm: 0.5)
-                referenceOptimizer.step()
-                referenceOptimizer.zeroGradients()
-            }
+            let reference = try run.train(steps: steps, clip: 0.5)
             let mesh = try DeviceMesh(dp: dp, pp: pp, tp: 1)
             let replica = mesh.position(along: .dp, of: world.rank)
             for schedule in PipelineScheduleKind.allCases {
@@ -53,11 +39,7 @@ extension MPIBackendSuite {
                 }
                 try pipeline.collectModel()
                 if world.rank == 0 {
-                    var worst: Float = 0
-                    for (a, b) in zip(model.parameters, reference.parameters) {
-                        let x = a.toArray(), y = b.toArray()
-                        worst = max(worst, zip(x, y).map { abs($0 - $1) }.max()! / max(y.map(abs).max()!, 1e-6))
-                    }
+                    let worst = TrainingReference.relativeError(model, reference)
                     check(worst <= 1e-5, "pipeline pp \(pp) × dp \(dp) (\(schedule.rawValue), v \(options.virtualStages)\(dp > 1 ? ", ZeRO-1" : "")) matches one process after \(steps) steps", "relative error \(worst)")
                 }
                 pipeline.releaseCollectedModel()
