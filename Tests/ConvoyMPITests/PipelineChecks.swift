@@ -6,7 +6,7 @@ import Foundation
 
 extension MPIBackendSuite {
     /// A pipeline over MPI processes trains the same model as one process: pp = the world size (up to 3), or
-    /// pp 2 × dp 2 on 4 processes, with each schedule; the whole model is collected on rank 0 and compared with
+    /// pp 2 × dp 2 on 4 processes (with ZeRO-1 or 2), with each schedule; the whole model is collected on rank 0 and compared with
     /// the single-process run every rank computes locally.
     func testPipelineMatchesOneProcess(_ world: MPIProcessGroup) {
         let configuration = GPTConfiguration(vocabularySize: 32, contextLength: 8, layers: 4, heads: 2, width: 16)
@@ -24,7 +24,9 @@ extension MPIBackendSuite {
                 options.schedule = schedule
                 options.virtualStages = schedule == .interleaved && pp == 2 ? 2 : 1
                 let model = try GPT(configuration, seed: 1 + UInt64(replica))
-                let pipeline = try PipelineParallel(model: model, world: world, options: options, microBatches: microBatches, zeroStage: dp > 1 ? 1 : 0,
+                // With replicas: ZeRO-1 under GPipe, ZeRO-2 under the others.
+                let zeroStage = dp > 1 ? (schedule == .gpipe ? 1 : 2) : 0
+                let pipeline = try PipelineParallel(model: model, world: world, options: options, microBatches: microBatches, zeroStage: zeroStage,
                                                     weightDecay: 0.1, makeOptimizer: { module, _ in optimizer(module) },
                                                     makeShardOptimizer: { SGD($0, learningRate: 0.1, momentum: 0.9) })
                 let perReplica = batch / dp, perMicro = perReplica / microBatches
@@ -40,7 +42,7 @@ extension MPIBackendSuite {
                 try pipeline.collectModel()
                 if world.rank == 0 {
                     let worst = TrainingReference.relativeError(model, reference)
-                    check(worst <= 1e-5, "pipeline pp \(pp) × dp \(dp) (\(schedule.rawValue), v \(options.virtualStages)\(dp > 1 ? ", ZeRO-1" : "")) matches one process after \(steps) steps", "relative error \(worst)")
+                    check(worst <= 1e-5, "pipeline pp \(pp) × dp \(dp) (\(schedule.rawValue), v \(options.virtualStages)\(zeroStage > 0 ? ", ZeRO-\(zeroStage)" : "")) matches one process after \(steps) steps", "relative error \(worst)")
                 }
                 pipeline.releaseCollectedModel()
                 try world.barrier()

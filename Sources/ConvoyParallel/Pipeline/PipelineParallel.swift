@@ -5,7 +5,8 @@ import ConvoyTensor
 /// Pipeline parallelism composed with data parallelism (PaddlePaddle's pipeline meta-optimizer): the world is
 /// a `pp × dp` mesh (``ConvoyComm/DeviceMesh``); each pipeline runs a ``PipelineSchedule`` over its stages with
 /// ``PipelineExecutor``, and each stage's replicas form a data-parallel group that reduces the stage's gradients
-/// after the last micro-batch with ``DataParallel`` (buckets, fusion) or ZeRO stage 1 (``DistributedOptimizer``).
+/// after the last micro-batch with ``DataParallel`` (buckets, fusion) or ZeRO stage 1 or 2 (``DistributedOptimizer``;
+/// stage 2 stages every micro-batch's gradients and reduce-scatters them once, after the last).
 ///
 /// The tied token embedding lives on the first stage (input) and the last (head); both copies start equal (same
 /// seed, then broadcast within the embedding group of those two ranks) and their gradients are summed across
@@ -21,7 +22,7 @@ public final class PipelineParallel {
     public let executor: PipelineExecutor
     /// Stage-0 data parallelism for this stage's replicas (nil with one replica or under ZeRO).
     public let dataParallel: DataParallel?
-    /// ZeRO stage 1 over this stage's replicas, or nil.
+    /// ZeRO stage 1 or 2 over this stage's replicas, or nil.
     public let zero: DistributedOptimizer?
     /// The optimizer over this rank's parameters (its shard under ZeRO).
     public let optimizer: any Optimizer
@@ -34,7 +35,7 @@ public final class PipelineParallel {
     ///     parallelism owns a fused gradient buffer).
     ///   - makeShardOptimizer: builds the optimizer over ZeRO shard slices.
     /// - Throws: ``ConvoyTensor/ConvoyError/invalidConfiguration(_:)`` for a world that is not pp·dp, a ZeRO stage
-    ///   other than 0 or 1, or a partition/schedule that does not fit.
+    ///   other than 0–2, or a partition/schedule that does not fit.
     public init(model: GPT, world: any ProcessGroup, options: PipelineOptions, microBatches: Int, zeroStage: Int = 0,
                 dataParallelOptions: DataParallelOptions = DataParallelOptions(), weightDecay: Float, timeline: Timeline? = nil,
                 makeOptimizer: (Module, _ externalGradients: Bool) -> any Optimizer,
@@ -42,8 +43,8 @@ public final class PipelineParallel {
         guard world.size % options.stages == 0 else {
             throw ConvoyError.invalidConfiguration("world size \(world.size) is not a multiple of pp = \(options.stages); run pp·dp ranks")
         }
-        guard zeroStage <= 1 else {
-            throw ConvoyError.invalidConfiguration("zero_stage \(zeroStage) does not combine with pipeline parallelism: stage 2 and 3 reduce gradients (and gather parameters) inside every backward, but a pipeline accumulates gradients over all its micro-batches first; use zero_stage 1 with pp > 1")
+        guard zeroStage <= 2 else {
+            throw ConvoyError.invalidConfiguration("zero_stage \(zeroStage) does not combine with pipeline parallelism: stage 3 gathers each layer's parameters for every forward and backward, and a pipeline interleaves the forwards and backwards of many micro-batches; use zero_stage 1 or 2 with pp > 1")
         }
         let partition = try options.partition(for: model.configuration)
         schedule = try PipelineSchedule(kind: options.schedule, stages: options.stages, microBatches: microBatches, virtualStages: options.virtualStages)
@@ -61,8 +62,13 @@ public final class PipelineParallel {
                                          key: pipelineRank, name: "embedding")
         if let embeddingGroup { try embeddingGroup.broadcast(model.tokenEmbedding.weight, root: 0) }
 
-        if zeroStage == 1 && groups.dp.size > 1 {
-            let distributed = try DistributedOptimizer(module: stage, group: groups.dp, stage: 1, options: dataParallelOptions,
+        if zeroStage >= 1 && groups.dp.size > 1 {
+            // Gradients accumulate over the micro-batches and are reduced once, after the last: nothing is
+            // launched during backward.
+            var options = dataParallelOptions
+            options.overlapGradReduce = false
+            options.overlapParamGather = false
+            let distributed = try DistributedOptimizer(module: stage, group: groups.dp, stage: zeroStage, options: options,
                                                        weightDecay: weightDecay, makeOptimizer: makeShardOptimizer)
             zero = distributed
             dataParallel = nil
@@ -95,10 +101,16 @@ public final class PipelineParallel {
     /// norm over the whole model; returns that norm.
     private func reduceGradients(maxNorm: Float) throws -> Double {
         if let embeddingGroup, let tied = stage.tiedEmbedding {
-            if tied.grad == nil { tied.grad = Tensor.zeros(tied.shape) }
-            try embeddingGroup.allReduce(tied.grad!, operation: .sum)
+            // Stage 2 keeps this step's gradients in its staging buffers until they are reduce-scattered.
+            if let zero, zero.stage == 2 {
+                try embeddingGroup.allReduce(zero.stagedGradient(of: tied), operation: .sum)
+            } else {
+                if tied.grad == nil { tied.grad = Tensor.zeros(tied.shape) }
+                try embeddingGroup.allReduce(tied.grad!, operation: .sum)
+            }
         }
         try dataParallel?.reduceAccumulatedGradients()
+        try zero?.finishBackward()
         try zero?.finishGradientSynchronization()
         // The last stage's copy of a tied weight is left out of the norm: the first stage counts it.
         let excluded: Set<ObjectIdentifier> = stage.holdsLoss && !stage.holdsInput ? Set(stage.tiedEmbedding.map { [ObjectIdentifier($0)] } ?? []) : []
@@ -163,6 +175,6 @@ public final class PipelineParallel {
     /// A description of the layout the optimizer state belongs to (pp, dp, partition, ZeRO); a checkpoint saved
     /// under one layout loads only under the same.
     public var layoutDescription: String {
-        "pp \(mesh.pp); dp \(mesh.dp); virtual stages \(stage.partition.virtualStages); layers per virtual stage \(stage.partition.stageLayers.map(String.init).joined(separator: ",")); zero stage \(zero == nil ? 0 : 1)"
+        "pp \(mesh.pp); dp \(mesh.dp); virtual stages \(stage.partition.virtualStages); layers per virtual stage \(stage.partition.stageLayers.map(String.init).joined(separator: ",")); zero stage \(zero?.stage ?? 0)"
     }
 }

@@ -169,21 +169,29 @@ public final class DistributedOptimizer {
     /// Stage 3: the most parameter bytes this rank has had gathered at once (transient, beside the shards).
     public var peakGatheredParameterBytes: Int { sharded?.peakGatheredBytes ?? 0 }
 
-    /// Stage 2: copies one parameter's gradient of this backward into its bucket's staging buffer; a complete
-    /// bucket is reduce-scattered (in bucket order, overlapping the rest of backward when `overlap` is on).
+    /// Stages 2 and 3: adds one parameter's gradient of this backward into its bucket's staging buffer; a
+    /// complete bucket is reduce-scattered (in bucket order, overlapping the rest of backward when `overlap` is
+    /// on). Adding rather than copying lets a pipeline stage several backwards (its micro-batches) before one
+    /// ``finishBackward()``.
     private func stage(_ gradient: Tensor, of parameter: Parameter) {
+        let bucketIndex = buffer.bucketIndex(of: parameter)!
+        stagedGradient(of: parameter).addInPlace(gradient.contiguous().reshaped([gradient.count]))
+        pending[bucketIndex] -= 1
+        if pending[bucketIndex] == 0 { sharded?.gradientsComplete(bucket: bucketIndex) }
+        if overlap { launchCompleteBuckets() }
+    }
+
+    /// Stages 2 and 3: the part of `parameter`'s bucket staging buffer that holds its gradient of the current
+    /// backward(s), flat (created, zero, when the bucket has none yet). A pipeline sums a tied weight's staged
+    /// gradient across stages here before ``finishBackward()`` reduces it.
+    public func stagedGradient(of parameter: Parameter) -> Tensor {
+        precondition(stage >= 2, "only ZeRO stages 2 and 3 stage gradients")
         let bucketIndex = buffer.bucketIndex(of: parameter)!
         let bucket = buffer.buckets[bucketIndex]
         let staged = staging[bucketIndex] ?? TensorAllocator.withCategory(.gradients) { Tensor.zeros([bucket.range.count]) }
         staging[bucketIndex] = staged
         let range = buffer.bufferRange(of: parameter)!
-        let source = gradient.contiguous()
-        withExtendedLifetime(source) {
-            (staged.floatPointer + range.lowerBound - bucket.range.lowerBound).update(from: source.floatPointer, count: range.count)
-        }
-        pending[bucketIndex] -= 1
-        if pending[bucketIndex] == 0 { sharded?.gradientsComplete(bucket: bucketIndex) }
-        if overlap { launchCompleteBuckets() }
+        return Tensor(storage: staged.storage, shape: [range.count], offset: staged.offset + range.lowerBound - bucket.range.lowerBound)
     }
 
     private func launchCompleteBuckets() {

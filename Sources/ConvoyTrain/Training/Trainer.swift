@@ -124,7 +124,7 @@ public final class Trainer {
         let state = contents.state
         var saved = TrainingConfiguration()
         try? TrainingSettings.apply(toml: state.configuration, source: directory + "/trainer.json", to: &saved)
-        let runningStage = zero?.stage ?? (pipeline?.zero != nil ? 1 : 0)
+        let runningStage = zero?.stage ?? pipeline?.zero?.stage ?? 0
         guard saved.zeroStage == runningStage else {
             throw ConvoyError.incompatible("checkpoint \(directory) was written under ZeRO stage \(saved.zeroStage), the run uses --zero-stage \(runningStage); resume with the same stage (resharding is not supported yet)")
         }

@@ -119,8 +119,8 @@ public struct TrainingConfiguration: Sendable, Equatable {
     public func validatePipeline(dataParallelSize dp: Int?) throws {
         _ = try pipeline.partition(for: modelConfiguration)
         _ = try PipelineSchedule(kind: pipeline.schedule, stages: pipeline.stages, microBatches: accumulateSteps, virtualStages: pipeline.virtualStages)
-        guard zeroStage <= 1 else {
-            throw ConvoyError.invalidConfiguration("parallel.zero_stage \(zeroStage) does not combine with pipeline parallelism (pp = \(pipeline.stages)): stages 2 and 3 reduce inside every backward, a pipeline accumulates over all its micro-batches first; use --zero-stage 0 or 1")
+        guard zeroStage <= 2 else {
+            throw ConvoyError.invalidConfiguration("parallel.zero_stage \(zeroStage) does not combine with pipeline parallelism (pp = \(pipeline.stages)): stage 3 gathers each layer for every forward and backward, and a pipeline interleaves those of many micro-batches; use --zero-stage 0, 1 or 2")
         }
         if let microBatchSize, let dp, microBatchSize * accumulateSteps * dp != batch {
             throw ConvoyError.invalidConfiguration("micro_batch_size \(microBatchSize) × accumulate_steps \(accumulateSteps) × dp \(dp) = \(microBatchSize * accumulateSteps * dp) is not the global batch \(batch); change --micro-batch-size, --accumulate-steps or --batch")
