@@ -88,9 +88,11 @@ public final class PipelineExecutor {
             let data = try microBatch(index)
             return [data.batch, data.time, width]
         }
-        func post(_ tensor: Tensor, to peer: Int, tag: Int) {
+        func post(_ tensor: Tensor, to peer: Int, tag: Int, name: String) {
             let contiguous = tensor.contiguous()
-            sends.append((group.sendAsync(CommunicationBuffer(contiguous), to: peer, tag: tag), contiguous))
+            // The span covers posting only: the send completes in the background.
+            let work = measure(name, category: "send") { group.sendAsync(CommunicationBuffer(contiguous), to: peer, tag: tag) }
+            sends.append((work, contiguous))
             // Completed sends are dropped as we go, so their buffers do not pile up over a long schedule.
             if sends.count > 8 { sends.removeAll { $0.0.isCompleted } }
         }
@@ -121,7 +123,7 @@ public final class PipelineExecutor {
                 report.peakStashed = max(report.peakStashed, stash.count)
             case .sendActivation(let index, let virtualStage, let peer):
                 let output = stash[Key(microBatch: index, virtualStage: virtualStage)]!.output
-                post(output.detached(), to: peer, tag: instruction.messageTag!)
+                post(output.detached(), to: peer, tag: instruction.messageTag!, name: "send activation mb \(index) s \(virtualStage)")
             case .receiveGradient(let index, let virtualStage, let peer):
                 receivedGradients[Key(microBatch: index, virtualStage: virtualStage)] =
                     try receive(try activationShape(index), from: peer, tag: instruction.messageTag!, name: "receive gradient mb \(index) s \(virtualStage)")
@@ -148,7 +150,7 @@ public final class PipelineExecutor {
                 guard let gradient = inputGradients.removeValue(forKey: Key(microBatch: index, virtualStage: virtualStage)) else {
                     throw ConvoyError.invalidConfiguration("pipeline instruction list sends the gradient of mb \(index), stage \(virtualStage) before its backward")
                 }
-                post(gradient, to: peer, tag: instruction.messageTag!)
+                post(gradient, to: peer, tag: instruction.messageTag!, name: "send gradient mb \(index) s \(virtualStage)")
             case .reduceGradients:
                 for (work, _) in sends { try work.wait() }
                 sends.removeAll()
