@@ -106,6 +106,11 @@ public struct TrainingConfiguration: Sendable, Equatable {
         guard minLearningRate <= learningRate else {
             throw ConvoyError.invalidConfiguration("training.min_lr \(minLearningRate) exceeds training.lr \(learningRate)")
         }
+        if zeroStage > 0 && ddp.fuseOptimizer == .on {
+            // The shard optimizer runs over slices of ZeRO's buffers; the flat-buffer optimizers would move
+            // those slices into a buffer of their own. Refused rather than silently not fused.
+            throw ConvoyError.invalidConfiguration("parallel.ddp.fuse_optimizer = on is not supported with parallel.zero_stage \(zeroStage) yet (ZeRO's shard optimizer is per-tensor); use --fuse-optimizer auto or off")
+        }
         if pipeline.stages > 1 {
             try validatePipeline(dataParallelSize: dp)
         } else if zeroStage > 0, let dp, dp < 2 {
