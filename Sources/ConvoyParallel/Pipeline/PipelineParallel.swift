@@ -117,13 +117,12 @@ public final class PipelineParallel {
         var squares: Double
         if let zero {
             squares = try zero.squaredGradientNorm(excluding: excluded)
-            // Every replica computed the same stage norm; only replica 0's joins the pipeline's sum.
-            if groups.dp.rank != 0 { squares = 0 }
         } else {
             let counted = GradientClipping.globalNorm(stage.parameters.filter { !excluded.contains(ObjectIdentifier($0)) })
             squares = counted * counted
-            if groups.dp.rank != 0 { squares = 0 }
         }
+        // Every replica computed the same stage norm; only replica 0's joins the pipeline's sum.
+        if groups.dp.rank != 0 { squares = 0 }
         let total = Tensor(shape: [1], values: [Float(squares)])
         try world.allReduce(total, operation: .sum)
         let norm = Double(total.scalarValue).squareRoot()
@@ -151,12 +150,12 @@ public final class PipelineParallel {
     public func collectModel() throws {
         guard groups.dp.rank == 0, groups.pp.size > 1 else { return }
         let partition = stage.partition
-        let atRoot = Set(try PipelineStageModule.ownedNames(partition: partition, model: stage.model, pipelineRank: 0))
+        let atRoot = Set(PipelineStageModule.ownedNames(partition: partition, model: stage.model, pipelineRank: 0))
         let named = Dictionary(uniqueKeysWithValues: stage.model.namedParameters().map { ($0.name, $0.parameter) })
         if groups.pp.rank == 0 {
             stage.restoreUnownedParameters()
             for source in 1..<groups.pp.size {
-                for name in try PipelineStageModule.ownedNames(partition: partition, model: stage.model, pipelineRank: source) where !atRoot.contains(name) {
+                for name in PipelineStageModule.ownedNames(partition: partition, model: stage.model, pipelineRank: source) where !atRoot.contains(name) {
                     try groups.pp.receive(CommunicationBuffer(named[name]!), from: source, tag: 0)
                 }
             }

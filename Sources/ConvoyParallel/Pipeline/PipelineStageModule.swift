@@ -90,7 +90,7 @@ public final class PipelineStageModule: Module {
     }
 
     /// The names of the parameters pipeline rank `pipelineRank` owns under `partition`, in registration order.
-    public static func ownedNames(partition: PipelinePartition, model: GPT, pipelineRank: Int) throws -> [String] {
+    public static func ownedNames(partition: PipelinePartition, model: GPT, pipelineRank: Int) -> [String] {
         let owned = owned(partition: partition, model: model, pipelineRank: pipelineRank)
         return model.namedParameters().filter { owned.contains(ObjectIdentifier($0.parameter)) }.map(\.name)
     }
