@@ -18,11 +18,17 @@ struct BenchZeROCommand: ParsableCommand {
     @Option(name: .customLong("batch-per-rank"), help: "Sequences per rank per step.") var batchPerRank: Int = 4
     @Option(help: "Untimed warm-up steps.") var warmup: Int = 1
     @Option(help: "Timed steps.") var steps: Int = 3
+    @Option(name: .customLong("fuse-optimizer"), help: "Flat-buffer AdamW (at stages 1–3 in place over the shard slices): auto (on for dp > 1), on or off.")
+    var fuseOptimizer: String = "auto"
     @Flag(help: "End with one JSON line of the results.") var json = false
+
+    /// Whether the runs use the flat-buffer optimizer, as training would with the same fuse_optimizer.
+    var fused: Bool { (FusionChoice(rawValue: fuseOptimizer) ?? .automatic).isEnabled(ranks: dp) }
 
     func validate() throws {
         guard dp >= 1 else { throw ValidationError("--dp must be at least 1") }
         guard (0...3).contains(zeroStage) else { throw ValidationError("--zero-stage must be 0, 1, 2 or 3, got \(zeroStage)") }
+        guard FusionChoice(rawValue: fuseOptimizer) != nil else { throw ValidationError("--fuse-optimizer must be auto, on or off, got \(fuseOptimizer)") }
         for (name, value) in [("--batch-per-rank", batchPerRank), ("--steps", steps)] where value <= 0 {
             throw ValidationError("\(name) must be positive, got \(value)")
         }
@@ -34,26 +40,46 @@ struct BenchZeROCommand: ParsableCommand {
         var bytes: [(Int, Int, Int)]
         /// Stage 3: the most parameter bytes gathered at once on any rank (transient).
         var peakGatheredBytes: Int
+        /// Stages 1–3, rank 0: milliseconds of one AdamW step over the rank's shard slices, per-tensor and
+        /// fused in place, timed alternately on the same slices after the run.
+        var shardStepMilliseconds: (perTensor: Double, fused: Double)?
+    }
+
+    /// Times `perTensor` and `fused` (over the same shard slices) alternately; mean milliseconds per step.
+    static func timeShardSteps(perTensor: any Optimizer, fused: any Optimizer, repetitions: Int = 5) -> (perTensor: Double, fused: Double) {
+        var nanoseconds: (UInt64, UInt64) = (0, 0)
+        for _ in 0..<repetitions {
+            var start = Timeline.now
+            perTensor.step()
+            nanoseconds.0 += Timeline.now - start
+            start = Timeline.now
+            fused.step()
+            nanoseconds.1 += Timeline.now - start
+        }
+        return (Double(nanoseconds.0) / 1e6 / Double(repetitions), Double(nanoseconds.1) / 1e6 / Double(repetitions))
     }
 
     func measure(stage: Int) throws -> Measurement {
         let configuration = shape.configuration
-        let (warmup, steps, batch, time) = (self.warmup, self.steps, batchPerRank, shape.context)
-        let results = try LocalWorld.run(size: dp, threadsPerRank: 1) { group -> (Double, (Int, Int, Int), Int) in
+        let (warmup, steps, batch, time, fused) = (self.warmup, self.steps, batchPerRank, shape.context, self.fused)
+        let results = try LocalWorld.run(size: dp, threadsPerRank: 1) { group -> (Double, (Int, Int, Int), Int, (Double, Double)?) in
             let model = try GPT(configuration, seed: 1)
             let groups = ParameterGroup.decayingMatrices(of: model, weightDecay: 0.1)
             var parallel: DataParallel?
             var zero: DistributedOptimizer?
+            var shardGroups: [ParameterGroup] = []
             let optimizer: any Optimizer
             if stage == 0 {
-                // As training does: fused gradients and the flat-buffer optimizer when there are several ranks.
+                // As training does: fused gradients when there are several ranks.
                 parallel = group.size > 1 ? try DataParallel(module: model, group: group) : nil
-                optimizer = group.size > 1
+                optimizer = fused
                     ? FusedAdam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1, gradientLayout: parallel?.fusedGradients != nil ? .external : .flat)
                     : Adam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1)
             } else {
-                let distributed = try DistributedOptimizer(module: model, group: group, stage: stage, weightDecay: 0.1) {
-                    Adam.adamW($0, learningRate: 3e-4, weightDecay: 0.1)
+                let distributed = try DistributedOptimizer(module: model, group: group, stage: stage, weightDecay: 0.1) { groups -> any Optimizer in
+                    shardGroups = groups
+                    return fused ? FusedAdam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1, gradientLayout: .external, placement: .inPlace)
+                        : Adam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1)
                 }
                 zero = distributed
                 optimizer = distributed.optimizer
@@ -82,11 +108,16 @@ struct BenchZeROCommand: ParsableCommand {
             let seconds = Double(Timeline.now - start) / 1e9
             let allocator = TensorAllocator.shared
             let rank = group.rank
-            return (Double(steps * batch * time * group.size) / seconds,
-                    (allocator.liveBytes(of: .parameters, owner: rank), allocator.liveBytes(of: .gradients, owner: rank), allocator.liveBytes(of: .optimizerState, owner: rank)),
-                    zero?.peakGatheredParameterBytes ?? 0)
+            let bytes = (allocator.liveBytes(of: .parameters, owner: rank), allocator.liveBytes(of: .gradients, owner: rank),
+                         allocator.liveBytes(of: .optimizerState, owner: rank))
+            // Counted above first: these two optimizers' moments are extra state, for the timing only.
+            let shardSteps = zero == nil ? nil : Self.timeShardSteps(
+                perTensor: Adam.adamW(shardGroups, learningRate: 3e-4, weightDecay: 0.1),
+                fused: FusedAdam.adamW(shardGroups, learningRate: 3e-4, weightDecay: 0.1, gradientLayout: .external, placement: .inPlace))
+            return (Double(steps * batch * time * group.size) / seconds, bytes, zero?.peakGatheredParameterBytes ?? 0, shardSteps)
         }
-        return Measurement(tokensPerSecond: results[0].0, bytes: results.map(\.1), peakGatheredBytes: results.map(\.2).max() ?? 0)
+        return Measurement(tokensPerSecond: results[0].0, bytes: results.map(\.1), peakGatheredBytes: results.map(\.2).max() ?? 0,
+                           shardStepMilliseconds: results[0].3)
     }
 
     func run() throws {
@@ -96,7 +127,7 @@ struct BenchZeROCommand: ParsableCommand {
         let baseline = zeroStage == 0 ? measured : try measure(stage: 0)
         let worst = measured.bytes.map { $0.0 + $0.1 + $0.2 }.max()!
         func mib(_ bytes: Int) -> String { String(format: "%.2f MiB", Double(bytes) / 1_048_576) }
-        print("# ZeRO stage \(zeroStage), dp \(dp) Local ranks × 1 thread; \(shape.summary), Ψ = \(parameterCount); AdamW; \(batchPerRank) sequences per rank")
+        print("# ZeRO stage \(zeroStage), dp \(dp) Local ranks × 1 thread; \(shape.summary), Ψ = \(parameterCount); AdamW (\(fused ? "fused" : "per-tensor")); \(batchPerRank) sequences per rank")
         print("rank  parameters     gradients      optimizer state  total          formula (\(plan.formula))")
         for (rank, bytes) in measured.bytes.enumerated() {
             let total = bytes.0 + bytes.1 + bytes.2
@@ -108,10 +139,19 @@ struct BenchZeROCommand: ParsableCommand {
             print("between steps; while a step runs, gathered layers add at most \(mib(measured.peakGatheredBytes)) of parameters (the layers in use and the one prefetched)")
         }
         print(String(format: "tokens/s: %.0f at stage %d, %.0f at stage 0 (%.3f ×)", measured.tokensPerSecond, zeroStage, baseline.tokensPerSecond, measured.tokensPerSecond / baseline.tokensPerSecond))
+        if let shardStep = measured.shardStepMilliseconds {
+            print(String(format: "AdamW step over rank 0's shard slices (after the run, alternating, ranks stepping concurrently): per-tensor %.2f ms, fused in place %.2f ms (%.2f ×)",
+                         shardStep.perTensor, shardStep.fused, shardStep.perTensor / shardStep.fused))
+        }
         if json {
-            let object: [String: Any] = ["zero_stage": zeroStage, "dp": dp, "state_bytes_measured": worst, "state_bytes_formula": plan.totalBytes,
+            var object: [String: Any] = ["zero_stage": zeroStage, "dp": dp, "state_bytes_measured": worst, "state_bytes_formula": plan.totalBytes,
                                          "tokens_per_s": measured.tokensPerSecond, "tokens_per_s_stage0": baseline.tokensPerSecond,
-                                         "measured_over_formula": ratio, "peak_gathered_parameter_bytes": measured.peakGatheredBytes]
+                                         "measured_over_formula": ratio, "peak_gathered_parameter_bytes": measured.peakGatheredBytes,
+                                         "fused_optimizer": fused]
+            if let shardStep = measured.shardStepMilliseconds {
+                object["shard_step_ms_per_tensor"] = shardStep.perTensor
+                object["shard_step_ms_fused"] = shardStep.fused
+            }
             print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
         }
     }

@@ -35,17 +35,19 @@ extension MPIBackendSuite {
                 let worst = TrainingReference.relativeError(model, reference)
                 check(worst <= 1e-5, "data parallel (fuse_all_reduce \(fuse.rawValue)) matches one process after \(steps) steps", "relative error \(worst)")
             }
-            // (stage, micro-steps, overlap_param_gather, reshard_after_forward)
-            for (stage, microSteps, overlapGather, reshard) in [(1, 1, false, true), (2, 1, false, true), (2, 2, true, true),
-                                                                (3, 1, false, true), (3, 2, true, true), (3, 2, false, false)] {
+            // (stage, micro-steps, overlap_param_gather, reshard_after_forward, fused shard optimizer)
+            for (stage, microSteps, overlapGather, reshard, fused) in [(1, 1, false, true, false), (2, 1, false, true, false), (2, 2, true, true, false),
+                                                                       (3, 1, false, true, false), (3, 2, true, true, false), (3, 2, false, false, false),
+                                                                       (1, 2, false, true, true), (2, 2, true, true, true), (3, 2, true, true, true)] {
                 let model = try GPT(configuration, seed: 1 + UInt64(world.rank))
                 var options = DataParallelOptions()
                 options.firstBucketCapMB = 0.002
                 options.bucketCapMB = 0.01
                 options.overlapParamGather = overlapGather
                 options.reshardAfterForward = reshard
-                let zero = try DistributedOptimizer(module: model, group: world, stage: stage, options: options, weightDecay: 0.1) {
-                    SGD($0, learningRate: 0.1, momentum: 0.9)
+                let zero = try DistributedOptimizer(module: model, group: world, stage: stage, options: options, weightDecay: 0.1) { groups -> any Optimizer in
+                    fused ? FusedSGD(groups, learningRate: 0.1, momentum: 0.9, gradientLayout: .external, placement: .inPlace)
+                        : SGD(groups, learningRate: 0.1, momentum: 0.9)
                 }
                 let perMicro = batch / world.size / microSteps
                 for step in 0..<steps {
@@ -62,7 +64,7 @@ extension MPIBackendSuite {
                 }
                 try zero.gatherFullParameters()
                 let worst = TrainingReference.relativeError(model, reference)
-                check(worst <= 1e-5, "ZeRO stage \(stage) (\(microSteps) micro-steps, overlap_param_gather \(overlapGather), reshard_after_forward \(reshard)) matches one process after \(steps) steps", "relative error \(worst)")
+                check(worst <= 1e-5, "ZeRO stage \(stage) (\(microSteps) micro-steps, overlap_param_gather \(overlapGather), reshard_after_forward \(reshard), \(fused ? "fused" : "per-tensor") optimizer) matches one process after \(steps) steps", "relative error \(worst)")
             }
         } catch {
             check(false, "data parallel over MPI", "\(error)")

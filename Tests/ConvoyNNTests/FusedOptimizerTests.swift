@@ -64,20 +64,20 @@ private let fixtureCases = ["sgd", "sgd_momentum", "sgd_nesterov_decay", "sgd_da
 
 /// The fixture case's optimizer, per-tensor or fused.
 private func makeOptimizer(_ c: FusedReference.Case, _ groups: [ParameterGroup], fused: Bool,
-                           layout: FlatParameterBuffer.GradientLayout = .flat) -> any Optimizer {
+                           layout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) -> any Optimizer {
     switch (c.optimizer, fused) {
     case ("sgd", false):
         return SGD(groups, learningRate: c.lr, momentum: c.momentum, dampening: c.dampening, nesterov: c.nesterov, weightDecay: c.weight_decay)
     case ("sgd", true):
-        return FusedSGD(groups, learningRate: c.lr, momentum: c.momentum, dampening: c.dampening, nesterov: c.nesterov, weightDecay: c.weight_decay, gradientLayout: layout)
+        return FusedSGD(groups, learningRate: c.lr, momentum: c.momentum, dampening: c.dampening, nesterov: c.nesterov, weightDecay: c.weight_decay, gradientLayout: layout, placement: placement)
     case ("adam", false):
         return Adam(groups, learningRate: c.lr, beta1: c.beta1, beta2: c.beta2, epsilon: c.eps, weightDecay: c.weight_decay)
     case ("adam", true):
-        return FusedAdam(groups, learningRate: c.lr, beta1: c.beta1, beta2: c.beta2, epsilon: c.eps, weightDecay: c.weight_decay, gradientLayout: layout)
+        return FusedAdam(groups, learningRate: c.lr, beta1: c.beta1, beta2: c.beta2, epsilon: c.eps, weightDecay: c.weight_decay, gradientLayout: layout, placement: placement)
     case ("adamw", false):
         return Adam.adamW(groups, learningRate: c.lr, beta1: c.beta1, beta2: c.beta2, epsilon: c.eps, weightDecay: c.weight_decay)
     case ("adamw", true):
-        return FusedAdam.adamW(groups, learningRate: c.lr, beta1: c.beta1, beta2: c.beta2, epsilon: c.eps, weightDecay: c.weight_decay, gradientLayout: layout)
+        return FusedAdam.adamW(groups, learningRate: c.lr, beta1: c.beta1, beta2: c.beta2, epsilon: c.eps, weightDecay: c.weight_decay, gradientLayout: layout, placement: placement)
     default:
         fatalError("unknown optimizer \(c.optimizer)")
     }
@@ -138,7 +138,7 @@ private func segmentCounts(_ optimizer: any Optimizer) -> [Int] {
 private func expectViews(_ optimizer: any Optimizer, gradients: Bool, _ what: String, sourceLocation: SourceLocation = #_sourceLocation) {
     for flat in flatBuffers(optimizer) {
         for (index, parameter) in flat.parameters.enumerated() {
-            #expect(parameter.storage === flat.values.storage && parameter.offset == flat.offsets[index],
+            #expect(parameter.storage === flat.values!.storage && parameter.offset == flat.offsets[index],
                     "\(what): \(parameter.name ?? "?") is not a view into the flat buffer", sourceLocation: sourceLocation)
             if gradients {
                 #expect(parameter.grad?.storage === flat.gradients?.storage && parameter.grad?.offset == flat.offsets[index],
@@ -477,6 +477,86 @@ struct FusedOptimizerTests {
         }
     }
 
+    @Test("in place over slices of one shard buffer (ZeRO's layout): nothing moves, bit-identical, adjacent slices merge", arguments: fixtureCases)
+    func inPlaceSlices(_ name: String) {
+        let c = reference.testCase(name)
+        // A shard as ZeRO lays it out: slices of matrices (decaying) and vectors (not) interleaved, each
+        // parameter a view into one values buffer with its gradient at the same offset of a gradient buffer.
+        let counts = [97 * 211, 5, 40_013, 21, 16]
+        let decays = [true, false, true, true, false]
+        let starts = counts.indices.map { counts[..<$0].reduce(0, +) }
+        let total = counts.reduce(0, +)
+        let initial = counts.enumerated().map { index, count in (0..<count).map { Float(sin(Double($0 * (index + 3)) * 0.37)) } }
+        let shard = Tensor(shape: [total], values: initial.flatMap { $0 })
+        let gradientShard = Tensor.zeros([total])
+        let inPlace: [Parameter] = counts.indices.map { index in
+            let slice = Tensor(storage: shard.storage, shape: [counts[index]], offset: starts[index])
+            slice.grad = Tensor(storage: gradientShard.storage, shape: [counts[index]], offset: starts[index])
+            slice.name = "s\(index)"
+            return slice
+        }
+        let plainParameters: [Parameter] = counts.indices.map { index in
+            let parameter = Tensor(shape: [counts[index]], values: initial[index], requiresGrad: true)
+            parameter.name = "s\(index)"
+            return parameter
+        }
+        func groups(_ parameters: [Parameter]) -> [ParameterGroup] {
+            [ParameterGroup(parameters.indices.filter { decays[$0] }.map { parameters[$0] }, weightDecay: 0.05),
+             ParameterGroup(parameters.indices.filter { !decays[$0] }.map { parameters[$0] }, weightDecay: 0)]
+        }
+        let pool = ComputePool(threadCount: 3)
+        ComputePool.withPool(pool) {
+            let plain = makeOptimizer(c, groups(plainParameters), fused: false)
+            let fused = makeOptimizer(c, groups(inPlace), fused: true, layout: .external, placement: .inPlace)
+            #expect(flatBuffers(fused).allSatisfy { $0.values == nil && $0.placement == .inPlace })
+            for step in 0..<4 {
+                for index in counts.indices {
+                    let values = (0..<counts[index]).map { Float(cos(Double($0 + 31 * step + 7 * index) * 0.11)) }
+                    plainParameters[index].grad = Tensor(shape: [counts[index]], values: values)
+                    values.withUnsafeBufferPointer { (gradientShard.floatPointer + starts[index]).update(from: $0.baseAddress!, count: counts[index]) }
+                }
+                plain.step()
+                fused.step()
+                // Decaying: s0 | s2 s3 (adjacent); not decaying: s1 | s4 (apart).
+                #expect(segmentCounts(fused) == [2, 2])
+                fused.zeroGradients()
+                #expect(gradientShard.toArray().allSatisfy { $0 == 0 }, "zeroGradients fills the external gradient views")
+            }
+        }
+        for (index, parameter) in inPlace.enumerated() {
+            #expect(parameter.storage === shard.storage && parameter.offset == starts[index], "s\(index) was moved out of the shard")
+        }
+        expectSameBits(plainParameters, inPlace, "\(name) in place")
+        #expect(shard.toArray().map(\.bitPattern) == plainParameters.flatMap { $0.toArray() }.map(\.bitPattern), "the update landed in the shard buffer itself")
+    }
+
+    @Test("in place: a parameter rebound elsewhere is no longer a view; state keys match the per-tensor optimizer")
+    func inPlaceViewsAndState() throws {
+        let buffer = Tensor(shape: [6], values: [1, 2, 3, 4, 5, 6])
+        let a = Tensor(storage: buffer.storage, shape: [2], offset: 0), b = Tensor(storage: buffer.storage, shape: [2, 2], offset: 2)
+        a.name = "a"
+        b.name = "b"
+        let gradients = Tensor(shape: [6], values: [1, 1, 1, 2, 3, 4])
+        a.grad = Tensor(storage: gradients.storage, shape: [2], offset: 0)
+        b.grad = Tensor(storage: gradients.storage, shape: [2, 2], offset: 2)
+        let fused = FusedAdam([a, b], learningRate: 0.1, gradientLayout: .external, placement: .inPlace)
+        let plainA = Tensor(shape: [2], values: [1, 2], requiresGrad: true), plainB = Tensor(shape: [2, 2], values: [3, 4, 5, 6], requiresGrad: true)
+        plainA.name = "a"
+        plainB.name = "b"
+        plainA.grad = a.grad!.copy()
+        plainB.grad = b.grad!.copy()
+        let plain = Adam([plainA, plainB], learningRate: 0.1)
+        fused.step()
+        plain.step()
+        expectSameBits([plainA, plainB], [a, b], "one step")
+        #expect(fused.lastStepSegmentCounts == [1], "a and b (and their gradients) are adjacent: one segment")
+        expectSameState(plain.state(), fused.state(), "same keys and moments")
+        #expect(fused.flatBuffers[0].parameterIsView(0) && fused.flatBuffers[0].parameterIsView(1))
+        a.rebind(to: Tensor(shape: [2], values: [0, 0]))
+        #expect(!fused.flatBuffers[0].parameterIsView(0), "rebinding moves a out of the buffer it was found in")
+        #expect(buffer.toArray()[2...].map(\.bitPattern) == plainB.toArray().map(\.bitPattern))
+    }
+
     @Test("only groups with equal hyper-parameters are fused together")
     func groupingByHyperParameters() throws {
         let model = try GPT(gptConfiguration, seed: 3)
@@ -514,18 +594,18 @@ struct FusedOptimizerTests {
         #expect(flat.offsets == [0, 6])
         #expect(flat.counts == [6, 4])
         #expect(flat.totalCount == 10)
-        #expect(flat.values.shape == [10])
-        #expect(flat.values.toArray() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+        #expect(flat.values!.shape == [10])
+        #expect(flat.values!.toArray() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
         #expect(ObjectIdentifier(flat.parameters[0]) == identityA)
-        #expect(a.storage === flat.values.storage && b.storage === flat.values.storage)
+        #expect(a.storage === flat.values!.storage && b.storage === flat.values!.storage)
         #expect(a.toArray() == [1, 2, 3, 4, 5, 6] && a.shape == [2, 3])
         #expect(flat.gradients?.toArray() == [0, 0, 0, 0, 0, 0, 0.5, 0.25, 0.125, 1], "an existing gradient is copied in")
         #expect(flat.gradientIsView(0) && flat.gradientIsView(1))
 
         // Writes through the parameter show in the flat buffer and vice versa.
         a.contiguousFloats[1] = 42
-        #expect(flat.values.toArray()[1] == 42)
-        flat.values.floatPointer[9] = -1
+        #expect(flat.values!.toArray()[1] == 42)
+        flat.values!.floatPointer[9] = -1
         #expect(b.toArray()[3] == -1)
 
         // Backward accumulates into the views.

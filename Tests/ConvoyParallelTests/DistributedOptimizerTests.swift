@@ -5,12 +5,26 @@ import ConvoyTensor
 import Foundation
 import Testing
 
+/// The optimizer a ZeRO test runs over its shard slices: per-tensor, or fused in place over ZeRO's buffers.
+enum ShardOptimizerKind: String, CaseIterable, Sendable {
+    case momentum, fusedMomentum, adamW, fusedAdamW
+
+    func make(_ groups: [ParameterGroup]) -> any Optimizer {
+        switch self {
+        case .momentum: return SGD(groups, learningRate: 0.1, momentum: 0.9)
+        case .fusedMomentum: return FusedSGD(groups, learningRate: 0.1, momentum: 0.9, gradientLayout: .external, placement: .inPlace)
+        case .adamW: return Adam.adamW(groups, learningRate: 3e-3)
+        case .fusedAdamW: return FusedAdam.adamW(groups, learningRate: 3e-3, gradientLayout: .external, placement: .inPlace)
+        }
+    }
+}
+
 @Suite(.serialized) struct DistributedOptimizerTests {
     init() { CommunicationTimeout.set(30) }
 
     /// `ranks` Local ranks under ZeRO `stage`, each starting from its own seed.
     func zeroWeights(stage: Int, ranks: Int, steps: Int, batch: Int, microSteps: Int = 1, overlap: Bool = true, overlapParamGather: Bool = false,
-                     reshardAfterForward: Bool = true) throws -> [([[Float]], Int)] {
+                     reshardAfterForward: Bool = true, optimizer: ShardOptimizerKind = .momentum) throws -> [([[Float]], Int)] {
         try LocalWorld.run(size: ranks, threadsPerRank: 1) { group in
             let model = try GPT(dpConfiguration, seed: 1 + UInt64(group.rank))
             var options = DataParallelOptions()
@@ -19,9 +33,7 @@ import Testing
             options.overlapGradReduce = overlap
             options.overlapParamGather = overlapParamGather
             options.reshardAfterForward = reshardAfterForward
-            let zero = try DistributedOptimizer(module: model, group: group, stage: stage, options: options, weightDecay: 0.1) { groups in
-                SGD(groups, learningRate: 0.1, momentum: 0.9)
-            }
+            let zero = try DistributedOptimizer(module: model, group: group, stage: stage, options: options, weightDecay: 0.1) { optimizer.make($0) }
             let perRank = batch / ranks, perMicro = perRank / microSteps
             for step in 0..<steps {
                 let data = globalBatch(step: step, batch: batch)
@@ -53,6 +65,49 @@ import Testing
         let parameters = try GPT(dpConfiguration, seed: 1).parameterCount
         #expect(results.map(\.1).reduce(0, +) == parameters)
         for result in results { #expect(result.1 <= (parameters + ranks - 1) / ranks + 64 * ranks) }
+    }
+
+    /// The fused shard optimizer updates ZeRO's slices in place with exactly the per-tensor arithmetic.
+    @Test(arguments: [(1, 2), (2, 2), (3, 2), (1, 4), (2, 4), (3, 4)])
+    func fusedShardOptimizerIsBitIdenticalAndMatchesOneProcess(stage: Int, ranks: Int) throws {
+        let reference = try referenceWeights(steps: 10, batch: 8)
+        let perTensor = try zeroWeights(stage: stage, ranks: ranks, steps: 10, batch: 8, microSteps: 2, optimizer: .momentum)
+        let fused = try zeroWeights(stage: stage, ranks: ranks, steps: 10, batch: 8, microSteps: 2, optimizer: .fusedMomentum)
+        for (rank, (plain, flat)) in zip(perTensor, fused).enumerated() {
+            #expect(flat.0.map { $0.map(\.bitPattern) } == plain.0.map { $0.map(\.bitPattern) }, "ZeRO-\(stage) dp \(ranks) rank \(rank): fused differs from per-tensor")
+            #expect(flat.1 == plain.1, "the same momentum elements exist")
+            let error = maxRelativeError(flat.0, reference)
+            #expect(error <= 1e-5, "fused ZeRO-\(stage) dp \(ranks) rank \(rank): relative error \(error)")
+        }
+    }
+
+    @Test(arguments: [1, 2, 3])
+    func fusedAdamWOverShardsIsBitIdenticalToPerTensor(stage: Int) throws {
+        let perTensor = try zeroWeights(stage: stage, ranks: 2, steps: 4, batch: 8, microSteps: 2, overlapParamGather: true, optimizer: .adamW)
+        let fused = try zeroWeights(stage: stage, ranks: 2, steps: 4, batch: 8, microSteps: 2, overlapParamGather: true, optimizer: .fusedAdamW)
+        for (plain, flat) in zip(perTensor, fused) {
+            #expect(flat.0.map { $0.map(\.bitPattern) } == plain.0.map { $0.map(\.bitPattern) }, "ZeRO-\(stage) AdamW: fused differs from per-tensor")
+            #expect(flat.1 == plain.1)
+        }
+    }
+
+    @Test func fusedShardOptimizerLeavesTheSlicesInZeROsBuffers() throws {
+        _ = try LocalWorld.run(size: 2, threadsPerRank: 1) { group in
+            let model = try GPT(dpConfiguration, seed: 1)
+            for stage in 1...3 {
+                let zero = try DistributedOptimizer(module: model, group: group, stage: stage, weightDecay: 0.1) { ShardOptimizerKind.fusedAdamW.make($0) }
+                let fused = try #require(zero.optimizer as? FusedAdam)
+                #expect(fused.fusedWeightDecays == [0.1, 0], "matrix slices decay, the others do not")
+                for flat in fused.flatBuffers {
+                    #expect(flat.placement == .inPlace && flat.values == nil)
+                    for (index, slice) in flat.parameters.enumerated() {
+                        #expect(flat.parameterIsView(index))
+                        // Stages 1 and 2 update the parameter buffer itself; stage 3 the parameter shard.
+                        #expect(stage == 3 ? slice.storage !== zero.buffer.parameterBuffer.storage : slice.storage === zero.buffer.parameterBuffer.storage)
+                    }
+                }
+            }
+        }
     }
 
     @Test(arguments: [1, 2, 3])
@@ -208,12 +263,13 @@ import Testing
 
 @Suite struct ZeROMemoryAccountingTests {
     /// What the allocator counts per rank after a step matches the ZeRO formula for the (padded) buffer.
-    @Test(arguments: [(0, 2), (1, 2), (2, 2), (3, 2), (1, 4), (2, 4), (3, 4)])
-    func allocatedBytesMatchTheFormula(stage: Int, ranks: Int) throws {
+    @Test(arguments: [(0, 2, false), (1, 2, false), (2, 2, false), (3, 2, false), (1, 4, false), (2, 4, false), (3, 4, false),
+                      (1, 2, true), (2, 2, true), (3, 2, true)])
+    func allocatedBytesMatchTheFormula(stage: Int, ranks: Int, fusedShardOptimizer: Bool) throws {
         let configuration = GPTConfiguration(vocabularySize: 256, contextLength: 16, layers: 2, heads: 4, width: 64)
         let results = try LocalWorld.run(size: ranks, threadsPerRank: 1) { group -> (measured: Int, padded: Int) in
             // A private owner id: other suites run Local ranks with the same rank numbers at the same time.
-            let owner = 7_000 + 10 * stage + group.rank + 100 * ranks
+            let owner = 7_000 + 10 * stage + group.rank + 100 * ranks + (fusedShardOptimizer ? 1_000 : 0)
             return try TensorAllocator.withOwner(owner) {
                 let model = try GPT(configuration, seed: 1)
                 let groups = ParameterGroup.decayingMatrices(of: model, weightDecay: 0.1)
@@ -224,7 +280,10 @@ import Testing
                     let optimizer = FusedAdam.adamW(groups, learningRate: 1e-3, gradientLayout: .external)
                     step = { try parallel.finishGradientSynchronization(); optimizer.step(); parallel.zeroGradients() }
                 } else {
-                    let zero = try DistributedOptimizer(module: model, group: group, stage: stage, weightDecay: 0.1) { Adam.adamW($0, learningRate: 1e-3) }
+                    let zero = try DistributedOptimizer(module: model, group: group, stage: stage, weightDecay: 0.1) { groups -> any Optimizer in
+                        fusedShardOptimizer ? FusedAdam.adamW(groups, learningRate: 1e-3, gradientLayout: .external, placement: .inPlace)
+                            : Adam.adamW(groups, learningRate: 1e-3)
+                    }
                     padded = zero.buffer.totalCount
                     step = { try zero.finishBackward(); try zero.finishGradientSynchronization(); try zero.step(); zero.zeroGradients() }
                 }
@@ -239,7 +298,7 @@ import Testing
         for result in results {
             let plan = try ZeROMemoryPlan(parameterCount: result.padded, dataParallelSize: ranks, stage: stage, optimizer: .adamW)
             let ratio = Double(result.measured) / Double(plan.totalBytes)
-            #expect(abs(ratio - 1) <= 0.02, "stage \(stage) dp \(ranks): measured \(result.measured) B vs formula \(plan.totalBytes) B")
+            #expect(abs(ratio - 1) <= 0.02, "stage \(stage) dp \(ranks) fused \(fusedShardOptimizer): measured \(result.measured) B vs formula \(plan.totalBytes) B")
         }
     }
 }

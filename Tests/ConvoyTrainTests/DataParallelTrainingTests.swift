@@ -53,8 +53,10 @@ import Testing
         #expect(metrics.split(separator: "\n").filter { $0.contains("\"loss\"") }.count == 10)
     }
 
-    @Test(arguments: [(1, 2, 1, false), (2, 2, 2, false), (2, 4, 1, false), (1, 2, 2, true), (2, 2, 1, true), (3, 2, 2, false), (3, 4, 1, true)])
-    func zeroTrainingMatchesOneProcess(stage: Int, ranks: Int, accumulate: Int, overlapParamGather: Bool) throws {
+    /// (stage, dp, accumulation, overlap_param_gather, fuse_optimizer): "auto" fuses (dp > 1), "off" does not.
+    @Test(arguments: [(1, 2, 1, false, "auto"), (2, 2, 2, false, "on"), (2, 4, 1, false, "auto"), (1, 2, 2, true, "off"), (2, 2, 1, true, "off"),
+                      (3, 2, 2, false, "on"), (3, 4, 1, true, "auto"), (3, 2, 1, false, "off")])
+    func zeroTrainingMatchesOneProcess(stage: Int, ranks: Int, accumulate: Int, overlapParamGather: Bool, fuseOptimizer: String) throws {
         let single = scratchDirectory("zero-single"), parallel = scratchDirectory("zero-parallel")
         defer { for path in [single, parallel] { try? FileManager.default.removeItem(atPath: path) } }
         var reference = try configuration(output: single)
@@ -67,19 +69,21 @@ import Testing
         distributed.dp = ranks
         distributed.zeroStage = stage
         distributed.ddp.overlapParamGather = overlapParamGather
+        try TrainingSettings.applyFlag("--fuse-optimizer", fuseOptimizer, to: &distributed)
         distributed.ddp.firstBucketCapMB = 0.001
         distributed.ddp.bucketCapMB = 0.004
         let frozen = distributed
         let weights = try LocalWorld.run(size: ranks, threadsPerRank: 1) { group -> [[Float]] in
             let trainer = try Trainer(configuration: frozen, group: group)
             #expect(trainer.zero?.stage == stage)
+            #expect((trainer.optimizer is FusedSGD) == (fuseOptimizer != "off"), "fuse_optimizer \(fuseOptimizer) under ZeRO")
             _ = try trainer.run()
             return trainer.model.parameters.map { $0.toArray() }
         }
         let expected = one.model.parameters.map { $0.toArray() }
         for (rank, result) in weights.enumerated() {
             let error = relativeError(result, expected)
-            #expect(error <= 1e-5, "ZeRO-\(stage) dp \(ranks) rank \(rank): relative error \(error)")
+            #expect(error <= 1e-5, "ZeRO-\(stage) dp \(ranks) fuse_optimizer \(fuseOptimizer) rank \(rank): relative error \(error)")
         }
         // A ZeRO checkpoint is refused for resuming rather than resumed with rank 0's shard only.
         var resumed = reference
@@ -116,6 +120,21 @@ import Testing
             return trainer.model.parameters.map { $0.toArray() }
         }
         #expect(continued == full, "ZeRO-\(stage): resuming must give bit-identical weights")
+
+        // The shard state saved by the fused optimizer (fuse_optimizer auto, dp 2) resumes under the per-tensor
+        // one: same keys, same arithmetic, so still bit-identical.
+        var perTensor = resumed
+        perTensor.output = split + "-per-tensor"
+        perTensor.ddp.fuseOptimizer = .off
+        let frozenPerTensor = perTensor
+        defer { try? FileManager.default.removeItem(atPath: frozenPerTensor.output) }
+        let crossed = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [[Float]] in
+            let trainer = try Trainer(configuration: frozenPerTensor, group: group, resume: checkpoint)
+            #expect(!(trainer.optimizer is FusedAdam))
+            _ = try trainer.run()
+            return trainer.model.parameters.map { $0.toArray() }
+        }
+        #expect(crossed == full, "ZeRO-\(stage): a fused shard state resumed per-tensor must give bit-identical weights")
 
         // Another layout is refused with a message saying what to change.
         var otherLayout = resumed

@@ -107,7 +107,6 @@ import Testing
         #expect(message([("--pp", "2"), ("--stage-layers", "1,2")]).contains("3"))
         #expect(message([("--pp", "2"), ("--dp", "2"), ("--zero-stage", "3")]).contains("zero_stage 3"))
         #expect(message([("--pp", "2"), ("--schedule", "zigzag")]).contains("gpipe"))
-        #expect(message([("--dp", "2"), ("--zero-stage", "2"), ("--fuse-optimizer", "on")]).contains("fuse_optimizer"))
         #expect(message([("--pp", "2"), ("--dp", "2"), ("--batch", "8"), ("--accumulate-steps", "2"), ("--micro-batch-size", "2")]) == "accepted")
         // A world that is not pp·dp is refused by the trainer.
         var configuration = try configuration(output: scratchDirectory("pp-bad"))

@@ -1,12 +1,18 @@
 import ConvoyTensor
 
-/// The parameters of one fused group packed into one contiguous Float32 buffer.
+/// The parameters of one fused group laid out for one kernel pass: packed into one contiguous Float32 buffer,
+/// or left where they already are.
 ///
-/// Construction copies every parameter's values into its slice of ``values`` (a tensor of shape [total])
-/// and rebinds the parameter to that slice (``Tensor/rebind(to:)``), so the parameter keeps its identity,
-/// name, gradient and hooks but now lives inside the buffer; models, optimizers and checkpoints see no
-/// difference. Slices follow the order of ``parameters`` with no padding: parameter `i` occupies
-/// `offsets[i] ..< offsets[i] + counts[i]`.
+/// With ``Placement/packed`` (the default), construction copies every parameter's values into its slice of
+/// ``values`` (a tensor of shape [total]) and rebinds the parameter to that slice (``Tensor/rebind(to:)``), so
+/// the parameter keeps its identity, name, gradient and hooks but now lives inside the buffer; models,
+/// optimizers and checkpoints see no difference. Slices follow the order of ``parameters`` with no padding:
+/// parameter `i` occupies `offsets[i] ..< offsets[i] + counts[i]`.
+///
+/// With ``Placement/inPlace`` the parameters are already views into a buffer someone else owns and must stay
+/// there — ZeRO's shard slices, which its collectives read and write at fixed offsets. Nothing is copied or
+/// rebound and ``values`` is nil; a step runs over the maximal runs of parameters that are adjacent in that
+/// buffer. The optimizer state (and ``gradients``, if flat) still uses the packed layout of ``offsets``.
 ///
 /// Gradients come in two layouts (``GradientLayout``):
 /// - ``GradientLayout/flat``: the buffer also owns ``gradients``, a flat gradient buffer with the same layout,
@@ -25,6 +31,15 @@ public final class FlatParameterBuffer {
         case external
     }
 
+    /// Where the parameter values live.
+    public enum Placement: Sendable, Equatable {
+        /// Copied into ``values``; every parameter is rebound to its slice.
+        case packed
+        /// Left where they are (contiguous Float32 views into a buffer owned elsewhere, which must outlive
+        /// this one); ``values`` is nil.
+        case inPlace
+    }
+
     /// The packed parameters, in buffer order.
     public let parameters: [Parameter]
     /// Element offset of each parameter's slice in ``values`` (and ``gradients``).
@@ -33,17 +48,24 @@ public final class FlatParameterBuffer {
     public let counts: [Int]
     /// Total number of elements.
     public let totalCount: Int
-    /// The flat parameter values, shape [``totalCount``]; every parameter is a view into it.
-    public let values: Tensor
+    /// The flat parameter values, shape [``totalCount``]; every parameter is a view into it. Nil with
+    /// ``Placement/inPlace``, where the parameters stay in their own buffer.
+    public let values: Tensor?
     /// The flat gradient buffer (``GradientLayout/flat`` only), shape [``totalCount``].
     public let gradients: Tensor?
     /// How gradients are laid out.
     public let gradientLayout: GradientLayout
+    /// Where the parameter values live.
+    public let placement: Placement
+    /// Where each parameter must stay (storage and element offset): its slice of ``values``, or with
+    /// ``Placement/inPlace`` where it was at construction.
+    private let homes: [(storage: TensorStorage, offset: Int)]
 
     /// Packs `parameters` (distinct Float32 leaf tensors) and rebinds each one to its slice, preserving its
-    /// values. With `gradientLayout` ``GradientLayout/flat`` each parameter's gradient also becomes a view into
-    /// ``gradients`` (keeping its current value, zero if it had none).
-    public init(_ parameters: [Parameter], gradientLayout: GradientLayout = .flat) {
+    /// values — or, with `placement` ``Placement/inPlace``, leaves them where they are (each must then be
+    /// contiguous, and no two may overlap). With `gradientLayout` ``GradientLayout/flat`` each parameter's
+    /// gradient also becomes a view into ``gradients`` (keeping its current value, zero if it had none).
+    public init(_ parameters: [Parameter], gradientLayout: GradientLayout = .flat, placement: Placement = .packed) {
         var seen = Set<ObjectIdentifier>()
         for parameter in parameters {
             precondition(seen.insert(ObjectIdentifier(parameter)).inserted,
@@ -60,15 +82,27 @@ public final class FlatParameterBuffer {
         self.offsets = offsets
         self.totalCount = total
         self.gradientLayout = gradientLayout
-        values = TensorAllocator.withCategory(.parameters) { Tensor.zeros([total]) }
+        self.placement = placement
         gradients = gradientLayout == .flat ? TensorAllocator.withCategory(.gradients) { Tensor.zeros([total]) } : nil
+        switch placement {
+        case .packed:
+            let values = TensorAllocator.withCategory(.parameters) { Tensor.zeros([total]) }
+            self.values = values
+            homes = offsets.map { (values.storage, values.offset + $0) }
+        case .inPlace:
+            values = nil
+            homes = parameters.map { (storage: $0.storage, offset: $0.offset) }
+            Self.checkInPlace(parameters)
+        }
 
         for (index, parameter) in parameters.enumerated() {
-            let source = parameter.contiguous()
-            withExtendedLifetime(source) {
-                (values.floatPointer + offsets[index]).update(from: source.floatPointer, count: counts[index])
+            if let values {
+                let source = parameter.contiguous()
+                withExtendedLifetime(source) {
+                    (values.floatPointer + offsets[index]).update(from: source.floatPointer, count: counts[index])
+                }
+                parameter.rebind(to: slice(of: values, index))
             }
-            parameter.rebind(to: slice(of: values, index))
             if let gradients {
                 if let existing = parameter.grad {
                     precondition(existing.shape == parameter.shape, "gradient of \(parameter.name ?? "a parameter") has shape \(existing.shape), the parameter \(parameter.shape)")
@@ -82,16 +116,34 @@ public final class FlatParameterBuffer {
         }
     }
 
+    /// In-place parameters must be contiguous (one kernel run covers each) and disjoint (overlapping ones
+    /// would be updated twice).
+    private static func checkInPlace(_ parameters: [Parameter]) {
+        var extents: [(storage: ObjectIdentifier, range: Range<Int>, name: String)] = []
+        for (index, parameter) in parameters.enumerated() {
+            let name = parameter.name ?? "#\(index)"
+            precondition(parameter.isContiguous, "in-place flat buffers need contiguous parameters; \(name) is a strided view")
+            extents.append((ObjectIdentifier(parameter.storage), parameter.offset..<(parameter.offset + parameter.count), name))
+        }
+        for sameStorage in Dictionary(grouping: extents, by: \.storage).values {
+            let ordered = sameStorage.sorted { $0.range.lowerBound < $1.range.lowerBound }
+            for (previous, next) in zip(ordered, ordered.dropFirst()) {
+                precondition(!previous.range.overlaps(next.range), "parameters \(previous.name) and \(next.name) overlap in memory; an in-place flat buffer would update those elements twice")
+            }
+        }
+    }
+
     /// A view of parameter `index`'s slice of `buffer` (a flat tensor with this buffer's layout).
     public func slice(of buffer: Tensor, _ index: Int) -> Tensor {
         precondition(buffer.rank == 1 && buffer.count == totalCount && buffer.isContiguous, "slice needs a flat buffer of \(totalCount) elements")
         return Tensor(storage: buffer.storage, shape: parameters[index].shape, offset: buffer.offset + offsets[index])
     }
 
-    /// Whether parameter `index` is still a view of its slice of ``values`` (nothing rebound it elsewhere).
+    /// Whether parameter `index` is still where this buffer put or found it (its slice of ``values``, or its
+    /// place at construction with ``Placement/inPlace``): nothing rebound it elsewhere.
     public func parameterIsView(_ index: Int) -> Bool {
         let parameter = parameters[index]
-        return parameter.storage === values.storage && parameter.offset == values.offset + offsets[index] && parameter.isContiguous
+        return parameter.storage === homes[index].storage && parameter.offset == homes[index].offset && parameter.isContiguous
     }
 
     /// Whether parameter `index`'s gradient is the view into ``gradients`` this buffer installed (false for
@@ -131,7 +183,9 @@ public final class FlatParameterBuffer {
 /// kernel pass covers it. With flat gradients a whole group is one segment; with external gradients (data
 /// parallel buckets) or gradients someone replaced, the group splits into maximal contiguous segments.
 struct FlatSegment {
-    /// Element offset of the segment in the flat parameter (and state) buffers.
+    /// The segment's parameter elements, contiguous (in ``FlatParameterBuffer/values``, or in place).
+    var parameter: UnsafeMutablePointer<Float>
+    /// Element offset of the segment in the flat state buffers.
     var start: Int
     var count: Int
     /// The segment's gradient elements, contiguous.
@@ -152,10 +206,11 @@ struct FlatSegmentPlan {
 
     var total: Int { ends.last ?? 0 }
 
-    /// One parallel SIMD pass over all segments: `body(start, gradient, count, fresh)` for each piece of a
-    /// segment that falls into one thread's share of the concatenated elements.
+    /// One parallel SIMD pass over all segments: `body(parameter, start, gradient, count, fresh)` for each
+    /// piece of a segment that falls into one thread's share of the concatenated elements (`start`: the
+    /// piece's offset in the state buffers).
     func run(minimumChunk: Int = 1 << 14,
-             _ body: (_ start: Int, _ gradient: UnsafeMutablePointer<Float>, _ count: Int, _ fresh: Bool) -> Void) {
+             _ body: (_ parameter: UnsafeMutablePointer<Float>, _ start: Int, _ gradient: UnsafeMutablePointer<Float>, _ count: Int, _ fresh: Bool) -> Void) {
         let segments = self.segments, ends = self.ends
         ComputePool.current.parallelFor(total, minimumChunk: minimumChunk) { range in
             // First segment whose end lies beyond the range's start.
@@ -170,7 +225,7 @@ struct FlatSegmentPlan {
                 let segmentBegin = ends[s] - segment.count
                 let local = position - segmentBegin
                 let length = min(ends[s], range.upperBound) - position
-                body(segment.start + local, segment.gradient + local, length, segment.fresh)
+                body(segment.parameter + local, segment.start + local, segment.gradient + local, length, segment.fresh)
                 position += length
                 s += 1
             }
@@ -180,15 +235,15 @@ struct FlatSegmentPlan {
 }
 
 extension FlatParameterBuffer {
-    /// Plans a step: every parameter with a non-nil gradient, merged into maximal segments where both the
-    /// parameter slices and the gradients are adjacent and `fresh(index)` agrees. Parameters without a gradient
-    /// are left out, so the kernel never touches their values or state.
+    /// Plans a step: every parameter with a non-nil gradient, merged into maximal segments where the parameter
+    /// values, the state slices and the gradients are all adjacent and `fresh(index)` agrees. Parameters
+    /// without a gradient are left out, so the kernel never touches their values or state.
     func plan(fresh: (Int) -> Bool) -> FlatSegmentPlan {
         var plan = FlatSegmentPlan()
         for index in parameters.indices {
             let parameter = parameters[index]
             guard let grad = parameter.grad else { continue }
-            precondition(parameterIsView(index), "parameter \(parameter.name ?? "#\(index)") is no longer a view into its fused optimizer's flat buffer (it was rebound elsewhere)")
+            precondition(parameterIsView(index), "parameter \(parameter.name ?? "#\(index)") is no longer where its fused optimizer's flat buffer expects it (it was rebound elsewhere)")
             precondition(grad.shape == parameter.shape, "gradient of \(parameter.name ?? "#\(index)") has shape \(grad.shape), the parameter \(parameter.shape)")
             guard counts[index] > 0 else { plan.covered.append(index); continue }
             let pointer: UnsafeMutablePointer<Float>
@@ -200,14 +255,15 @@ extension FlatParameterBuffer {
                 pointer = copy.floatPointer
             }
             let flag = fresh(index)
+            let values = parameter.floatPointer
             plan.covered.append(index)
-            if var last = plan.segments.last, last.start + last.count == offsets[index],
+            if var last = plan.segments.last, last.start + last.count == offsets[index], last.parameter + last.count == values,
                last.gradient + last.count == pointer, last.fresh == flag {
                 last.count += counts[index]
                 plan.segments[plan.segments.count - 1] = last
                 plan.ends[plan.ends.count - 1] += counts[index]
             } else {
-                plan.segments.append(FlatSegment(start: offsets[index], count: counts[index], gradient: pointer, fresh: flag))
+                plan.segments.append(FlatSegment(parameter: values, start: offsets[index], count: counts[index], gradient: pointer, fresh: flag))
                 plan.ends.append(plan.total + counts[index])
             }
         }

@@ -8,6 +8,8 @@ import ConvoyTensor
 /// ``FlatParameterBuffer`` (each parameter rebound to its slice) with flat first- and second-moment buffers of
 /// the same layout, and ``step()`` runs one parallel SIMD loop over the whole group, applying exactly
 /// ``Adam``'s per-element arithmetic in the same order. Groups with other hyper-parameters are fused apart.
+/// With `placement` ``FlatParameterBuffer/Placement/inPlace`` the parameters are not moved (ZeRO's shard slices
+/// stay in its buffers) and the loop runs over their adjacent runs; only the moments are flat buffers.
 ///
 /// A parameter whose `grad` is nil at ``step()`` is skipped as ``Adam`` skips it: its segment of the flat
 /// buffers is left out of the kernel's pass, so its value is untouched and its moments stay as they were
@@ -45,7 +47,7 @@ public final class FusedAdam: Optimizer {
     private let stateIndices: [[Int]]
 
     public init(_ groups: [ParameterGroup], learningRate: Float, beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8, weightDecay: Float = 0, decoupledWeightDecay: Bool = false,
-                gradientLayout: FlatParameterBuffer.GradientLayout = .flat) {
+                gradientLayout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) {
         self.groups = groups
         self.learningRate = learningRate
         self.beta1 = beta1
@@ -54,7 +56,7 @@ public final class FusedAdam: Optimizer {
         self.weightDecay = weightDecay
         self.decoupledWeightDecay = decoupledWeightDecay
         let partitions = fusedPartitions(groups) { ($0.weightDecay ?? weightDecay).bitPattern }
-        flatBuffers = partitions.map { FlatParameterBuffer($0.parameters, gradientLayout: gradientLayout) }
+        flatBuffers = partitions.map { FlatParameterBuffer($0.parameters, gradientLayout: gradientLayout, placement: placement) }
         fusedWeightDecays = partitions.map { Float(bitPattern: $0.key) }
         stateIndices = partitions.map(\.indices)
         let counts = flatBuffers.map(\.totalCount)
@@ -65,16 +67,16 @@ public final class FusedAdam: Optimizer {
     }
 
     public convenience init(_ parameters: [Parameter], learningRate: Float, beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8, weightDecay: Float = 0, decoupledWeightDecay: Bool = false,
-                            gradientLayout: FlatParameterBuffer.GradientLayout = .flat) {
+                            gradientLayout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) {
         self.init([ParameterGroup(parameters)], learningRate: learningRate, beta1: beta1, beta2: beta2, epsilon: epsilon, weightDecay: weightDecay,
-                  decoupledWeightDecay: decoupledWeightDecay, gradientLayout: gradientLayout)
+                  decoupledWeightDecay: decoupledWeightDecay, gradientLayout: gradientLayout, placement: placement)
     }
 
     /// AdamW with PyTorch's default weight decay of 0.01.
     public static func adamW(_ groups: [ParameterGroup], learningRate: Float, beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8, weightDecay: Float = 0.01,
-                             gradientLayout: FlatParameterBuffer.GradientLayout = .flat) -> FusedAdam {
+                             gradientLayout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) -> FusedAdam {
         FusedAdam(groups, learningRate: learningRate, beta1: beta1, beta2: beta2, epsilon: epsilon, weightDecay: weightDecay,
-                  decoupledWeightDecay: true, gradientLayout: gradientLayout)
+                  decoupledWeightDecay: true, gradientLayout: gradientLayout, placement: placement)
     }
 
     public func step() {
@@ -96,10 +98,9 @@ public final class FusedAdam: Optimizer {
             let vdecay = Vector(repeating: decay), vshrink = Vector(repeating: shrink)
             let plan = flat.plan { _ in false }
             lastStepSegmentCounts[groupIndex] = plan.segments.count
-            let parameters = flat.values.floatPointer
             let first = firstMoments[groupIndex].floatPointer, second = secondMoments[groupIndex].floatPointer
-            plan.run { start, g, count, _ in
-                let p = parameters + start, m = first + start, v = second + start
+            plan.run { p, start, g, count, _ in
+                let m = first + start, v = second + start
                 var i = 0
                 while i + 8 <= count {
                     var pv = VectorMath.load(p + i), gv = VectorMath.load(g + i)

@@ -6,7 +6,9 @@ import ConvoyTensor
 /// momentum, dampening and Nesterov flag are the optimizer's) are fused: their parameters are packed into one
 /// ``FlatParameterBuffer`` (each parameter rebound to its slice) with a flat momentum buffer of the same layout,
 /// and ``step()`` runs one parallel SIMD loop over the whole group, applying exactly ``SGD``'s per-element
-/// arithmetic in the same order. Groups with other hyper-parameters get fused groups of their own.
+/// arithmetic in the same order. Groups with other hyper-parameters get fused groups of their own. With
+/// `placement` ``FlatParameterBuffer/Placement/inPlace`` the parameters are not moved (ZeRO's shard slices stay
+/// in its buffers) and the loop runs over their adjacent runs; only the momentum is a flat buffer.
 ///
 /// A parameter whose `grad` is nil at ``step()`` is skipped as ``SGD`` skips it: its segment of the flat
 /// buffers is left out of the kernel's pass (the group runs over the maximal contiguous segments of
@@ -41,7 +43,7 @@ public final class FusedSGD: Optimizer {
     private let stateIndices: [[Int]]
 
     public init(_ groups: [ParameterGroup], learningRate: Float, momentum: Float = 0, dampening: Float = 0, nesterov: Bool = false, weightDecay: Float = 0,
-                gradientLayout: FlatParameterBuffer.GradientLayout = .flat) {
+                gradientLayout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) {
         precondition(!nesterov || (momentum > 0 && dampening == 0), "Nesterov momentum needs momentum > 0 and dampening 0")
         self.groups = groups
         self.learningRate = learningRate
@@ -51,7 +53,7 @@ public final class FusedSGD: Optimizer {
         self.weightDecay = weightDecay
         // Keyed by bit pattern: 0 and -0 give different signed zeros, so they are different hyper-parameters.
         let partitions = fusedPartitions(groups) { ($0.weightDecay ?? weightDecay).bitPattern }
-        flatBuffers = partitions.map { FlatParameterBuffer($0.parameters, gradientLayout: gradientLayout) }
+        flatBuffers = partitions.map { FlatParameterBuffer($0.parameters, gradientLayout: gradientLayout, placement: placement) }
         fusedWeightDecays = partitions.map { Float(bitPattern: $0.key) }
         stateIndices = partitions.map(\.indices)
         let counts = flatBuffers.map(\.totalCount)
@@ -61,9 +63,9 @@ public final class FusedSGD: Optimizer {
     }
 
     public convenience init(_ parameters: [Parameter], learningRate: Float, momentum: Float = 0, dampening: Float = 0, nesterov: Bool = false, weightDecay: Float = 0,
-                            gradientLayout: FlatParameterBuffer.GradientLayout = .flat) {
+                            gradientLayout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) {
         self.init([ParameterGroup(parameters)], learningRate: learningRate, momentum: momentum, dampening: dampening, nesterov: nesterov,
-                  weightDecay: weightDecay, gradientLayout: gradientLayout)
+                  weightDecay: weightDecay, gradientLayout: gradientLayout, placement: placement)
     }
 
     public func step() {
@@ -75,11 +77,9 @@ public final class FusedSGD: Optimizer {
             let started = hasMomentum[groupIndex]
             let plan = flat.plan { momentum != 0 && !started[$0] }
             lastStepSegmentCounts[groupIndex] = plan.segments.count
-            let parameters = flat.values.floatPointer
             let vlr = Vector(repeating: lr), vdecay = Vector(repeating: decay)
             if momentum == 0 {
-                plan.run { start, g, count, _ in
-                    let p = parameters + start
+                plan.run { p, _, g, count, _ in
                     var i = 0
                     while i + 8 <= count {
                         let pv = VectorMath.load(p + i)
@@ -91,8 +91,8 @@ public final class FusedSGD: Optimizer {
             } else {
                 let buffers = momentumBuffers[groupIndex]!.floatPointer
                 let vmomentum = Vector(repeating: momentum), vkeep = Vector(repeating: keep)
-                plan.run { start, g, count, isFirst in
-                    let p = parameters + start, b = buffers + start
+                plan.run { p, start, g, count, isFirst in
+                    let b = buffers + start
                     var i = 0
                     while i + 8 <= count {
                         let pv = VectorMath.load(p + i)

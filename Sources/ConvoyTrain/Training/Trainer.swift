@@ -70,14 +70,14 @@ public final class Trainer {
                                             zeroStage: configuration.zeroStage, dataParallelOptions: configuration.ddp,
                                             weightDecay: Float(configuration.weightDecay), timeline: timeline,
                                             makeOptimizer: { configuration.makeOptimizer(for: $0, ranks: ranks, externalGradients: $1) },
-                                            makeShardOptimizer: { configuration.makeShardOptimizer($0) })
+                                            makeShardOptimizer: { configuration.makeShardOptimizer($0, dataParallelSize: dp) })
             zero = nil
             parallel = nil
             optimizer = pipeline!.optimizer
         } else if let group, group.size > 1, configuration.zeroStage > 0 {
             pipeline = nil
             let distributed = try DistributedOptimizer(module: model, group: group, stage: configuration.zeroStage, options: configuration.ddp,
-                                                       weightDecay: Float(configuration.weightDecay)) { configuration.makeShardOptimizer($0) }
+                                                       weightDecay: Float(configuration.weightDecay)) { configuration.makeShardOptimizer($0, dataParallelSize: dp) }
             zero = distributed
             parallel = nil
             optimizer = distributed.optimizer

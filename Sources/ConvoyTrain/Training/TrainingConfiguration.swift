@@ -106,11 +106,6 @@ public struct TrainingConfiguration: Sendable, Equatable {
         guard minLearningRate <= learningRate else {
             throw ConvoyError.invalidConfiguration("training.min_lr \(minLearningRate) exceeds training.lr \(learningRate)")
         }
-        if zeroStage > 0 && ddp.fuseOptimizer == .on {
-            // The shard optimizer runs over slices of ZeRO's buffers; the flat-buffer optimizers would move
-            // those slices into a buffer of their own. Refused rather than silently not fused.
-            throw ConvoyError.invalidConfiguration("parallel.ddp.fuse_optimizer = on is not supported with parallel.zero_stage \(zeroStage) yet (ZeRO's shard optimizer is per-tensor); use --fuse-optimizer auto or off")
-        }
         if pipeline.stages > 1 {
             try validatePipeline(dataParallelSize: dp)
         } else if zeroStage > 0, let dp, dp < 2 {
@@ -145,23 +140,32 @@ public struct TrainingConfiguration: Sendable, Equatable {
     /// gradients are views owned by data parallelism's fused buffer, which the fused optimizer then reads.
     public func makeOptimizer(for model: Module, ranks: Int = 1, externalGradients: Bool = false) -> any Optimizer {
         let groups = ParameterGroup.decayingMatrices(of: model, weightDecay: Float(weightDecay))
-        let lr = Float(learningRate), b1 = Float(beta1), b2 = Float(beta2), m = Float(momentum)
-        if ddp.fuseOptimizer.isEnabled(ranks: ranks) {
-            let layout: FlatParameterBuffer.GradientLayout = externalGradients ? .external : .flat
-            switch optimizer {
-            case "sgd": return FusedSGD(groups, learningRate: lr, momentum: 0, gradientLayout: layout)
-            case "momentum": return FusedSGD(groups, learningRate: lr, momentum: m, gradientLayout: layout)
-            case "nesterov": return FusedSGD(groups, learningRate: lr, momentum: m, nesterov: true, gradientLayout: layout)
-            case "adam": return FusedAdam(groups, learningRate: lr, beta1: b1, beta2: b2, gradientLayout: layout)
-            default: return FusedAdam.adamW(groups, learningRate: lr, beta1: b1, beta2: b2, weightDecay: Float(weightDecay), gradientLayout: layout)
-            }
-        }
-        return makeShardOptimizer(groups)
+        guard ddp.fuseOptimizer.isEnabled(ranks: ranks) else { return makePerTensorOptimizer(groups) }
+        return makeFusedOptimizer(groups, gradientLayout: externalGradients ? .external : .flat, placement: .packed)
     }
 
-    /// The per-tensor optimizer over `groups` (also what a ZeRO stage runs over its shard slices: never the
-    /// fused kind there, which would rebind the slices out of the shared parameter buffer).
-    public func makeShardOptimizer(_ groups: [ParameterGroup]) -> any Optimizer {
+    /// The optimizer a ZeRO stage runs over its shard slices (views into its parameter and gradient buffers,
+    /// grouped so matrix slices decay): the flat-buffer kind when `parallel.ddp.fuse_optimizer` says so for
+    /// `dataParallelSize` ranks, updating the slices in place — they must stay where ZeRO's collectives read them.
+    public func makeShardOptimizer(_ groups: [ParameterGroup], dataParallelSize: Int) -> any Optimizer {
+        guard ddp.fuseOptimizer.isEnabled(ranks: dataParallelSize) else { return makePerTensorOptimizer(groups) }
+        return makeFusedOptimizer(groups, gradientLayout: .external, placement: .inPlace)
+    }
+
+    private func makeFusedOptimizer(_ groups: [ParameterGroup], gradientLayout: FlatParameterBuffer.GradientLayout,
+                                    placement: FlatParameterBuffer.Placement) -> any Optimizer {
+        let lr = Float(learningRate), b1 = Float(beta1), b2 = Float(beta2), m = Float(momentum)
+        switch optimizer {
+        case "sgd": return FusedSGD(groups, learningRate: lr, momentum: 0, gradientLayout: gradientLayout, placement: placement)
+        case "momentum": return FusedSGD(groups, learningRate: lr, momentum: m, gradientLayout: gradientLayout, placement: placement)
+        case "nesterov": return FusedSGD(groups, learningRate: lr, momentum: m, nesterov: true, gradientLayout: gradientLayout, placement: placement)
+        case "adam": return FusedAdam(groups, learningRate: lr, beta1: b1, beta2: b2, gradientLayout: gradientLayout, placement: placement)
+        default: return FusedAdam.adamW(groups, learningRate: lr, beta1: b1, beta2: b2, weightDecay: Float(weightDecay),
+                                        gradientLayout: gradientLayout, placement: placement)
+        }
+    }
+
+    private func makePerTensorOptimizer(_ groups: [ParameterGroup]) -> any Optimizer {
         let lr = Float(learningRate), b1 = Float(beta1), b2 = Float(beta2), m = Float(momentum)
         switch optimizer {
         case "sgd": return SGD(groups, learningRate: lr, momentum: 0)
