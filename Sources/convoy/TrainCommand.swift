@@ -52,6 +52,7 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("find-unused-parameters"), help: "Allow parameters without gradients (true/false).") var findUnusedParameters: String?
     @Option(name: .customLong("overlap-param-gather"), help: "ZeRO: gather updated parameters in the background, each layer waiting for its own (true/false).") var overlapParamGather: String?
     @Option(name: .customLong("reshard-after-forward"), help: "ZeRO-3: release each layer's parameters after its forward and gather them again for backward (true, default) or keep them (false).") var reshardAfterForward: String?
+    @Option(name: .customLong("buckets-per-group"), help: "ZeRO: consecutive buckets reduce-scattered (and gathered) by one collective.") var bucketsPerGroup: Int?
     @Option(help: "Pipeline stages (pp); with --dp the world is pp·dp ranks, without it dp = world ÷ pp.") var pp: Int?
     @Option(name: .customLong("micro-batch-size"), help: "Sequences per micro-batch (checked: × accumulate steps × dp = batch).") var microBatchSize: Int?
     @Option(help: "Pipeline schedule: gpipe, 1f1b or interleaved-1f1b.") var schedule: String?
@@ -71,7 +72,7 @@ struct TrainCommand: ParsableCommand {
         add("--dp", dp); add("--backend", backend); add("--zero-stage", zeroStage); add("--bucketing", bucketing); add("--first-bucket-cap-mb", firstBucketCapMB)
         add("--bucket-cap-mb", bucketCapMB); add("--overlap-grad-reduce", overlapGradReduce); add("--fuse-all-reduce", fuseAllReduce)
         add("--fuse-optimizer", fuseOptimizer); add("--find-unused-parameters", findUnusedParameters); add("--overlap-param-gather", overlapParamGather)
-        add("--reshard-after-forward", reshardAfterForward); add("--trace", trace)
+        add("--reshard-after-forward", reshardAfterForward); add("--buckets-per-group", bucketsPerGroup); add("--trace", trace)
         add("--pp", pp); add("--micro-batch-size", microBatchSize); add("--schedule", schedule); add("--virtual-stages", virtualStages); add("--stage-layers", stageLayers)
         let configuration = try TrainingSettings.resolve(configFile: config, flags: flags)
         let timeline = configuration.trace == nil ? nil : Timeline()

@@ -35,16 +35,18 @@ extension MPIBackendSuite {
                 let worst = TrainingReference.relativeError(model, reference)
                 check(worst <= 1e-5, "data parallel (fuse_all_reduce \(fuse.rawValue)) matches one process after \(steps) steps", "relative error \(worst)")
             }
-            // (stage, micro-steps, overlap_grad_reduce, overlap_param_gather, reshard_after_forward, fused shard optimizer)
-            for (stage, microSteps, overlapReduce, overlapGather, reshard, fused) in [
-                (1, 1, true, false, true, false), (2, 1, true, false, true, false), (2, 2, true, true, true, false), (2, 2, false, false, true, false),
-                (3, 1, true, false, true, false), (3, 2, true, true, true, false), (3, 2, true, false, false, false), (3, 2, false, false, true, false),
-                (1, 2, true, false, true, true), (2, 2, true, true, true, true), (3, 2, true, true, true, true)] {
+            // (stage, micro-steps, overlap_grad_reduce, overlap_param_gather, reshard_after_forward, fused shard optimizer, buckets per group)
+            for (stage, microSteps, overlapReduce, overlapGather, reshard, fused, bucketsPerGroup) in [
+                (1, 1, true, false, true, false, 1), (2, 1, true, false, true, false, 1), (2, 2, true, true, true, false, 1), (2, 2, false, false, true, false, 1),
+                (3, 1, true, false, true, false, 1), (3, 2, true, true, true, false, 1), (3, 2, true, false, false, false, 1), (3, 2, false, false, true, false, 1),
+                (1, 2, true, false, true, true, 1), (2, 2, true, true, true, true, 1), (3, 2, true, true, true, true, 1),
+                (1, 2, true, true, true, false, 3), (2, 2, true, true, true, false, 2), (3, 2, true, true, true, true, 2)] {
                 let model = try GPT(configuration, seed: 1 + UInt64(world.rank))
                 var options = DataParallelOptions()
                 options.firstBucketCapMB = 0.002
                 options.bucketCapMB = 0.01
                 options.overlapGradReduce = overlapReduce
+                options.bucketsPerGroup = bucketsPerGroup
                 options.overlapParamGather = overlapGather
                 options.reshardAfterForward = reshard
                 let zero = try DistributedOptimizer(module: model, group: world, stage: stage, options: options, weightDecay: 0.1) { groups -> any Optimizer in
@@ -66,7 +68,7 @@ extension MPIBackendSuite {
                 }
                 try zero.gatherFullParameters()
                 let worst = TrainingReference.relativeError(model, reference)
-                check(worst <= 1e-5, "ZeRO stage \(stage) (\(microSteps) micro-steps, overlap_grad_reduce \(overlapReduce), overlap_param_gather \(overlapGather), reshard_after_forward \(reshard), \(fused ? "fused" : "per-tensor") optimizer) matches one process after \(steps) steps", "relative error \(worst)")
+                check(worst <= 1e-5, "ZeRO stage \(stage) (\(microSteps) micro-steps, overlap_grad_reduce \(overlapReduce), overlap_param_gather \(overlapGather), reshard_after_forward \(reshard), \(fused ? "fused" : "per-tensor") optimizer, \(bucketsPerGroup) buckets per group) matches one process after \(steps) steps", "relative error \(worst)")
             }
         } catch {
             check(false, "data parallel over MPI", "\(error)")

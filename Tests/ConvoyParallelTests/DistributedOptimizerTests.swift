@@ -24,7 +24,7 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
 
     /// `ranks` Local ranks under ZeRO `stage`, each starting from its own seed.
     func zeroWeights(stage: Int, ranks: Int, steps: Int, batch: Int, microSteps: Int = 1, overlap: Bool = true, overlapParamGather: Bool = false,
-                     reshardAfterForward: Bool = true, optimizer: ShardOptimizerKind = .momentum) throws -> [([[Float]], Int)] {
+                     reshardAfterForward: Bool = true, optimizer: ShardOptimizerKind = .momentum, bucketsPerGroup: Int = 1) throws -> [([[Float]], Int)] {
         try LocalWorld.run(size: ranks, threadsPerRank: 1) { group in
             let model = try GPT(dpConfiguration, seed: 1 + UInt64(group.rank))
             var options = DataParallelOptions()
@@ -33,6 +33,7 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
             options.overlapGradReduce = overlap
             options.overlapParamGather = overlapParamGather
             options.reshardAfterForward = reshardAfterForward
+            options.bucketsPerGroup = bucketsPerGroup
             let zero = try DistributedOptimizer(module: model, group: group, stage: stage, options: options, weightDecay: 0.1) { optimizer.make($0) }
             let perRank = batch / ranks, perMicro = perRank / microSteps
             for step in 0..<steps {
@@ -115,6 +116,72 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
         let reference = try referenceWeights(steps: 10, batch: 8)
         for result in try zeroWeights(stage: stage, ranks: 2, steps: 10, batch: 8, microSteps: 2, overlapParamGather: true) {
             #expect(maxRelativeError(result.0, reference) <= 1e-5)
+        }
+    }
+
+    /// Bucket groups travel rank-major in one collective each; the per-element arithmetic is unchanged.
+    @Test(arguments: [(1, 2, 2), (2, 2, 3), (3, 2, 2), (1, 4, 3), (2, 4, 2), (3, 4, 3)])
+    func bucketGroupsAreBitIdenticalToSingleBuckets(stage: Int, ranks: Int, bucketsPerGroup: Int) throws {
+        let reference = try referenceWeights(steps: 10, batch: 8)
+        let single = try zeroWeights(stage: stage, ranks: ranks, steps: 10, batch: 8, microSteps: 2, overlapParamGather: true)
+        let grouped = try zeroWeights(stage: stage, ranks: ranks, steps: 10, batch: 8, microSteps: 2, overlapParamGather: true, bucketsPerGroup: bucketsPerGroup)
+        for (rank, (one, many)) in zip(single, grouped).enumerated() {
+            let identical = many.0.map { $0.map(\.bitPattern) } == one.0.map { $0.map(\.bitPattern) }
+            #expect(identical, "ZeRO-\(stage) dp \(ranks) rank \(rank): \(bucketsPerGroup) buckets per group differ from one (relative \(maxRelativeError(many.0, one.0)); vs one process: single buckets \(maxRelativeError(one.0, reference)), groups \(maxRelativeError(many.0, reference)))")
+            let error = maxRelativeError(many.0, reference)
+            #expect(error <= 1e-5, "ZeRO-\(stage) dp \(ranks), \(bucketsPerGroup) buckets per group, rank \(rank): relative error \(error)")
+        }
+    }
+
+    @Test(arguments: [1, 2, 3])
+    func eachBucketGroupIsOneCollective(stage: Int) throws {
+        let counts = try LocalWorld.run(size: 2, threadsPerRank: 1) { local -> (groups: Int, buckets: Int, reduceScatters: Int, allGathers: Int) in
+            let group = CountingProcessGroup(local)
+            let model = try GPT(dpConfiguration, seed: 3)
+            var options = DataParallelOptions()
+            options.firstBucketCapMB = 0.002
+            options.bucketCapMB = 0.01
+            options.bucketsPerGroup = 2
+            let zero = try DistributedOptimizer(module: model, group: group, stage: stage, options: options, weightDecay: 0) { SGD($0, learningRate: 0.1) }
+            let data = globalBatch(step: 0, batch: 4)
+            group.reset()
+            model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8).backward()
+            try zero.finishBackward()
+            try zero.finishGradientSynchronization()
+            let reduceScatters = group.counts.reduceScatters
+            group.reset()
+            try zero.step()
+            try zero.waitForParameters()
+            return (zero.groupLayouts.count, zero.buffer.buckets.count, reduceScatters, group.counts.allGathers)
+        }
+        for count in counts {
+            #expect(count.buckets > count.groups && count.groups == (count.buckets + 1) / 2, "\(count.buckets) buckets in pairs")
+            #expect(count.reduceScatters == count.groups, "one reduce-scatter per bucket group")
+            // Stage 3 gathers per layer in the next forward, not in the step.
+            #expect(count.allGathers == (stage == 3 ? 0 : count.groups), "one all-gather per bucket group after the step")
+        }
+    }
+
+    @Test func rankMajorPackingGivesEachRankItsShardOfEveryBucket() {
+        let layout = BucketGroupLayout(buckets: [4, 5, 6], bucketCounts: [6, 3, 9], ranks: 3)
+        #expect(layout.totalCount == 18 && layout.shardCount == 6 && !layout.isSingleBucket)
+        let buckets: [[Float]] = [[0, 1, 2, 3, 4, 5], [10, 11, 12], [20, 21, 22, 23, 24, 25, 26, 27, 28]]
+        var packed = [Float](repeating: -1, count: 18)
+        let pointers = buckets.map { bucket -> UnsafeMutablePointer<Float> in
+            let pointer = UnsafeMutablePointer<Float>.allocate(capacity: bucket.count)
+            pointer.initialize(from: bucket, count: bucket.count)
+            return pointer
+        }
+        defer { for pointer in pointers { pointer.deallocate() } }
+        packed.withUnsafeMutableBufferPointer { layout.packRankMajor(pointers.map { UnsafePointer($0) }, into: $0.baseAddress!) }
+        // Chunk r (what a reduce-scatter hands rank r) is rank r's shard of each bucket in turn.
+        #expect(Array(packed[0..<6]) == [0, 1, 10, 20, 21, 22])
+        #expect(Array(packed[6..<12]) == [2, 3, 11, 23, 24, 25])
+        #expect(Array(packed[12..<18]) == [4, 5, 12, 26, 27, 28])
+        for (pointer, bucket) in zip(pointers, buckets) { pointer.update(repeating: 0, count: bucket.count) }
+        packed.withUnsafeBufferPointer { layout.unpackRankMajor($0.baseAddress!, into: pointers) }
+        for (pointer, bucket) in zip(pointers, buckets) {
+            #expect(Array(UnsafeBufferPointer(start: pointer, count: bucket.count)) == bucket, "unpack inverts pack")
         }
     }
 
@@ -301,4 +368,36 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
             #expect(abs(ratio - 1) <= 0.02, "stage \(stage) dp \(ranks) fused \(fusedShardOptimizer): measured \(result.measured) B vs formula \(plan.totalBytes) B")
         }
     }
+}
+
+/// A process group that counts the reduce-scatters and all-gathers launched through it.
+final class CountingProcessGroup: ProcessGroup, @unchecked Sendable {
+    private let inner: any ProcessGroup
+    private let lock = NSLock()
+    private var launched = (reduceScatters: 0, allGathers: 0)
+
+    init(_ inner: any ProcessGroup) { self.inner = inner }
+
+    var counts: (reduceScatters: Int, allGathers: Int) { lock.withLock { launched } }
+    func reset() { lock.withLock { launched = (0, 0) } }
+
+    var rank: Int { inner.rank }
+    var size: Int { inner.size }
+    var name: String { inner.name }
+    var worldRanks: [Int] { inner.worldRanks }
+
+    func allReduceAsync(_ buffer: CommunicationBuffer, operation: ReduceOperation) -> Work { inner.allReduceAsync(buffer, operation: operation) }
+    func reduceScatterAsync(input: CommunicationBuffer, output: CommunicationBuffer, operation: ReduceOperation) -> Work {
+        lock.withLock { launched.reduceScatters += 1 }
+        return inner.reduceScatterAsync(input: input, output: output, operation: operation)
+    }
+    func allGatherAsync(input: CommunicationBuffer, output: CommunicationBuffer) -> Work {
+        lock.withLock { launched.allGathers += 1 }
+        return inner.allGatherAsync(input: input, output: output)
+    }
+    func broadcastAsync(_ buffer: CommunicationBuffer, root: Int) -> Work { inner.broadcastAsync(buffer, root: root) }
+    func sendAsync(_ buffer: CommunicationBuffer, to destination: Int, tag: Int) -> Work { inner.sendAsync(buffer, to: destination, tag: tag) }
+    func receiveAsync(_ buffer: CommunicationBuffer, from source: Int, tag: Int) -> Work { inner.receiveAsync(buffer, from: source, tag: tag) }
+    func barrierAsync() -> Work { inner.barrierAsync() }
+    func split(color: Int, key: Int, name: String?) throws -> (any ProcessGroup)? { try inner.split(color: color, key: key, name: name) }
 }

@@ -53,10 +53,12 @@ import Testing
         #expect(metrics.split(separator: "\n").filter { $0.contains("\"loss\"") }.count == 10)
     }
 
-    /// (stage, dp, accumulation, overlap_param_gather, fuse_optimizer): "auto" fuses (dp > 1), "off" does not.
-    @Test(arguments: [(1, 2, 1, false, "auto"), (2, 2, 2, false, "on"), (2, 4, 1, false, "auto"), (1, 2, 2, true, "off"), (2, 2, 1, true, "off"),
-                      (3, 2, 2, false, "on"), (3, 4, 1, true, "auto"), (3, 2, 1, false, "off")])
-    func zeroTrainingMatchesOneProcess(stage: Int, ranks: Int, accumulate: Int, overlapParamGather: Bool, fuseOptimizer: String) throws {
+    /// (stage, dp, accumulation, overlap_param_gather, fuse_optimizer, buckets per group): fuse_optimizer "auto"
+    /// fuses (dp > 1), "off" does not.
+    @Test(arguments: [(1, 2, 1, false, "auto", 1), (2, 2, 2, false, "on", 1), (2, 4, 1, false, "auto", 1), (1, 2, 2, true, "off", 1), (2, 2, 1, true, "off", 1),
+                      (3, 2, 2, false, "on", 1), (3, 4, 1, true, "auto", 1), (3, 2, 1, false, "off", 1), (1, 2, 2, true, "auto", 2), (2, 4, 2, true, "auto", 3),
+                      (3, 2, 2, true, "auto", 2)])
+    func zeroTrainingMatchesOneProcess(stage: Int, ranks: Int, accumulate: Int, overlapParamGather: Bool, fuseOptimizer: String, bucketsPerGroup: Int) throws {
         let single = scratchDirectory("zero-single"), parallel = scratchDirectory("zero-parallel")
         defer { for path in [single, parallel] { try? FileManager.default.removeItem(atPath: path) } }
         var reference = try configuration(output: single)
@@ -70,12 +72,14 @@ import Testing
         distributed.zeroStage = stage
         distributed.ddp.overlapParamGather = overlapParamGather
         try TrainingSettings.applyFlag("--fuse-optimizer", fuseOptimizer, to: &distributed)
+        try TrainingSettings.applyFlag("--buckets-per-group", String(bucketsPerGroup), to: &distributed)
         distributed.ddp.firstBucketCapMB = 0.001
         distributed.ddp.bucketCapMB = 0.004
         let frozen = distributed
         let weights = try LocalWorld.run(size: ranks, threadsPerRank: 1) { group -> [[Float]] in
             let trainer = try Trainer(configuration: frozen, group: group)
             #expect(trainer.zero?.stage == stage)
+            #expect(trainer.zero.map { $0.groupLayouts.allSatisfy { $0.buckets.count <= bucketsPerGroup } } == true)
             #expect((trainer.optimizer is FusedSGD) == (fuseOptimizer != "off"), "fuse_optimizer \(fuseOptimizer) under ZeRO")
             _ = try trainer.run()
             return trainer.model.parameters.map { $0.toArray() }
@@ -83,7 +87,7 @@ import Testing
         let expected = one.model.parameters.map { $0.toArray() }
         for (rank, result) in weights.enumerated() {
             let error = relativeError(result, expected)
-            #expect(error <= 1e-5, "ZeRO-\(stage) dp \(ranks) fuse_optimizer \(fuseOptimizer) rank \(rank): relative error \(error)")
+            #expect(error <= 1e-5, "ZeRO-\(stage) dp \(ranks) fuse_optimizer \(fuseOptimizer) buckets/group \(bucketsPerGroup) rank \(rank): relative error \(error)")
         }
         // A ZeRO checkpoint is refused for resuming rather than resumed with rank 0's shard only.
         var resumed = reference
@@ -177,6 +181,9 @@ import Testing
         #expect(throws: ConvoyError.self) { try TrainingSettings.apply(toml: "[parallel.ddp]\nbucketting = true\n", source: "p.toml", to: &parsed) }
         let stageThree = try TrainingSettings.resolve(configFile: nil, flags: [("--dp", "2"), ("--zero-stage", "3"), ("--reshard-after-forward", "false")])
         #expect(stageThree.zeroStage == 3 && !stageThree.ddp.reshardAfterForward)
+        let grouped = try TrainingSettings.resolve(configFile: nil, flags: [("--dp", "2"), ("--zero-stage", "2"), ("--buckets-per-group", "4")])
+        #expect(grouped.ddp.bucketsPerGroup == 4)
+        #expect(throws: ConvoyError.self) { try TrainingSettings.resolve(configFile: nil, flags: [("--buckets-per-group", "0")]) }
         #expect(throws: ConvoyError.self) { try TrainingSettings.resolve(configFile: nil, flags: [("--zero-stage", "4")]) }
         #expect(throws: ConvoyError.self) { try TrainingSettings.resolve(configFile: nil, flags: [("--dp", "1"), ("--zero-stage", "1")]) }
     }

@@ -36,6 +36,10 @@ public struct DataParallelOptions: Sendable, Equatable {
     /// ZeRO stage 3: release each layer's gathered parameters after its forward and gather them again before
     /// its backward (less memory), or keep them from forward to backward (one all-gather fewer per layer).
     public var reshardAfterForward = true
+    /// ZeRO: consecutive buckets per bucket group. Each group is reduce-scattered (and, at stages 1 and 2,
+    /// all-gathered) by one collective once all its buckets are ready: fewer, larger collectives (less
+    /// per-message latency) for a later start of the first one and a transient rank-major copy of the group.
+    public var bucketsPerGroup = 1
 
     public init() {}
 }

@@ -22,6 +22,11 @@ import Foundation
 ///   (``ShardedParameters``). The step updates the shard and gathers nothing; the next forward does.
 ///   Reading parameters outside a training forward (evaluation, saving) needs ``gatherFullParameters()``.
 ///
+/// Collectives go per bucket group (``DataParallelOptions/bucketsPerGroup`` consecutive buckets, default 1): a
+/// group is reduce-scattered once all its buckets are complete, and at stages 1–2 gathered after the step, by
+/// one collective each, sent in rank-major order (``BucketGroupLayout``) so every rank still gets exactly its
+/// same-offset shards.
+///
 /// Per rank with Adam: stage 1 holds 4Ψ parameters + 4Ψ gradients + 8Ψ/N state; stage 2 holds 4Ψ + 12Ψ/N
 /// (plus the staging of buckets in flight); stage 3 holds 16Ψ/N at rest (plus the gathered layers in use).
 public final class DistributedOptimizer {
@@ -40,10 +45,16 @@ public final class DistributedOptimizer {
     /// Stage 2: per bucket, the staging buffer of the current backward and the number of gradients missing.
     private var staging: [Tensor?]
     private var pending: [Int]
-    private var incoming: [(work: Work, shard: Tensor, staged: Tensor)?]
-    private var nextBucketToLaunch = 0
-    /// All-gathers launched by the last step and not yet waited for (with `overlapParamGather`).
-    private var pendingGathers: [Int: (work: Work, staged: Tensor)] = [:]
+    /// The bucket groups (``ParamAndGradBuffer/bucketGroups``), each reduced — and at stages 1 and 2 gathered —
+    /// by one collective, and the group of each bucket.
+    public let groupLayouts: [BucketGroupLayout]
+    private let groupOfBucket: [Int]
+    /// Stages 2 and 3: per bucket group, the reduce-scatter in flight (its rank-major input kept alive).
+    private var incoming: [(work: Work, output: Tensor, input: Tensor)?]
+    private var nextGroupToLaunch = 0
+    /// Per bucket group, the all-gather launched by the last step and not yet waited for (with
+    /// `overlapParamGather`); `output` is the transient rank-major buffer of a group of several buckets.
+    private var pendingGathers: [Int: (work: Work, input: Tensor, output: Tensor?)] = [:]
     private var gatherError: Error?
     private let overlapParamGather: Bool
     private var forwardHooks: [(Module, Int)] = []
@@ -68,7 +79,8 @@ public final class DistributedOptimizer {
         let units = stage == 3 ? ShardedParameters.bucketAssignment(module: module, parameters: parameters) : nil
         buffer = try ParamAndGradBuffer(parameters: parameters, dataParallelSize: group.size,
                                         firstBucketCapBytes: Int(options.firstBucketCapMB * 1_048_576),
-                                        bucketCapBytes: Int(options.bucketCapMB * 1_048_576), keepsFullGradients: stage == 1,
+                                        bucketCapBytes: Int(options.bucketCapMB * 1_048_576), bucketsPerGroup: options.bucketsPerGroup,
+                                        keepsFullGradients: stage == 1,
                                         keepsFullParameters: stage < 3, bucketAssignment: units?.buckets)
         let layout = buffer
         sharded = units.map { ShardedParameters(buffer: layout, layers: $0.layers, module: module, group: group, reshardAfterForward: options.reshardAfterForward) }
@@ -78,7 +90,14 @@ public final class DistributedOptimizer {
         shardOffsets = offsets
         staging = Array(repeating: nil, count: buffer.buckets.count)
         pending = buffer.buckets.map(\.parameters.count)
-        incoming = Array(repeating: nil, count: buffer.buckets.count)
+        let buckets = buffer.buckets
+        groupLayouts = buffer.bucketGroups.map { members in
+            BucketGroupLayout(buckets: members, bucketCounts: members.map { buckets[$0].range.count }, ranks: group.size)
+        }
+        var groupOf = [Int](repeating: 0, count: buffer.buckets.count)
+        for (index, members) in buffer.bucketGroups.enumerated() { for bucket in members { groupOf[bucket] = index } }
+        groupOfBucket = groupOf
+        incoming = Array(repeating: nil, count: buffer.bucketGroups.count)
 
         // Views of this rank's slices: values in the parameter buffer (stage 3: the parameter shard), gradients
         // in the gradient shard.
@@ -100,10 +119,10 @@ public final class DistributedOptimizer {
         shardSlices = slices
         optimizer = makeOptimizer([ParameterGroup(decaying, weightDecay: weightDecay), ParameterGroup(plain, weightDecay: 0)])
         if overlapParamGather && stage < 3 {
-            // Each layer that owns parameters waits, at the start of its forward, for its buckets only.
+            // Each layer that owns parameters waits, at the start of its forward, for its buckets' groups only.
             for layer in module.allModules where !layer.localParameters.isEmpty {
-                let buckets = Set(layer.localParameters.compactMap { buffer.bucketIndex(of: $0.parameter) }).sorted()
-                let id = layer.registerForwardPreHook { [weak self] _ in self?.waitForGathers(of: buckets) }
+                let groups = Set(layer.localParameters.compactMap { buffer.bucketIndex(of: $0.parameter).map { groupOfBucket[$0] } }).sorted()
+                let id = layer.registerForwardPreHook { [weak self] _ in self?.waitForGathers(ofGroups: groups) }
                 forwardHooks.append((layer, id))
             }
         }
@@ -122,21 +141,29 @@ public final class DistributedOptimizer {
         for (layer, id) in forwardHooks { layer.removeForwardHook(id) }
     }
 
-    private func waitForGathers(of buckets: [Int]) {
-        for index in buckets {
+    /// Waits for the all-gathers of bucket groups `groups` still in flight and unpacks the rank-major ones.
+    private func waitForGathers(ofGroups groups: [Int]) {
+        for index in groups {
             guard let pending = pendingGathers.removeValue(forKey: index) else { continue }
-            do { try pending.work.wait() } catch { if gatherError == nil { gatherError = error } }
-            withExtendedLifetime(pending.staged) {}
+            do {
+                try pending.work.wait()
+                if let output = pending.output {
+                    let layout = groupLayouts[index]
+                    let parameters = buffer.parameterBuffer
+                    layout.unpackRankMajor(output.floatPointer, into: layout.buckets.map { parameters.floatPointer + buffer.buckets[$0].range.lowerBound })
+                }
+            } catch { if gatherError == nil { gatherError = error } }
+            withExtendedLifetime(pending) {}
         }
     }
 
-    /// Parameter all-gathers launched by the last step and not yet waited for.
+    /// Parameter all-gathers (one per bucket group) launched by the last step and not yet waited for.
     public var pendingParameterGathers: Int { pendingGathers.count }
 
     /// Waits for every parameter all-gather still in flight and rethrows a failed one. Stages 1 and 2: the
     /// parameters are then complete; stage 3 needs ``gatherFullParameters()`` for that.
     public func waitForParameters() throws {
-        waitForGathers(of: Array(pendingGathers.keys).sorted())
+        waitForGathers(ofGroups: Array(pendingGathers.keys).sorted())
         if let error = gatherError {
             gatherError = nil
             throw error
@@ -170,15 +197,15 @@ public final class DistributedOptimizer {
     public var peakGatheredParameterBytes: Int { sharded?.peakGatheredBytes ?? 0 }
 
     /// Stages 2 and 3: adds one parameter's gradient of this backward into its bucket's staging buffer; a
-    /// complete bucket is reduce-scattered (in bucket order, overlapping the rest of backward when `overlap` is
-    /// on). Adding rather than copying lets a pipeline stage several backwards (its micro-batches) before one
+    /// complete bucket group is reduce-scattered (in group order, overlapping the rest of backward when
+    /// `overlap` is on). Adding rather than copying lets a pipeline stage several backwards (its micro-batches) before one
     /// ``finishBackward()``.
     private func stage(_ gradient: Tensor, of parameter: Parameter) {
         let bucketIndex = buffer.bucketIndex(of: parameter)!
         stagedGradient(of: parameter).addInPlace(gradient.contiguous().reshaped([gradient.count]))
         pending[bucketIndex] -= 1
         if pending[bucketIndex] == 0 { sharded?.gradientsComplete(bucket: bucketIndex) }
-        if overlap { launchCompleteBuckets() }
+        if overlap { launchCompleteGroups() }
     }
 
     /// Stages 2 and 3: the part of `parameter`'s bucket staging buffer that holds its gradient of the current
@@ -194,21 +221,30 @@ public final class DistributedOptimizer {
         return Tensor(storage: staged.storage, shape: [range.count], offset: staged.offset + range.lowerBound - bucket.range.lowerBound)
     }
 
-    private func launchCompleteBuckets() {
-        while nextBucketToLaunch < buffer.buckets.count && pending[nextBucketToLaunch] == 0 {
-            launchStaged(nextBucketToLaunch)
-            nextBucketToLaunch += 1
+    private func launchCompleteGroups() {
+        while nextGroupToLaunch < groupLayouts.count && groupLayouts[nextGroupToLaunch].buckets.allSatisfy({ pending[$0] == 0 }) {
+            launchStaged(group: nextGroupToLaunch)
+            nextGroupToLaunch += 1
         }
     }
 
-    private func launchStaged(_ bucketIndex: Int) {
-        let bucket = buffer.buckets[bucketIndex]
+    /// One reduce-scatter for the group's staged buckets (rank-major when it has several).
+    private func launchStaged(group index: Int) {
+        let layout = groupLayouts[index]
         // A bucket none of whose parameters got a gradient this backward contributes zeros.
-        let staged = staging[bucketIndex] ?? Tensor.zeros([bucket.range.count])
-        staging[bucketIndex] = nil
-        let shard = Tensor(uninitializedShape: [bucket.range.count / group.size])
-        let work = group.reduceScatterAsync(input: CommunicationBuffer(staged), output: CommunicationBuffer(shard), operation: .average)
-        incoming[bucketIndex] = (work, shard, staged)
+        let staged = layout.buckets.map { bucket in staging[bucket] ?? Tensor.zeros([buffer.buckets[bucket].range.count]) }
+        for bucket in layout.buckets { staging[bucket] = nil }
+        let input: Tensor
+        if layout.isSingleBucket {
+            input = staged[0]
+        } else {
+            input = TensorAllocator.withCategory(.gradients) { Tensor(uninitializedShape: [layout.totalCount]) }
+            // The staged buffers must outlive the copy: their pointers escape the array.
+            withExtendedLifetime(staged) { layout.packRankMajor(staged.map { UnsafePointer($0.floatPointer) }, into: input.floatPointer) }
+        }
+        let output = Tensor(uninitializedShape: [layout.shardCount])
+        let work = group.reduceScatterAsync(input: CommunicationBuffer(input), output: CommunicationBuffer(output), operation: .average)
+        incoming[index] = (work, output, input)
     }
 
     /// Stages 2 and 3: call after every backward (each micro-step): launches what is left, waits for every
@@ -219,16 +255,18 @@ public final class DistributedOptimizer {
         guard stage >= 2 else { return }
         defer { sharded?.releaseUnpinned() }
         defer {
-            nextBucketToLaunch = 0
+            nextGroupToLaunch = 0
             pending = buffer.buckets.map(\.parameters.count)
-            incoming = Array(repeating: nil, count: buffer.buckets.count)
+            incoming = Array(repeating: nil, count: groupLayouts.count)
         }
-        for index in buffer.buckets.indices where incoming[index] == nil { launchStaged(index) }
+        for index in groupLayouts.indices where incoming[index] == nil { launchStaged(group: index) }
         for (index, entry) in incoming.enumerated() {
             guard let entry else { continue }
             try entry.work.wait()
-            shardGradient(of: index).addInPlace(entry.shard)
-            withExtendedLifetime(entry.staged) {}
+            // The group's shards are consecutive in the gradient shard, in the order the reduce-scatter left them.
+            let first = groupLayouts[index].buckets[0]
+            Tensor(storage: gradientShard.storage, shape: [entry.output.count], offset: gradientShard.offset + shardOffsets[first]).addInPlace(entry.output)
+            withExtendedLifetime(entry.input) {}
         }
     }
 
@@ -239,15 +277,31 @@ public final class DistributedOptimizer {
         guard stage == 1 else { return }
         let gradients = buffer.gradientBuffer
         // Outputs are transient: the result is copied into the rank's shard region of the gradient buffer, so
-        // stage 1 holds no gradient memory beyond the full buffer (and MPI never sees aliased buffers).
-        let launched = buffer.buckets.map { bucket -> (Work, Tensor) in
-            let output = TensorAllocator.withCategory(.gradients) { Tensor(uninitializedShape: [bucket.range.count / group.size]) }
-            let work = group.reduceScatterAsync(input: CommunicationBuffer(gradients).slice(bucket.range), output: CommunicationBuffer(output), operation: .average)
-            return (work, output)
+        // stage 1 holds no gradient memory beyond the full buffer (and MPI never sees aliased buffers). A group
+        // of several buckets is first copied out in rank-major order (transient too).
+        let launched = groupLayouts.map { layout -> (Work, Tensor, Tensor?) in
+            let output = TensorAllocator.withCategory(.gradients) { Tensor(uninitializedShape: [layout.shardCount]) }
+            var packed: Tensor?
+            let input: CommunicationBuffer
+            if layout.isSingleBucket {
+                input = CommunicationBuffer(gradients).slice(buffer.buckets[layout.buckets[0]].range)
+            } else {
+                let staged = TensorAllocator.withCategory(.gradients) { Tensor(uninitializedShape: [layout.totalCount]) }
+                layout.packRankMajor(layout.buckets.map { UnsafePointer(gradients.floatPointer + buffer.buckets[$0].range.lowerBound) }, into: staged.floatPointer)
+                packed = staged
+                input = CommunicationBuffer(staged)
+            }
+            return (group.reduceScatterAsync(input: input, output: CommunicationBuffer(output), operation: .average), output, packed)
         }
-        for (index, (work, output)) in launched.enumerated() {
+        for (index, (work, output, packed)) in launched.enumerated() {
             try work.wait()
-            shardGradient(of: index).assign(output)
+            var position = 0
+            for bucket in groupLayouts[index].buckets {
+                let shard = shardGradient(of: bucket)
+                shard.assign(Tensor(storage: output.storage, shape: [shard.count], offset: output.offset + position))
+                position += shard.count
+            }
+            withExtendedLifetime(packed) {}
         }
     }
 
@@ -276,11 +330,20 @@ public final class DistributedOptimizer {
         }
         optimizer.step()
         let parameters = buffer.parameterBuffer
-        for bucket in buffer.buckets.reversed() {
-            // The all-gather's input is copied out first: MPI forbids aliasing input and output buffers.
-            let staged = parameters.slice(axis: 0, buffer.shardRange(of: bucket.index, rank: group.rank)).copy()
-            let work = group.allGatherAsync(input: CommunicationBuffer(staged), output: CommunicationBuffer(parameters).slice(bucket.range))
-            pendingGathers[bucket.index] = (work, staged)
+        for (index, layout) in groupLayouts.enumerated().reversed() {
+            // The all-gather's input (the rank's shards of the group, bucket after bucket) is copied out first:
+            // MPI forbids aliasing input and output buffers. A group of several buckets arrives rank-major in
+            // a transient buffer and is put back into the buckets when waited for.
+            let staged = Tensor(uninitializedShape: [layout.shardCount])
+            var position = 0
+            for bucket in layout.buckets {
+                let shard = buffer.shardRange(of: bucket, rank: group.rank)
+                (staged.floatPointer + position).update(from: parameters.floatPointer + shard.lowerBound, count: shard.count)
+                position += shard.count
+            }
+            let output = layout.isSingleBucket ? nil : Tensor(uninitializedShape: [layout.totalCount])
+            let destination = output.map { CommunicationBuffer($0) } ?? CommunicationBuffer(parameters).slice(buffer.buckets[layout.buckets[0]].range)
+            pendingGathers[index] = (group.allGatherAsync(input: CommunicationBuffer(staged), output: destination), staged, output)
         }
         if !overlapParamGather { try waitForParameters() }
     }

@@ -14,7 +14,8 @@ import ConvoyTensor
 /// - Rank `r` owns the same-offset shard of every bucket: elements
 ///   `start + r·(padded/N) ..< start + (r+1)·(padded/N)` of each. A shard may cut through a parameter, which is
 ///   why ``ownedSlices(rank:)`` reports element ranges rather than whole parameters.
-/// - Consecutive buckets form bucket groups (``bucketGroups``), each meant to be reduced by one collective.
+/// - Consecutive buckets form bucket groups (``bucketGroups``); ``DistributedOptimizer`` reduces (and at
+///   stages 1–2 gathers) each group with one collective, sent rank-major (``BucketGroupLayout``).
 ///
 /// Construction copies every parameter's values into its slice of ``parameterBuffer`` and rebinds the
 /// parameter to that slice (``ConvoyTensor/Tensor/rebind(to:)``: identity, name and hooks are kept), and

@@ -173,6 +173,7 @@ public enum TrainingSettings {
         boolean("parallel.ddp.find_unused_parameters", "--find-unused-parameters", \.ddp.findUnusedParameters),
         boolean("parallel.ddp.overlap_param_gather", "--overlap-param-gather", \.ddp.overlapParamGather),
         boolean("parallel.ddp.reshard_after_forward", "--reshard-after-forward", \.ddp.reshardAfterForward),
+        integer("parallel.ddp.buckets_per_group", "--buckets-per-group", \.ddp.bucketsPerGroup, 1...1024),
         integer("parallel.pipeline.pp", "--pp", \.pipeline.stages, 1...4096),
         optionalInteger("parallel.pipeline.micro_batch_size", "--micro-batch-size", \.microBatchSize, 1...1_000_000),
         Setting(key: "parallel.pipeline.schedule", flag: "--schedule", apply: { configuration, value in
