@@ -20,6 +20,8 @@ struct BenchZeROCommand: ParsableCommand {
     @Option(help: "Timed steps.") var steps: Int = 3
     @Option(name: .customLong("fuse-optimizer"), help: "Flat-buffer AdamW (at stages 1–3 in place over the shard slices): auto (on for dp > 1), on or off.")
     var fuseOptimizer: String = "auto"
+    @Option(name: .customLong("bucket-cap-mb"), help: "Bucket cap in MiB (stage 0 and stages 1–2).") var bucketCapMB: Double = 25
+    @Option(name: .customLong("buckets-per-group"), help: "ZeRO: consecutive buckets reduced (and gathered) by one collective.") var bucketsPerGroup: Int = 1
     @Flag(help: "End with one JSON line of the results.") var json = false
 
     /// Whether the runs use the flat-buffer optimizer, as training would with the same fuse_optimizer.
@@ -28,6 +30,7 @@ struct BenchZeROCommand: ParsableCommand {
     func validate() throws {
         guard dp >= 1 else { throw ValidationError("--dp must be at least 1") }
         guard (0...3).contains(zeroStage) else { throw ValidationError("--zero-stage must be 0, 1, 2 or 3, got \(zeroStage)") }
+        guard bucketCapMB > 0, bucketsPerGroup >= 1 else { throw ValidationError("--bucket-cap-mb must be positive and --buckets-per-group at least 1") }
         guard FusionChoice(rawValue: fuseOptimizer) != nil else { throw ValidationError("--fuse-optimizer must be auto, on or off, got \(fuseOptimizer)") }
         for (name, value) in [("--batch-per-rank", batchPerRank), ("--steps", steps)] where value <= 0 {
             throw ValidationError("\(name) must be positive, got \(value)")
@@ -62,6 +65,10 @@ struct BenchZeROCommand: ParsableCommand {
     func measure(stage: Int) throws -> Measurement {
         let configuration = shape.configuration
         let (warmup, steps, batch, time, fused) = (self.warmup, self.steps, batchPerRank, shape.context, self.fused)
+        var chosen = DataParallelOptions()
+        chosen.bucketCapMB = bucketCapMB
+        chosen.bucketsPerGroup = bucketsPerGroup
+        let options = chosen
         let results = try LocalWorld.run(size: dp, threadsPerRank: 1) { group -> (Double, (Int, Int, Int), Int, (Double, Double)?) in
             let model = try GPT(configuration, seed: 1)
             let groups = ParameterGroup.decayingMatrices(of: model, weightDecay: 0.1)
@@ -71,12 +78,12 @@ struct BenchZeROCommand: ParsableCommand {
             let optimizer: any Optimizer
             if stage == 0 {
                 // As training does: fused gradients when there are several ranks.
-                parallel = group.size > 1 ? try DataParallel(module: model, group: group) : nil
+                parallel = group.size > 1 ? try DataParallel(module: model, group: group, options: options) : nil
                 optimizer = fused
                     ? FusedAdam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1, gradientLayout: parallel?.fusedGradients != nil ? .external : .flat)
                     : Adam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1)
             } else {
-                let distributed = try DistributedOptimizer(module: model, group: group, stage: stage, weightDecay: 0.1) { groups -> any Optimizer in
+                let distributed = try DistributedOptimizer(module: model, group: group, stage: stage, options: options, weightDecay: 0.1) { groups -> any Optimizer in
                     shardGroups = groups
                     return fused ? FusedAdam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1, gradientLayout: .external, placement: .inPlace)
                         : Adam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1)
@@ -127,7 +134,7 @@ struct BenchZeROCommand: ParsableCommand {
         let baseline = zeroStage == 0 ? measured : try measure(stage: 0)
         let worst = measured.bytes.map { $0.0 + $0.1 + $0.2 }.max()!
         func mib(_ bytes: Int) -> String { String(format: "%.2f MiB", Double(bytes) / 1_048_576) }
-        print("# ZeRO stage \(zeroStage), dp \(dp) Local ranks × 1 thread; \(shape.summary), Ψ = \(parameterCount); AdamW (\(fused ? "fused" : "per-tensor")); \(batchPerRank) sequences per rank")
+        print("# ZeRO stage \(zeroStage), dp \(dp) Local ranks × 1 thread; \(shape.summary), Ψ = \(parameterCount); AdamW (\(fused ? "fused" : "per-tensor")); \(batchPerRank) sequences per rank; buckets ≤ \(bucketCapMB) MiB, \(bucketsPerGroup) per group")
         print("rank  parameters     gradients      optimizer state  total          formula (\(plan.formula))")
         for (rank, bytes) in measured.bytes.enumerated() {
             let total = bytes.0 + bytes.1 + bytes.2
@@ -147,7 +154,7 @@ struct BenchZeROCommand: ParsableCommand {
             var object: [String: Any] = ["zero_stage": zeroStage, "dp": dp, "state_bytes_measured": worst, "state_bytes_formula": plan.totalBytes,
                                          "tokens_per_s": measured.tokensPerSecond, "tokens_per_s_stage0": baseline.tokensPerSecond,
                                          "measured_over_formula": ratio, "peak_gathered_parameter_bytes": measured.peakGatheredBytes,
-                                         "fused_optimizer": fused]
+                                         "fused_optimizer": fused, "buckets_per_group": bucketsPerGroup, "bucket_cap_mb": bucketCapMB]
             if let shardStep = measured.shardStepMilliseconds {
                 object["shard_step_ms_per_tensor"] = shardStep.perTensor
                 object["shard_step_ms_fused"] = shardStep.fused
