@@ -35,27 +35,36 @@ public struct BucketGroupLayout: Sendable, Equatable {
     /// Copies the buckets (`sources[i]`: bucket i's `bucketCounts[i]` elements, in buffer order) into
     /// `destination` (``totalCount`` elements) in rank-major order.
     public func packRankMajor(_ sources: [UnsafePointer<Float>], into destination: UnsafeMutablePointer<Float>) {
-        precondition(sources.count == buckets.count, "one source per bucket")
-        var position = 0
-        for rank in 0..<ranks {
-            for (source, count) in zip(sources, bucketCounts) {
-                let shard = count / ranks
-                (destination + position).update(from: source + rank * shard, count: shard)
-                position += shard
-            }
-        }
+        for rank in 0..<ranks { packShards(of: rank, from: sources, into: destination + rank * shardCount) }
     }
 
     /// The inverse of ``packRankMajor(_:into:)``: `source` in rank-major order back into each bucket.
     public func unpackRankMajor(_ source: UnsafePointer<Float>, into destinations: [UnsafeMutablePointer<Float>]) {
+        for rank in 0..<ranks { unpackShards(of: rank, from: source + rank * shardCount, into: destinations) }
+    }
+
+    /// Rank `rank`'s part of ``packRankMajor(_:into:)``: its shard of each bucket (`sources[i]`: bucket i's
+    /// elements in buffer order), concatenated into `destination` (``shardCount`` elements) — what the rank
+    /// sends to an all-gather of the group.
+    public func packShards(of rank: Int, from sources: [UnsafePointer<Float>], into destination: UnsafeMutablePointer<Float>) {
+        precondition(sources.count == buckets.count, "one source per bucket")
+        var position = 0
+        for (source, count) in zip(sources, bucketCounts) {
+            let shard = count / ranks
+            (destination + position).update(from: source + rank * shard, count: shard)
+            position += shard
+        }
+    }
+
+    /// Rank `rank`'s part of ``unpackRankMajor(_:into:)``: its shards, concatenated in `source` (what a
+    /// reduce-scatter of the group leaves on it), back into each bucket's shard region.
+    public func unpackShards(of rank: Int, from source: UnsafePointer<Float>, into destinations: [UnsafeMutablePointer<Float>]) {
         precondition(destinations.count == buckets.count, "one destination per bucket")
         var position = 0
-        for rank in 0..<ranks {
-            for (destination, count) in zip(destinations, bucketCounts) {
-                let shard = count / ranks
-                (destination + rank * shard).update(from: source + position, count: shard)
-                position += shard
-            }
+        for (destination, count) in zip(destinations, bucketCounts) {
+            let shard = count / ranks
+            (destination + rank * shard).update(from: source + position, count: shard)
+            position += shard
         }
     }
 }

@@ -148,13 +148,17 @@ public final class DistributedOptimizer {
             do {
                 try pending.work.wait()
                 if let output = pending.output {
-                    let layout = groupLayouts[index]
-                    let parameters = buffer.parameterBuffer
-                    layout.unpackRankMajor(output.floatPointer, into: layout.buckets.map { parameters.floatPointer + buffer.buckets[$0].range.lowerBound })
+                    groupLayouts[index].unpackRankMajor(output.floatPointer, into: bucketStarts(in: buffer.parameterBuffer, group: index))
                 }
             } catch { if gatherError == nil { gatherError = error } }
             withExtendedLifetime(pending) {}
         }
+    }
+
+    /// Where each bucket of group `index` starts in `full` (the parameter or the full gradient buffer, which
+    /// ``buffer`` owns, so the pointers stay valid).
+    private func bucketStarts(in full: Tensor, group index: Int) -> [UnsafeMutablePointer<Float>] {
+        groupLayouts[index].buckets.map { full.floatPointer + buffer.buckets[$0].range.lowerBound }
     }
 
     /// Parameter all-gathers (one per bucket group) launched by the last step and not yet waited for.
@@ -279,7 +283,7 @@ public final class DistributedOptimizer {
         // Outputs are transient: the result is copied into the rank's shard region of the gradient buffer, so
         // stage 1 holds no gradient memory beyond the full buffer (and MPI never sees aliased buffers). A group
         // of several buckets is first copied out in rank-major order (transient too).
-        let launched = groupLayouts.map { layout -> (Work, Tensor, Tensor?) in
+        let launched = groupLayouts.enumerated().map { index, layout -> (Work, Tensor, Tensor?) in
             let output = TensorAllocator.withCategory(.gradients) { Tensor(uninitializedShape: [layout.shardCount]) }
             var packed: Tensor?
             let input: CommunicationBuffer
@@ -287,7 +291,7 @@ public final class DistributedOptimizer {
                 input = CommunicationBuffer(gradients).slice(buffer.buckets[layout.buckets[0]].range)
             } else {
                 let staged = TensorAllocator.withCategory(.gradients) { Tensor(uninitializedShape: [layout.totalCount]) }
-                layout.packRankMajor(layout.buckets.map { UnsafePointer(gradients.floatPointer + buffer.buckets[$0].range.lowerBound) }, into: staged.floatPointer)
+                layout.packRankMajor(bucketStarts(in: gradients, group: index).map { UnsafePointer($0) }, into: staged.floatPointer)
                 packed = staged
                 input = CommunicationBuffer(staged)
             }
@@ -295,11 +299,9 @@ public final class DistributedOptimizer {
         }
         for (index, (work, output, packed)) in launched.enumerated() {
             try work.wait()
-            var position = 0
-            for bucket in groupLayouts[index].buckets {
-                let shard = shardGradient(of: bucket)
-                shard.assign(Tensor(storage: output.storage, shape: [shard.count], offset: output.offset + position))
-                position += shard.count
+            // Into this rank's shard regions of the gradient buffer (where shardGradient(of:) reads at stage 1).
+            withExtendedLifetime(output) {
+                groupLayouts[index].unpackShards(of: group.rank, from: output.floatPointer, into: bucketStarts(in: gradients, group: index))
             }
             withExtendedLifetime(packed) {}
         }
@@ -335,12 +337,7 @@ public final class DistributedOptimizer {
             // MPI forbids aliasing input and output buffers. A group of several buckets arrives rank-major in
             // a transient buffer and is put back into the buckets when waited for.
             let staged = Tensor(uninitializedShape: [layout.shardCount])
-            var position = 0
-            for bucket in layout.buckets {
-                let shard = buffer.shardRange(of: bucket, rank: group.rank)
-                (staged.floatPointer + position).update(from: parameters.floatPointer + shard.lowerBound, count: shard.count)
-                position += shard.count
-            }
+            layout.packShards(of: group.rank, from: bucketStarts(in: parameters, group: index).map { UnsafePointer($0) }, into: staged.floatPointer)
             let output = layout.isSingleBucket ? nil : Tensor(uninitializedShape: [layout.totalCount])
             let destination = output.map { CommunicationBuffer($0) } ?? CommunicationBuffer(parameters).slice(buffer.buckets[layout.buckets[0]].range)
             pendingGathers[index] = (group.allGatherAsync(input: CommunicationBuffer(staged), output: destination), staged, output)
