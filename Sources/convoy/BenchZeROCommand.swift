@@ -48,6 +48,14 @@ struct BenchZeROCommand: ParsableCommand {
         var shardStepMilliseconds: (perTensor: Double, fused: Double)?
     }
 
+    /// The benchmark's AdamW (lr 3e-4, decay 0.1 on matrices): per-tensor, or the flat-buffer kind with the
+    /// given gradient layout and placement.
+    static func adamW(_ groups: [ParameterGroup], fused: Bool, gradientLayout: FlatParameterBuffer.GradientLayout = .flat,
+                      placement: FlatParameterBuffer.Placement = .packed) -> any Optimizer {
+        fused ? FusedAdam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1, gradientLayout: gradientLayout, placement: placement)
+            : Adam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1)
+    }
+
     /// Times `perTensor` and `fused` (over the same shard slices) alternately; mean milliseconds per step.
     static func timeShardSteps(perTensor: any Optimizer, fused: any Optimizer, repetitions: Int = 5) -> (perTensor: Double, fused: Double) {
         var nanoseconds: (UInt64, UInt64) = (0, 0)
@@ -79,14 +87,11 @@ struct BenchZeROCommand: ParsableCommand {
             if stage == 0 {
                 // As training does: fused gradients when there are several ranks.
                 parallel = group.size > 1 ? try DataParallel(module: model, group: group, options: options) : nil
-                optimizer = fused
-                    ? FusedAdam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1, gradientLayout: parallel?.fusedGradients != nil ? .external : .flat)
-                    : Adam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1)
+                optimizer = Self.adamW(groups, fused: fused, gradientLayout: parallel?.fusedGradients != nil ? .external : .flat)
             } else {
                 let distributed = try DistributedOptimizer(module: model, group: group, stage: stage, options: options, weightDecay: 0.1) { groups -> any Optimizer in
                     shardGroups = groups
-                    return fused ? FusedAdam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1, gradientLayout: .external, placement: .inPlace)
-                        : Adam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1)
+                    return Self.adamW(groups, fused: fused, gradientLayout: .external, placement: .inPlace)
                 }
                 zero = distributed
                 optimizer = distributed.optimizer
@@ -119,8 +124,8 @@ struct BenchZeROCommand: ParsableCommand {
                          allocator.liveBytes(of: .optimizerState, owner: rank))
             // Counted above first: these two optimizers' moments are extra state, for the timing only.
             let shardSteps = zero == nil ? nil : Self.timeShardSteps(
-                perTensor: Adam.adamW(shardGroups, learningRate: 3e-4, weightDecay: 0.1),
-                fused: FusedAdam.adamW(shardGroups, learningRate: 3e-4, weightDecay: 0.1, gradientLayout: .external, placement: .inPlace))
+                perTensor: Self.adamW(shardGroups, fused: false),
+                fused: Self.adamW(shardGroups, fused: true, gradientLayout: .external, placement: .inPlace))
             return (Double(steps * batch * time * group.size) / seconds, bytes, zero?.peakGatheredParameterBytes ?? 0, shardSteps)
         }
         return Measurement(tokensPerSecond: results[0].0, bytes: results.map(\.1), peakGatheredBytes: results.map(\.2).max() ?? 0,
