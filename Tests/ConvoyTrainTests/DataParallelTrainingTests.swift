@@ -105,24 +105,23 @@ import Testing
         configuration.zeroStage = stage
         configuration.checkpointEvery = 5
         let frozen = configuration
-        let full = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [[Float]] in
-            let trainer = try Trainer(configuration: frozen, group: group)
-            _ = try trainer.run()
-            return trainer.model.parameters.map { $0.toArray() }
-        }
         let checkpoint = straight + "/checkpoint"
+        /// Trains `configuration` on 2 Local ranks (from `checkpoint` when resuming); rank-by-rank weights.
+        func train(_ configuration: TrainingConfiguration, resuming: Bool, check: @escaping @Sendable (Trainer) -> Void = { _ in }) throws -> [[[Float]]] {
+            try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [[Float]] in
+                let trainer = try Trainer(configuration: configuration, group: group, resume: resuming ? checkpoint : nil)
+                check(trainer)
+                _ = try trainer.run()
+                return trainer.model.parameters.map { $0.toArray() }
+            }
+        }
+        let full = try train(frozen, resuming: false)
         #expect(FileManager.default.fileExists(atPath: checkpoint + "/" + TrainingCheckpoint.shardFileName(rank: 1, of: 2)))
         #expect(FileManager.default.fileExists(atPath: checkpoint + "/zero.json"))
         var resumed = frozen
         resumed.output = split
         resumed.checkpointEvery = 0
-        let frozenResumed = resumed
-        let continued = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [[Float]] in
-            let trainer = try Trainer(configuration: frozenResumed, group: group, resume: checkpoint)
-            #expect(trainer.firstStep == 5)
-            _ = try trainer.run()
-            return trainer.model.parameters.map { $0.toArray() }
-        }
+        let continued = try train(resumed, resuming: true) { #expect($0.firstStep == 5) }
         #expect(continued == full, "ZeRO-\(stage): resuming must give bit-identical weights")
 
         // The shard state saved by the fused optimizer (fuse_optimizer auto, dp 2) resumes under the per-tensor
@@ -130,14 +129,8 @@ import Testing
         var perTensor = resumed
         perTensor.output = split + "-per-tensor"
         perTensor.ddp.fuseOptimizer = .off
-        let frozenPerTensor = perTensor
-        defer { try? FileManager.default.removeItem(atPath: frozenPerTensor.output) }
-        let crossed = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [[Float]] in
-            let trainer = try Trainer(configuration: frozenPerTensor, group: group, resume: checkpoint)
-            #expect(!(trainer.optimizer is FusedAdam))
-            _ = try trainer.run()
-            return trainer.model.parameters.map { $0.toArray() }
-        }
+        defer { try? FileManager.default.removeItem(atPath: perTensor.output) }
+        let crossed = try train(perTensor, resuming: true) { #expect(!($0.optimizer is FusedAdam)) }
         #expect(crossed == full, "ZeRO-\(stage): a fused shard state resumed per-tensor must give bit-identical weights")
 
         // Another layout is refused with a message saying what to change.
