@@ -301,3 +301,31 @@ func fusedPartitions<Key: Hashable>(_ groups: [ParameterGroup], key: (ParameterG
     }
     return partitions
 }
+
+/// An optimizer's parameter groups fused by effective weight decay — the one hyper-parameter a group may set
+/// for the fused optimizers (keyed by bit pattern: 0 and -0 give different signed zeros, so they are different
+/// hyper-parameters).
+struct FusedGroups {
+    /// One flat buffer per fused group, in order of first appearance.
+    let buffers: [FlatParameterBuffer]
+    /// The weight decay each fused group applies.
+    let weightDecays: [Float]
+    /// Each fused group's parameters' positions in the optimizer's parameter list (their state names).
+    let stateIndices: [[Int]]
+
+    init(_ groups: [ParameterGroup], weightDecay: Float, gradientLayout: FlatParameterBuffer.GradientLayout, placement: FlatParameterBuffer.Placement) {
+        let partitions = fusedPartitions(groups) { ($0.weightDecay ?? weightDecay).bitPattern }
+        buffers = partitions.map { FlatParameterBuffer($0.parameters, gradientLayout: gradientLayout, placement: placement) }
+        weightDecays = partitions.map { Float(bitPattern: $0.key) }
+        stateIndices = partitions.map(\.indices)
+    }
+
+    /// The fused group and slot of each position of the optimizer's parameter list (for loading state).
+    static func locations(_ stateIndices: [[Int]]) -> [Int: (group: Int, slot: Int)] {
+        var location: [Int: (group: Int, slot: Int)] = [:]
+        for (groupIndex, indices) in stateIndices.enumerated() {
+            for (slot, index) in indices.enumerated() { location[index] = (groupIndex, slot) }
+        }
+        return location
+    }
+}

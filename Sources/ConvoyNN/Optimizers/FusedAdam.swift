@@ -55,10 +55,10 @@ public final class FusedAdam: Optimizer {
         self.epsilon = epsilon
         self.weightDecay = weightDecay
         self.decoupledWeightDecay = decoupledWeightDecay
-        let partitions = fusedPartitions(groups) { ($0.weightDecay ?? weightDecay).bitPattern }
-        flatBuffers = partitions.map { FlatParameterBuffer($0.parameters, gradientLayout: gradientLayout, placement: placement) }
-        fusedWeightDecays = partitions.map { Float(bitPattern: $0.key) }
-        stateIndices = partitions.map(\.indices)
+        let fused = FusedGroups(groups, weightDecay: weightDecay, gradientLayout: gradientLayout, placement: placement)
+        flatBuffers = fused.buffers
+        fusedWeightDecays = fused.weightDecays
+        stateIndices = fused.stateIndices
         let counts = flatBuffers.map(\.totalCount)
         firstMoments = TensorAllocator.withCategory(.optimizerState) { counts.map { Tensor.zeros([$0]) } }
         secondMoments = TensorAllocator.withCategory(.optimizerState) { counts.map { Tensor.zeros([$0]) } }
@@ -153,10 +153,7 @@ public final class FusedAdam: Optimizer {
         // Validate everything first: on error nothing changes.
         let all = parameters
         var restored: [[(Tensor, Tensor)?]] = flatBuffers.map { [(Tensor, Tensor)?](repeating: nil, count: $0.parameters.count) }
-        var location: [Int: (group: Int, slot: Int)] = [:]
-        for (groupIndex, indices) in stateIndices.enumerated() {
-            for (slot, index) in indices.enumerated() { location[index] = (groupIndex, slot) }
-        }
+        let location = FusedGroups.locations(stateIndices)
         for (index, parameter) in all.enumerated() {
             let name = stateName(parameter, index: index)
             if state.tensors[name + ".exp_avg"] != nil || step > 0, let (groupIndex, slot) = location[index] {

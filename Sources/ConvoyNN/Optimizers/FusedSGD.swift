@@ -51,11 +51,10 @@ public final class FusedSGD: Optimizer {
         self.dampening = dampening
         self.nesterov = nesterov
         self.weightDecay = weightDecay
-        // Keyed by bit pattern: 0 and -0 give different signed zeros, so they are different hyper-parameters.
-        let partitions = fusedPartitions(groups) { ($0.weightDecay ?? weightDecay).bitPattern }
-        flatBuffers = partitions.map { FlatParameterBuffer($0.parameters, gradientLayout: gradientLayout, placement: placement) }
-        fusedWeightDecays = partitions.map { Float(bitPattern: $0.key) }
-        stateIndices = partitions.map(\.indices)
+        let fused = FusedGroups(groups, weightDecay: weightDecay, gradientLayout: gradientLayout, placement: placement)
+        flatBuffers = fused.buffers
+        fusedWeightDecays = fused.weightDecays
+        stateIndices = fused.stateIndices
         let counts = flatBuffers.map(\.totalCount)
         momentumBuffers = TensorAllocator.withCategory(.optimizerState) { counts.map { momentum != 0 ? Tensor.zeros([$0]) : nil } }
         hasMomentum = flatBuffers.map { [Bool](repeating: false, count: $0.parameters.count) }
@@ -141,10 +140,7 @@ public final class FusedSGD: Optimizer {
         // Validate everything first: on error nothing changes.
         let all = parameters
         var restored: [[Tensor?]] = flatBuffers.map { [Tensor?](repeating: nil, count: $0.parameters.count) }
-        var location: [Int: (group: Int, slot: Int)] = [:]
-        for (groupIndex, indices) in stateIndices.enumerated() {
-            for (slot, index) in indices.enumerated() { location[index] = (groupIndex, slot) }
-        }
+        let location = FusedGroups.locations(stateIndices)
         for (index, parameter) in all.enumerated() {
             let key = stateName(parameter, index: index) + ".momentum_buffer"
             if state.tensors[key] != nil, let (groupIndex, slot) = location[index] {
