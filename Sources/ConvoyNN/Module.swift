@@ -80,8 +80,8 @@ open class Module {
         return result
     }
 
-    /// Registers `hook` to run at the start of this module's forward (layers that own parameters call
-    /// ``runForwardPreHooks()`` first). ZeRO uses it to wait for a layer's parameters to be gathered just
+    /// Registers `hook` to run at the start of this module's forward (every layer's forward runs through
+    /// ``forward(_:)``). ZeRO uses it to wait for a layer's parameters to be gathered just
     /// before the layer needs them.
     @discardableResult
     public final func registerForwardPreHook(_ hook: @escaping (Module) -> Void) -> Int {
@@ -91,7 +91,7 @@ open class Module {
     }
 
     /// Registers `hook` to run on the output of this module's forward; what it returns replaces the output
-    /// (modules that support it — ``TransformerBlock`` — call ``runForwardPostHooks(_:)`` last). ZeRO stage 3
+    /// (every layer's forward runs through ``forward(_:)``). ZeRO stage 3
     /// uses it to release a layer's gathered parameters after its forward and to put an identity node on the
     /// tape whose backward gathers them again just before the layer's backward.
     @discardableResult
@@ -107,7 +107,14 @@ open class Module {
         forwardPostHooks.removeAll { $0.id == id }
     }
 
-    /// Runs the forward pre-hooks (called by layers at the start of their forward).
+    /// Runs `body` — a module's forward — between its forward pre-hooks and post-hooks. Every layer's
+    /// `callAsFunction` goes through here, so hooks registered on any module run, without each layer opting in.
+    public final func forward(_ body: () -> Tensor) -> Tensor {
+        runForwardPreHooks()
+        return runForwardPostHooks(body())
+    }
+
+    /// Runs the forward pre-hooks (called by ``forward(_:)`` at the start of a module's forward).
     public final func runForwardPreHooks() {
         for hook in forwardPreHooks { hook.body(self) }
     }

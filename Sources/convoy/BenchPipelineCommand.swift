@@ -149,7 +149,7 @@ struct BenchPipelineCommand: ParsableCommand {
         // Built here as well as on every rank, so a schedule or partition that does not fit fails once, before any
         // rank starts.
         let pipelineSchedule = try PipelineSchedule(kind: options.schedule, stages: pp, microBatches: accumulateSteps, virtualStages: virtualStages)
-        let partition = try options.partition(for: shape.configuration)
+        let partition = try options.partition(for: shape.configuration.shape)
 
         let timeline = Timeline()
         let runs = try train(options: options, timeline: timeline)

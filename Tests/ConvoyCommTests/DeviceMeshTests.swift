@@ -19,7 +19,7 @@ struct DeviceMeshTests {
     @Test func rankOrderFor2x2x2() throws {
         let mesh = try DeviceMesh(dp: 2, pp: 2, tp: 2)
         #expect(mesh.size == 8)
-        #expect(DeviceMesh.rankOrder == [.pp, .dp, .tp])
+        #expect(mesh.axes == [.tp, .dp, .pp] && DeviceMesh.defaultOrder == [.tp, .dp, .pp])
         for row in Self.order222 {
             let coordinates = mesh.coordinates(of: row.rank)
             #expect(coordinates.dp == row.dp && coordinates.pp == row.pp && coordinates.tp == row.tp,
@@ -77,7 +77,7 @@ struct DeviceMeshTests {
     @Test func groupsAlongEachAxisPartitionTheWorld() throws {
         for shape in Self.shapes {
             let mesh = try DeviceMesh(dp: shape.dp, pp: shape.pp, tp: shape.tp)
-            for axis in MeshAxis.allCases {
+            for axis in MeshAxis.required {
                 var groupByIndex: [Int: [Int]] = [:]
                 for rank in 0..<mesh.size {
                     let members = mesh.ranksAlong(axis, through: rank)
@@ -98,7 +98,7 @@ struct DeviceMeshTests {
     }
 
     @Test func worldSizeMismatchIsRejectedWithAFix() {
-        #expect(throws: ConvoyError.invalidConfiguration("world size 6 is not dp·pp·tp = 2·2·2 = 8; change --dp/--pp/--tp")) {
+        #expect(throws: ConvoyError.invalidConfiguration("world size 6 is not the mesh size tp 2 · dp 2 · pp 2 = 8; change --dp/--pp/--tp or the number of ranks")) {
             try DeviceMesh(dp: 2, pp: 2, tp: 2, worldSize: 6)
         }
         #expect(throws: Never.self) { try DeviceMesh(dp: 2, pp: 2, tp: 2, worldSize: 8) }
@@ -117,7 +117,7 @@ struct DeviceMeshTests {
             }
         }
         for outcome in outcomes {
-            #expect(outcome == "invalid configuration: world size 6 is not dp·pp·tp = 2·2·2 = 8; change --dp/--pp/--tp")
+            #expect(outcome == "invalid configuration: world size 6 is not the mesh size tp 2 · dp 2 · pp 2 = 8; change --dp/--pp/--tp or the number of ranks")
         }
     }
 
@@ -135,7 +135,7 @@ struct DeviceMeshTests {
         try LocalWorld.run(size: mesh.size) { world in
             let groups = try mesh.groups(of: world)
             var views: [MeshAxis: AxisView] = [:]
-            for axis in MeshAxis.allCases {
+            for axis in MeshAxis.required {
                 let group = groups[axis]
                 let values = Tensor(shape: [2], values: [Float(world.rank), 1])
                 try group.allReduce(values)
@@ -152,7 +152,7 @@ struct DeviceMeshTests {
         let views = try Self.meshGroupViews(mesh)
         #expect(views.count == mesh.size)
         for (worldRank, rankViews) in views.enumerated() {
-            for axis in MeshAxis.allCases {
+            for axis in MeshAxis.required {
                 let view = try #require(rankViews[axis])
                 let expectedRanks = mesh.ranksAlong(axis, through: worldRank)
                 #expect(view.name == axis.rawValue)
@@ -178,5 +178,65 @@ struct DeviceMeshTests {
             #expect(views[worldRank][.tp]?.reduced.first == Float(expectedTP[worldRank].reduce(0, +)))
             #expect(views[worldRank][.tp]?.rank == worldRank % 2)
         }
+    }
+
+    /// Every axis order of (tp, dp, pp) and every shape of 1–64 ranks: along each axis the groups partition the
+    /// world, every rank is in exactly one group per axis, and rank ↔ coordinates round-trips.
+    @Test func everyOrderAndShapeUpTo64RanksPartitionsTheWorld() throws {
+        let orders: [[MeshAxis]] = [[.tp, .dp, .pp], [.tp, .pp, .dp], [.dp, .tp, .pp], [.dp, .pp, .tp], [.pp, .tp, .dp], [.pp, .dp, .tp]]
+        var meshes = 0
+        for world in 1...64 {
+            for tp in 1...world where world % tp == 0 {
+                for pp in 1...(world / tp) where (world / tp) % pp == 0 {
+                    let dp = world / tp / pp
+                    for order in orders {
+                        let mesh = try DeviceMesh(order: order, sizes: [.tp: tp, .dp: dp, .pp: pp])
+                        #expect(mesh.size == world)
+                        #expect(mesh.axes == order)
+                        for axis in order {
+                            let groups = mesh.groups(along: axis)
+                            #expect(groups.count == world / mesh.size(of: axis))
+                            #expect(groups.allSatisfy { $0.count == mesh.size(of: axis) })
+                            #expect(groups.flatMap { $0 }.sorted() == Array(0..<world), "\(mesh) along \(axis)")
+                            for rank in 0..<world {
+                                let index = mesh.groupIndex(along: axis, of: rank)
+                                #expect(groups[index][mesh.position(along: axis, of: rank)] == rank)
+                                #expect(groups.filter { $0.contains(rank) }.count == 1)
+                            }
+                        }
+                        for rank in 0..<world {
+                            let coordinates = Dictionary(uniqueKeysWithValues: order.map { ($0, mesh.coordinate(of: rank, along: $0)) })
+                            #expect(mesh.rank(at: coordinates) == rank)
+                        }
+                        meshes += 1
+                    }
+                }
+            }
+        }
+        #expect(meshes > 1000)
+    }
+
+    /// Megatron-Core's documented example: 16 ranks, tensor-parallel 2, pipeline-parallel 4 (so dp 2) in its
+    /// default order tp-dp-pp gives 8 tensor groups [g0, g1] …, 4 pipeline groups [g0, g4, g8, g12] … and
+    /// 8 data groups [g0, g2], [g1, g3], [g4, g6] ….
+    @Test func megatronSixteenRankExampleGivesMegatronsGroups() throws {
+        let mesh = try DeviceMesh(order: DeviceMesh.parseOrder("tp-dp-pp"), sizes: [.tp: 2, .pp: 4, .dp: 2])
+        #expect(Set(mesh.groups(along: .tp)) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11], [12, 13], [14, 15]])
+        #expect(Set(mesh.groups(along: .pp)) == [[0, 4, 8, 12], [1, 5, 9, 13], [2, 6, 10, 14], [3, 7, 11, 15]])
+        #expect(Set(mesh.groups(along: .dp)) == [[0, 2], [1, 3], [4, 6], [5, 7], [8, 10], [9, 11], [12, 14], [13, 15]])
+    }
+
+    @Test func ordersWithMoreAxesAndBadOrdersAreHandled() throws {
+        let mesh = try DeviceMesh(order: DeviceMesh.parseOrder("tp-cp-dp-pp"), sizes: [.tp: 2, .cp: 2, .dp: 2])
+        #expect(mesh.size == 8)
+        #expect(mesh.size(of: .cp) == 2)
+        #expect(mesh.ranksAlong(.cp, through: 1) == [1, 3])
+        // An order that leaves out a required axis gets it appended with size 1.
+        let short = try DeviceMesh(order: [.dp], sizes: [.dp: 4])
+        #expect(short.axes == [.dp, .tp, .pp])
+        #expect(throws: ConvoyError.self) { try DeviceMesh.parseOrder("tp--pp") }
+        #expect(throws: ConvoyError.self) { try DeviceMesh(order: [.tp, .tp, .dp, .pp], sizes: [:]) }
+        #expect(throws: ConvoyError.self) { try DeviceMesh(order: ["xp", .dp, .pp], sizes: [:]) }
+        #expect(throws: ConvoyError.self) { try DeviceMesh(order: [.tp, .dp, .pp], sizes: [.cp: 2]) }
     }
 }

@@ -143,7 +143,7 @@ func maxRelativeError(_ a: [[Float]], _ b: [[Float]]) -> Float {
     @Test func fusedGradientsAreViewsAndDistributedParametersAreSkipped() throws {
         let results = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [Int] in
             let model = try GPT(dpConfiguration, seed: 5)
-            model.blocks[0].mlp.fullyConnected.weight.isDistributed = true
+            model.blocks[0].mlp.fullyConnected.weight.placement = TensorPlacement(["dp": .shard(dim: 0)])
             let shardBefore = model.blocks[0].mlp.fullyConnected.weight.toArray()
             var options = DataParallelOptions()
             options.fuseAllReduce = .on
@@ -159,6 +159,20 @@ func maxRelativeError(_ a: [[Float]], _ b: [[Float]]) -> Float {
             #expect(result[2] == 1 && result[3] == 1)
             #expect(result[4] >= 1)
         }
+    }
+
+    /// A tensor-parallel shard is replicated across its data-parallel group: data parallelism must still
+    /// broadcast and average it (the old `isDistributed` flag skipped it).
+    @Test func tensorParallelShardsAreStillReplicatedAlongDP() throws {
+        let results = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [Float] in
+            let model = try GPT(dpConfiguration, seed: 40 + UInt64(group.rank))
+            let shard = model.blocks[0].mlp.fullyConnected.weight
+            shard.placement = TensorPlacement(["tp": .shard(dim: 1)])
+            let parallel = try DataParallel(module: model, group: group)
+            #expect(parallel.parameters.contains { $0.parameter === shard })
+            return shard.toArray()
+        }
+        #expect(results[0] == results[1])
     }
 
     @Test func replicasStartIdenticalWhateverTheirSeeds() throws {

@@ -41,7 +41,7 @@ import Testing
         let frozen = pipelined
         let results = try LocalWorld.run(size: pp * dp, threadsPerRank: 1) { group -> ([[Float]], Double) in
             let trainer = try Trainer(configuration: frozen, group: group)
-            #expect(trainer.pipeline?.mesh.dp == dp)
+            #expect(trainer.plan.mesh.dp == dp && trainer.plan.mesh.pp == pp)
             let summary = try trainer.run()
             return (group.rank == 0 ? trainer.model.parameters.map { $0.toArray() } : [], summary.finalLoss)
         }

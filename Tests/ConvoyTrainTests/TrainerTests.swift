@@ -17,7 +17,7 @@ func tinyConfiguration(output: String, steps: Int = 12) throws -> TrainingConfig
     ])
 }
 
-func weights(_ model: GPT) -> [[Float]] { model.parameters.map { $0.toArray() } }
+func weights(_ model: Module) -> [[Float]] { model.parameters.map { $0.toArray() } }
 
 @Suite struct TrainerTests {
     @Test func lossFallsAndOutputsAreWritten() throws {

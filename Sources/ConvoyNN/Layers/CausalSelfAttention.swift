@@ -23,14 +23,16 @@ public final class CausalSelfAttention: Module {
 
     /// x [batch, time, width] → [batch, time, width].
     public func callAsFunction(_ x: Tensor, context: ForwardContext) -> Tensor {
-        let qkv = qkvProjection(x)
-        let active = context.training
-        let attended = Tensor.causalSelfAttention(
-            qkv: qkv, heads: heads,
-            dropout: active ? attentionDropout : 0,
-            key: active ? context.dropoutKey(layer: layerIndex, site: .attentionProbabilities) : nil)
-        let y = outputProjection(attended)
-        guard active && residualDropout > 0 else { return y }
-        return Tensor.dropout(y, probability: residualDropout, key: context.dropoutKey(layer: layerIndex, site: .attentionOutput))
+        forward {
+            let qkv = qkvProjection(x)
+            let active = context.training
+            let attended = Tensor.causalSelfAttention(
+                qkv: qkv, heads: heads,
+                dropout: active ? attentionDropout : 0,
+                key: active ? context.dropoutKey(layer: layerIndex, site: .attentionProbabilities) : nil)
+            let y = outputProjection(attended)
+            guard active && residualDropout > 0 else { return y }
+            return Tensor.dropout(y, probability: residualDropout, key: context.dropoutKey(layer: layerIndex, site: .attentionOutput))
+        }
     }
 }

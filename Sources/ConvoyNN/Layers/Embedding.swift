@@ -13,7 +13,6 @@ public final class Embedding: Module {
 
     /// Rows for `indices`, shaped `shape + [width]`.
     public func callAsFunction(_ indices: [Int32], shape: [Int]) -> Tensor {
-        runForwardPreHooks()
-        return Tensor.embedding(weight, indices: indices, shape: shape)
+        forward { Tensor.embedding(weight, indices: indices, shape: shape) }
     }
 }

@@ -15,7 +15,6 @@ public final class LayerNorm: Module {
     public override var localParameters: [(name: String, parameter: Parameter)] { [("weight", weight), ("bias", bias)] }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        runForwardPreHooks()
-        return Tensor.layerNorm(x, weight: weight, bias: bias, epsilon: epsilon)
+        forward { Tensor.layerNorm(x, weight: weight, bias: bias, epsilon: epsilon) }
     }
 }

@@ -19,7 +19,6 @@ public final class Linear: Module {
 
     /// Applies the layer to x [..., in].
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        runForwardPreHooks()
-        return Tensor.linear(x, weight: weight, bias: bias)
+        forward { Tensor.linear(x, weight: weight, bias: bias) }
     }
 }

@@ -17,8 +17,10 @@ public final class MLP: Module {
     public override var children: [(name: String, module: Module)] { [("c_fc", fullyConnected), ("c_proj", projection)] }
 
     public func callAsFunction(_ x: Tensor, context: ForwardContext) -> Tensor {
-        let y = projection(fullyConnected(x).gelu())
-        guard context.training && dropout > 0 else { return y }
-        return Tensor.dropout(y, probability: dropout, key: context.dropoutKey(layer: layerIndex, site: .mlpOutput))
+        forward {
+            let y = projection(fullyConnected(x).gelu())
+            guard context.training && dropout > 0 else { return y }
+            return Tensor.dropout(y, probability: dropout, key: context.dropoutKey(layer: layerIndex, site: .mlpOutput))
+        }
     }
 }

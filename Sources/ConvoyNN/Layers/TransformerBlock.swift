@@ -27,8 +27,9 @@ public final class TransformerBlock: Module {
 
     /// x [batch, time, width] → [batch, time, width].
     public func callAsFunction(_ x: Tensor, context: ForwardContext) -> Tensor {
-        runForwardPreHooks()
-        let afterAttention = x + attention(attentionNorm(x), context: context)
-        return runForwardPostHooks(afterAttention + mlp(mlpNorm(afterAttention), context: context))
+        forward {
+            let afterAttention = x + attention(attentionNorm(x), context: context)
+            return afterAttention + mlp(mlpNorm(afterAttention), context: context)
+        }
     }
 }

@@ -49,16 +49,41 @@ public final class GPT: Module {
     public func head(_ hidden: Tensor) -> Tensor {
         finalNorm(hidden).matmul(tokenEmbedding.weight.transposed())
     }
+}
 
-    /// Logits for tokens [batch·time] laid out row-major as [batch, time].
-    public func logits(_ tokens: [Int32], batch: Int, time: Int, context: ForwardContext = .evaluation) -> Tensor {
-        var x = embed(tokens, batch: batch, time: time, context: context)
-        for block in blocks { x = block(x, context: context) }
-        return head(x)
+extension GPT: LanguageModel {
+    public var shape: ModelShape { configuration.shape }
+    public var layers: [Module] { blocks }
+    public var inputModules: [Module] { [tokenEmbedding, positionEmbedding] }
+    public var outputModules: [Module] { [finalNorm, tokenEmbedding] }
+    public var tiedWeight: Parameter? { tokenEmbedding.weight }
+
+    public func layer(_ index: Int, _ hidden: Tensor, context: ForwardContext) -> Tensor {
+        blocks[index](hidden, context: context)
     }
 
-    /// Mean cross-entropy of predicting `targets` (same layout as `tokens`; −1 entries are ignored).
-    public func loss(_ tokens: [Int32], targets: [Int32], batch: Int, time: Int, context: ForwardContext = .evaluation) -> Tensor {
-        Tensor.crossEntropy(logits: logits(tokens, batch: batch, time: time, context: context), targets: targets)
+    public func saveWeights(to directory: String) throws { try GPTCheckpoint.save(self, to: directory) }
+
+    public func loadWeights(from directory: String) throws {
+        try checkWeightsCompatible(in: directory)
+        try GPTCheckpoint.loadWeights(into: self, from: directory)
+    }
+
+    public func checkWeightsCompatible(in directory: String) throws {
+        let saved = try GPTCheckpoint.readConfiguration(from: directory)
+        let expected = configuration
+        guard saved.layers == expected.layers, saved.width == expected.width, saved.heads == expected.heads,
+              saved.contextLength == expected.contextLength, saved.vocabularySize == expected.vocabularySize else {
+            throw ConvoyError.incompatible(
+                "checkpoint \(directory) holds a GPT with \(saved.layers) layers, d_model \(saved.width), \(saved.heads) heads, context \(saved.contextLength); the run is configured for \(expected.layers) layers, d_model \(expected.width), \(expected.heads) heads, context \(expected.contextLength). Use the flags the checkpoint was trained with")
+        }
+    }
+}
+
+extension GPTConfiguration {
+    /// The shape parallel plans read (GPT's modules: `wte`, `wpe`, `h.N`, `ln_f`).
+    public var shape: ModelShape {
+        ModelShape(layers: layers, width: width, heads: heads, contextLength: contextLength, vocabularySize: vocabularySize,
+                   layerSequenceName: "h", inputModuleNames: ["wte", "wpe"], outputModuleNames: ["ln_f"])
     }
 }

@@ -16,7 +16,7 @@ import Foundation
 /// - ``withoutSynchronization(_:)`` skips communication for the micro-steps of gradient accumulation before
 ///   the last one; ``finishGradientSynchronization()`` (before the optimizer step) handles parameters that
 ///   received no gradient and waits for every reduction.
-/// - Parameters marked ``ConvoyTensor/Tensor/isDistributed`` are skipped; a parameter shared by two modules
+/// - Parameters not replicated along dp (``ConvoyTensor/Tensor/placement``) are skipped; a parameter shared by two modules
 ///   is listed (and reduced) once, because ``ConvoyNN/Module/namedParameters()`` lists it once.
 public final class DataParallel {
     public let group: any ProcessGroup

@@ -10,29 +10,8 @@ import ConvoyTensor
 /// of stashed forwards is recorded. Messages between two ranks are matched by tag in FIFO order, which the
 /// schedules guarantee follows micro-batch order (``PipelineInstruction/messageTag(gradient:virtualStage:)``).
 public final class PipelineExecutor {
-    /// What the data source hands the executor for one micro-batch.
-    public struct MicroBatch {
-        public var tokens: [Int32]
-        public var targets: [Int32]
-        public var batch: Int
-        public var time: Int
-        /// The loss of the micro-batch is multiplied by this before backward (its share of the global batch,
-        /// times the data-parallel size whose reduction averages).
-        public var lossScale: Float
-        /// Its share of the global batch's loss, for reporting.
-        public var lossWeight: Double
-        public var context: ForwardContext
-
-        public init(tokens: [Int32], targets: [Int32], batch: Int, time: Int, lossScale: Float, lossWeight: Double, context: ForwardContext) {
-            self.tokens = tokens
-            self.targets = targets
-            self.batch = batch
-            self.time = time
-            self.lossScale = lossScale
-            self.lossWeight = lossWeight
-            self.context = context
-        }
-    }
+    /// What the data source hands the executor for one micro-batch (the same for every step schedule).
+    public typealias MicroBatch = ConvoyParallel.MicroBatch
 
     /// What one step did on this rank.
     public struct StepReport {

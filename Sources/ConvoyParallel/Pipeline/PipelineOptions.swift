@@ -14,10 +14,10 @@ public struct PipelineOptions: Sendable, Equatable {
 
     public init() {}
 
-    /// The partition of a GPT: the explicit ``stageLayers``, or balanced by compute, with the LM head's GEMM
+    /// The partition of a model: the explicit ``stageLayers``, or balanced by compute, with the LM head's GEMM
     /// (2·d·V FLOPs per token) counted on the last virtual stage in units of one block (24·d² + 4·T·d); the
     /// embeddings are lookups and cost next to nothing.
-    public func partition(for model: GPTConfiguration) throws -> PipelinePartition {
+    public func partition(for model: ModelShape) throws -> PipelinePartition {
         if let stageLayers {
             return try PipelinePartition.explicit(stageLayers: stageLayers, layers: model.layers, stages: stages, virtualStages: virtualStages)
         }

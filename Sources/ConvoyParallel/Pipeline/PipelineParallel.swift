@@ -2,147 +2,122 @@ import ConvoyComm
 import ConvoyNN
 import ConvoyTensor
 
-/// Pipeline parallelism composed with data parallelism (PaddlePaddle's pipeline meta-optimizer): the world is
-/// a `pp × dp` mesh (``ConvoyComm/DeviceMesh``); each pipeline runs a ``PipelineSchedule`` over its stages with
-/// ``PipelineExecutor``, and each stage's replicas form a data-parallel group that reduces the stage's gradients
-/// after the last micro-batch with ``DataParallel`` (buckets, fusion) or ZeRO stage 1 or 2 (``DistributedOptimizer``;
-/// stage 2 stages every micro-batch's gradients and reduce-scatters them once, after the last).
+/// Pipeline parallelism as a ``StepSchedule`` (PaddlePaddle's pipeline meta-optimizer): the world is a mesh
+/// whose pp axis cuts the model into stages; each pipeline runs a ``PipelineSchedule`` over its stages with
+/// ``PipelineExecutor``, and each stage's replicas (the dp axis) reduce the stage's gradients through whatever
+/// ``GradientSynchronizer`` the plan gave them, after the last micro-batch.
 ///
-/// The tied token embedding lives on the first stage (input) and the last (head); both copies start equal (same
-/// seed, then broadcast within the embedding group of those two ranks) and their gradients are summed across
-/// that group every step before the data-parallel reduction, so the tie stays exact. Gradient clipping takes
-/// the norm over all stages, counting the tied weight once.
-public final class PipelineParallel {
+/// The tied weight (GPT's token embedding) lives on the first stage (input) and the last (head); both copies
+/// start equal (same seed, then broadcast within the embedding group of those two ranks) and their gradients
+/// are summed across that group every step before the data-parallel reduction, so the tie stays exact. The
+/// last stage's copy is marked as not the primary one (``ConvoyTensor/TensorPlacement/isPrimaryCopy``), so norms
+/// count the weight once.
+public final class PipelineParallel: StepSchedule {
     public let mesh: DeviceMesh
     public let groups: MeshGroups
-    /// The first and last stage of this rank's pipeline (nil when this rank is neither, or pp is 1).
+    /// The first and last stage of this rank's pipeline (nil when this rank is neither, or they are one rank).
     public let embeddingGroup: (any ProcessGroup)?
     public let stage: PipelineStageModule
     public let schedule: PipelineSchedule
     public let executor: PipelineExecutor
-    /// Stage-0 data parallelism for this stage's replicas (nil with one replica or under ZeRO).
-    public let dataParallel: DataParallel?
-    /// ZeRO stage 1 or 2 over this stage's replicas, or nil.
-    public let zero: DistributedOptimizer?
-    /// The optimizer over this rank's parameters (its shard under ZeRO).
-    public let optimizer: any Optimizer
+    /// The synchronizer built by the convenience initializer (nil when a plan passes one to ``run``).
+    public private(set) var synchronizer: (any GradientSynchronizer)?
     private let world: any ProcessGroup
 
-    /// Builds this rank's stage of `model` (collective over `world`: every rank calls it with the same arguments).
-    ///
-    /// - Parameters:
-    ///   - makeOptimizer: builds the optimizer over the stage's parameters (`externalGradients`: data
-    ///     parallelism owns a fused gradient buffer).
-    ///   - makeShardOptimizer: builds the optimizer over ZeRO shard slices.
-    /// - Throws: ``ConvoyTensor/ConvoyError/invalidConfiguration(_:)`` for a world that is not pp·dp, a ZeRO stage
-    ///   other than 0–2, or a partition/schedule that does not fit.
-    public init(model: GPT, world: any ProcessGroup, options: PipelineOptions, microBatches: Int, zeroStage: Int = 0,
-                dataParallelOptions: DataParallelOptions = DataParallelOptions(), weightDecay: Float, timeline: Timeline? = nil,
-                makeOptimizer: (Module, _ externalGradients: Bool) -> any Optimizer,
-                makeShardOptimizer: ([ParameterGroup]) -> any Optimizer) throws {
-        guard world.size % options.stages == 0 else {
-            throw ConvoyError.invalidConfiguration("world size \(world.size) is not a multiple of pp = \(options.stages); run pp·dp ranks")
-        }
-        guard zeroStage <= 2 else {
-            throw ConvoyError.invalidConfiguration("zero_stage \(zeroStage) does not combine with pipeline parallelism: stage 3 gathers each layer's parameters for every forward and backward, and a pipeline interleaves the forwards and backwards of many micro-batches; use zero_stage 1 or 2 with pp > 1")
-        }
-        let partition = try options.partition(for: model.configuration)
+    /// Builds this rank's stage of `model` (collective over `world`: every rank calls it with the same
+    /// arguments). `groups` are this rank's groups along `mesh`'s axes.
+    public init(model: any LanguageModel, world: any ProcessGroup, mesh: DeviceMesh, groups: MeshGroups, options: PipelineOptions,
+                microBatches: Int, timeline: Timeline? = nil) throws {
+        let partition = try options.partition(for: model.shape)
         schedule = try PipelineSchedule(kind: options.schedule, stages: options.stages, microBatches: microBatches, virtualStages: options.virtualStages)
-        mesh = try DeviceMesh(dp: world.size / options.stages, pp: options.stages, tp: 1, worldSize: world.size)
-        groups = try mesh.groups(of: world)
+        self.mesh = mesh
+        self.groups = groups
         self.world = world
         let pipelineRank = groups.pp.rank
         stage = try PipelineStageModule(model: model, partition: partition, pipelineRank: pipelineRank)
         executor = PipelineExecutor(stage: stage, group: groups.pp, timeline: timeline, worldRank: world.rank)
 
         // The embedding group: pipeline ranks 0 and pp − 1 of each pipeline, when they hold two copies.
-        let tied = partition.virtualStageCount > 1 && options.stages > 1
+        let tied = partition.virtualStageCount > 1 && options.stages > 1 && model.tiedWeight != nil
         let isEnd = pipelineRank == 0 || pipelineRank == options.stages - 1
         embeddingGroup = try world.split(color: tied && isEnd ? mesh.groupIndex(along: .pp, of: world.rank) : -1,
                                          key: pipelineRank, name: "embedding")
-        if let embeddingGroup { try embeddingGroup.broadcast(model.tokenEmbedding.weight, root: 0) }
-
-        if zeroStage >= 1 && groups.dp.size > 1 {
-            // Gradients accumulate over the micro-batches and are reduced once, after the last: nothing is
-            // launched during backward.
-            var options = dataParallelOptions
-            options.overlapGradReduce = false
-            options.overlapParamGather = false
-            let distributed = try DistributedOptimizer(module: stage, group: groups.dp, stage: zeroStage, options: options,
-                                                       weightDecay: weightDecay, makeOptimizer: makeShardOptimizer)
-            zero = distributed
-            dataParallel = nil
-            optimizer = distributed.optimizer
-        } else {
-            zero = nil
-            dataParallel = groups.dp.size > 1 ? try DataParallel(module: stage, group: groups.dp, options: dataParallelOptions, timeline: timeline) : nil
-            optimizer = makeOptimizer(stage, dataParallel?.fusedGradients != nil)
+        if let embeddingGroup, let weight = model.tiedWeight {
+            try embeddingGroup.broadcast(weight, root: 0)
+            weight.placement.sharedAs = "tied input/output weight"
+            weight.placement.isPrimaryCopy = stage.holdsInput
         }
     }
 
-    /// Runs one training step of this rank's instruction list and returns (the mean loss over the global batch,
-    /// the gradient norm before clipping) — the same on every rank. `load` supplies micro-batch i of this rank's
-    /// data-parallel slice; `maxGradientNorm` > 0 clips.
-    public func trainStep(maxGradientNorm: Float, load: (Int) throws -> PipelineExecutor.MicroBatch) throws -> (loss: Double, gradientNorm: Double, peakStashed: Int) {
-        var norm = 0.0
+    /// Builds the mesh (pp × dp over `world`), this rank's stage and its gradient synchronizer — DDP or ZeRO
+    /// stage 1 or 2 across the stage's replicas — as a parallel plan would (collective over `world`).
+    ///
+    /// - Parameters:
+    ///   - makeOptimizer: builds the optimizer over the stage's parameters (`externalGradients`: data
+    ///     parallelism owns a fused gradient buffer).
+    ///   - makeShardOptimizer: builds the optimizer over ZeRO shard slices.
+    /// - Throws: ``ConvoyTensor/ConvoyError/invalidConfiguration(_:)`` for what the plan's rules refuse (a world
+    ///   that is not pp·dp, ZeRO stage 3), or a partition/schedule that does not fit.
+    public convenience init(model: any LanguageModel, world: any ProcessGroup, options: PipelineOptions, microBatches: Int, zeroStage: Int = 0,
+                            dataParallelOptions: DataParallelOptions = DataParallelOptions(), weightDecay: Float, timeline: Timeline? = nil,
+                            makeOptimizer: (Module, _ externalGradients: Bool) -> any Optimizer,
+                            makeShardOptimizer: ([ParameterGroup]) -> any Optimizer) throws {
+        guard world.size % options.stages == 0 else {
+            throw ConvoyError.invalidConfiguration("world size \(world.size) is not a multiple of pp = \(options.stages); run pp·dp ranks")
+        }
+        var settings = ParallelSettings()
+        settings.pipeline = options
+        settings.zeroStage = zeroStage
+        settings.dataParallel = dataParallelOptions
+        settings.microBatches = microBatches
+        let plan = try ParallelPlan(settings: settings, worldSize: world.size, model: model.shape)
+        let groups = try plan.mesh.groups(of: world)
+        try self.init(model: model, world: world, mesh: plan.mesh, groups: groups, options: options, microBatches: microBatches, timeline: timeline)
+        synchronizer = try plan.makeSynchronizer(module: stage, dataParallelGroup: groups.dp, weightDecay: weightDecay, timeline: timeline,
+                                                 makeOptimizer: makeOptimizer, makeShardOptimizer: makeShardOptimizer)
+    }
+
+    /// The optimizer over this rank's parameters (its shard under ZeRO), from the convenience initializer.
+    public var optimizer: any Optimizer { synchronizer!.optimizer }
+
+    /// Runs one training step with the synchronizer of the convenience initializer and returns (the mean loss
+    /// over the global batch, the gradient norm before clipping, the peak stash) — the same on every rank.
+    /// `maxGradientNorm` > 0 clips.
+    public func trainStep(maxGradientNorm: Float, load: (Int) throws -> MicroBatch) throws -> (loss: Double, gradientNorm: Double, peakStashed: Int) {
+        let runtime = ParallelRuntime(schedule: self, synchronizer: synchronizer!, mesh: mesh, world: world)
+        let result = try runtime.trainStep(maxGradientNorm: maxGradientNorm, load: load)
+        return (result.loss, result.gradientNorm, result.peakStashed)
+    }
+
+    public var microBatches: Int { schedule.microBatches }
+    public var module: Module { stage }
+    public var summary: String {
+        "pipeline of \(mesh.pp) stages (layers \(stage.partition.stageLayers.map(String.init).joined(separator: "/"))), \(schedule.kind.rawValue), \(schedule.microBatches) micro-batches, \(mesh.dp) replicas"
+    }
+
+    public func run(load: (Int) throws -> MicroBatch, synchronizer: any GradientSynchronizer,
+                    reduceGradients: () throws -> Void, optimizerStep: () throws -> Void) throws -> (weightedLoss: Double, peakStashed: Int) {
+        var report = PipelineExecutor.StepReport(weightedLoss: 0, peakStashed: 0)
         // Gradients accumulate over all micro-batches; the reduction runs where the list says reduceGradients.
-        func run() throws -> PipelineExecutor.StepReport {
-            try executor.run(schedule.instructions[groups.pp.rank], width: stage.model.configuration.width, load: load,
-                             reduceGradients: { norm = try reduceGradients(maxNorm: maxGradientNorm) },
-                             optimizerStep: { try step() })
+        try synchronizer.backward(synchronizing: false) {
+            report = try executor.run(schedule.instructions[groups.pp.rank], width: stage.model.shape.width, load: load,
+                                      reduceGradients: {
+                                          // The tied weight's copies first sum their gradients, so each is the whole weight's.
+                                          if let embeddingGroup, let tied = stage.tiedEmbedding {
+                                              try embeddingGroup.allReduce(synchronizer.accumulatedGradient(of: tied), operation: .sum)
+                                          }
+                                          try synchronizer.finishBackward()
+                                          try reduceGradients()
+                                      },
+                                      optimizerStep: optimizerStep)
         }
-        let report = try dataParallel?.withoutSynchronization(run) ?? run()
-        let total = Tensor(shape: [1], values: [Float(report.weightedLoss)])
-        try world.allReduce(total, operation: .sum)
-        return (Double(total.scalarValue), norm, report.peakStashed)
+        return (report.weightedLoss, report.peakStashed)
     }
 
-    /// Sums the tied embedding's gradients, reduces each stage's gradients across its replicas, and clips by the
-    /// norm over the whole model; returns that norm.
-    private func reduceGradients(maxNorm: Float) throws -> Double {
-        if let embeddingGroup, let tied = stage.tiedEmbedding {
-            // Stage 2 keeps this step's gradients in its staging buffers until they are reduce-scattered.
-            if let zero, zero.stage == 2 {
-                try embeddingGroup.allReduce(zero.stagedGradient(of: tied), operation: .sum)
-            } else {
-                if tied.grad == nil { tied.grad = Tensor.zeros(tied.shape) }
-                try embeddingGroup.allReduce(tied.grad!, operation: .sum)
-            }
-        }
-        try dataParallel?.reduceAccumulatedGradients()
-        try zero?.finishBackward()
-        try zero?.finishGradientSynchronization()
-        // The last stage's copy of a tied weight is left out of the norm: the first stage counts it.
-        let excluded: Set<ObjectIdentifier> = stage.holdsLoss && !stage.holdsInput ? Set(stage.tiedEmbedding.map { [ObjectIdentifier($0)] } ?? []) : []
-        var squares: Double
-        if let zero {
-            squares = try zero.squaredGradientNorm(excluding: excluded)
-        } else {
-            let counted = GradientClipping.globalNorm(stage.parameters.filter { !excluded.contains(ObjectIdentifier($0)) })
-            squares = counted * counted
-        }
-        // Every replica computed the same stage norm; only replica 0's joins the pipeline's sum.
-        if groups.dp.rank != 0 { squares = 0 }
-        let total = Tensor(shape: [1], values: [Float(squares)])
-        try world.allReduce(total, operation: .sum)
-        let norm = Double(total.scalarValue).squareRoot()
-        let scale = Double(maxNorm) / (norm + 1e-6)
-        if maxNorm > 0 && scale < 1 {
-            if let zero { zero.scaleGradients(by: Float(scale)) } else { for parameter in stage.parameters { parameter.grad?.scaleInPlace(Float(scale)) } }
-        }
-        return norm
-    }
-
-    private func step() throws {
-        if let zero {
-            try zero.step()
-            try zero.waitForParameters()
-            zero.zeroGradients()
-        } else {
-            optimizer.step()
-            if let dataParallel { dataParallel.zeroGradients() } else { optimizer.zeroGradients() }
-        }
-    }
+    public func gatherFullModel() throws { try collectModel() }
+    public func releaseFullModel() { releaseCollectedModel() }
+    public func restoreWholeModelMemory() { stage.restoreUnownedParameters() }
+    public func releaseUnownedModelMemory() { stage.releaseUnownedParameters() }
 
     /// Collects the whole model on world rank 0 (collective over the world): every other pipeline stage of
     /// pipeline 0 sends the parameters it owns and rank 0 does not. Other ranks keep only their own. Undo with
@@ -171,9 +146,9 @@ public final class PipelineParallel {
         if groups.dp.rank == 0 && groups.pp.rank == 0 && groups.pp.size > 1 { stage.releaseUnownedParameters() }
     }
 
-    /// A description of the layout the optimizer state belongs to (pp, dp, partition, ZeRO); a checkpoint saved
-    /// under one layout loads only under the same.
-    public var layoutDescription: String {
-        "pp \(mesh.pp); dp \(mesh.dp); virtual stages \(stage.partition.virtualStages); layers per virtual stage \(stage.partition.stageLayers.map(String.init).joined(separator: ",")); zero stage \(zero?.stage ?? 0)"
+    /// A description of the layout the optimizer state belongs to (pp, dp, partition, ZeRO stage); a checkpoint
+    /// saved under one layout loads only under the same.
+    public func layoutDescription(zeroStage: Int) -> String? {
+        "pp \(mesh.pp); dp \(mesh.dp); virtual stages \(stage.partition.virtualStages); layers per virtual stage \(stage.partition.stageLayers.map(String.init).joined(separator: ",")); zero stage \(zeroStage)"
     }
 }

@@ -41,7 +41,7 @@ public struct PipelinePlan: Sendable {
         self.model = model
         self.microBatchSize = microBatchSize
         mesh = try DeviceMesh(dp: dataParallelSize, pp: options.stages, tp: 1)
-        let partition = try options.partition(for: model)
+        let partition = try options.partition(for: model.shape)
         self.partition = partition
         schedule = try PipelineSchedule(kind: options.schedule, stages: options.stages, microBatches: microBatches, virtualStages: options.virtualStages)
         let d = model.width, t = model.contextLength, v = model.vocabularySize

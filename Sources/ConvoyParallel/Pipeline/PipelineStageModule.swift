@@ -1,7 +1,7 @@
 import ConvoyNN
 import ConvoyTensor
 
-/// The part of a GPT one pipeline rank runs: the chunks (virtual stages) of a ``PipelinePartition`` that live
+/// The part of a model one pipeline rank runs: the chunks (virtual stages) of a ``PipelinePartition`` that live
 /// on the rank, as a ``ConvoyNN/Module`` whose parameters are exactly the ones the rank owns.
 ///
 /// Virtual stage 0 owns the embeddings (`wte`, `wpe`); the last virtual stage owns the final norm and the head,
@@ -12,7 +12,7 @@ import ConvoyTensor
 /// values. ``restoreUnownedParameters()`` brings that memory back, e.g. to collect the whole model on one rank.
 public final class PipelineStageModule: Module {
     /// The whole model (only this rank's parameters are live).
-    public let model: GPT
+    public let model: any LanguageModel
     public let partition: PipelinePartition
     /// This rank's position in the pipeline.
     public let pipelineRank: Int
@@ -23,9 +23,9 @@ public final class PipelineStageModule: Module {
     private let unowned: [Parameter]
 
     /// Cuts `model` by `partition` and keeps the chunks of pipeline rank `pipelineRank`.
-    public init(model: GPT, partition: PipelinePartition, pipelineRank: Int) throws {
-        guard partition.layerRanges.last?.upperBound == model.blocks.count else {
-            throw ConvoyError.invalidConfiguration("the pipeline partition covers \(partition.layerRanges.last?.upperBound ?? 0) layers but the model has \(model.blocks.count)")
+    public init(model: any LanguageModel, partition: PipelinePartition, pipelineRank: Int) throws {
+        guard partition.layerRanges.last?.upperBound == model.layers.count else {
+            throw ConvoyError.invalidConfiguration("the pipeline partition covers \(partition.layerRanges.last?.upperBound ?? 0) layers but the model has \(model.layers.count)")
         }
         guard (0..<partition.stages).contains(pipelineRank) else {
             throw ConvoyError.invalidConfiguration("pipeline rank \(pipelineRank) is outside pp = \(partition.stages)")
@@ -51,7 +51,7 @@ public final class PipelineStageModule: Module {
     /// The token embedding when this rank holds one of two tied copies (first and last stage on different
     /// ranks), else nil.
     public var tiedEmbedding: Parameter? {
-        partition.virtualStageCount > 1 && holdsInput != holdsLoss ? model.tokenEmbedding.weight : nil
+        partition.virtualStageCount > 1 && holdsInput != holdsLoss ? model.tiedWeight : nil
     }
 
     /// Runs virtual stage `stage` forward: from `tokens` (virtual stage 0) or `input` [batch, time, width], through
@@ -60,7 +60,7 @@ public final class PipelineStageModule: Module {
     public func forward(virtualStage stage: Int, input: Tensor?, tokens: [Int32], targets: [Int32], batch: Int, time: Int, context: ForwardContext) -> Tensor {
         precondition(virtualStages.contains(stage), "virtual stage \(stage) does not run on pipeline rank \(pipelineRank)")
         var x = stage == 0 ? model.embed(tokens, batch: batch, time: time, context: context) : input!
-        for layer in partition.layerRanges[stage] { x = model.blocks[layer](x, context: context) }
+        for layer in partition.layerRanges[stage] { x = model.layer(layer, x, context: context) }
         guard stage == partition.virtualStageCount - 1 else { return x }
         return Tensor.crossEntropy(logits: model.head(x), targets: targets)
     }
@@ -77,20 +77,20 @@ public final class PipelineStageModule: Module {
 
     /// The parameters pipeline rank `pipelineRank` owns under `partition`: the embeddings with virtual stage 0,
     /// each virtual stage's blocks, the final norm and (tied) token embedding with the last virtual stage.
-    private static func owned(partition: PipelinePartition, model: GPT, pipelineRank: Int) -> Set<ObjectIdentifier> {
+    private static func owned(partition: PipelinePartition, model: any LanguageModel, pipelineRank: Int) -> Set<ObjectIdentifier> {
         let last = partition.virtualStageCount - 1
         var owned = Set<ObjectIdentifier>()
         func own(_ module: Module) { for parameter in module.parameters { owned.insert(ObjectIdentifier(parameter)) } }
         for stage in partition.virtualStages(onRank: pipelineRank) {
-            if stage == 0 { own(model.tokenEmbedding); own(model.positionEmbedding) }
-            for layer in partition.layerRanges[stage] { own(model.blocks[layer]) }
-            if stage == last { own(model.finalNorm); own(model.tokenEmbedding) }
+            if stage == 0 { model.inputModules.forEach(own) }
+            for layer in partition.layerRanges[stage] { own(model.layers[layer]) }
+            if stage == last { model.outputModules.forEach(own) }
         }
         return owned
     }
 
     /// The names of the parameters pipeline rank `pipelineRank` owns under `partition`, in registration order.
-    public static func ownedNames(partition: PipelinePartition, model: GPT, pipelineRank: Int) -> [String] {
+    public static func ownedNames(partition: PipelinePartition, model: any LanguageModel, pipelineRank: Int) -> [String] {
         let owned = owned(partition: partition, model: model, pipelineRank: pipelineRank)
         return model.namedParameters().filter { owned.contains(ObjectIdentifier($0.parameter)) }.map(\.name)
     }

@@ -35,7 +35,9 @@ public final class DistributedOptimizer {
     public let stage: Int
     public let buffer: ParamAndGradBuffer
     /// The optimizer over this rank's shard slices.
-    public private(set) var optimizer: (any Optimizer)!
+    public var optimizer: any Optimizer { shardOptimizer }
+    /// Set once, at the end of construction (the slices it updates are built first).
+    private var shardOptimizer: (any Optimizer)!
     /// Stage 2: the averaged gradients of this rank's shards, bucket after bucket. Stage 1 keeps them in the
     /// rank's shard regions of the full gradient buffer instead (no extra memory), and this is empty.
     public let gradientShard: Tensor
@@ -117,7 +119,7 @@ public final class DistributedOptimizer {
             slices.append((values, ObjectIdentifier(slice.parameter)))
         }
         shardSlices = slices
-        optimizer = makeOptimizer([ParameterGroup(decaying, weightDecay: weightDecay), ParameterGroup(plain, weightDecay: 0)])
+        shardOptimizer = makeOptimizer([ParameterGroup(decaying, weightDecay: weightDecay), ParameterGroup(plain, weightDecay: 0)])
         if overlapParamGather && stage < 3 {
             // Each layer that owns parameters waits, at the start of its forward, for its buckets' groups only.
             for layer in module.allModules where !layer.localParameters.isEmpty {
@@ -386,7 +388,16 @@ public final class DistributedOptimizer {
     /// The squared L2 norm of the averaged gradient over all ranks' shards, leaving out the parameters in
     /// `excluded` (a pipeline counts a tied weight held by two stages once).
     public func squaredGradientNorm(excluding excluded: Set<ObjectIdentifier> = []) throws -> Double {
+        let squares = Tensor(shape: [1], values: [Float(squaredShardNorm { !excluded.contains(ObjectIdentifier($0)) })])
+        try group.allReduce(squares, operation: .sum)
+        return Double(squares.floatPointer[0])
+    }
+
+    /// Σ g² over this rank's gradient shard, of the parameters `counts` accepts (every bucket's shard, padding
+    /// included — it is zero — when it accepts them all).
+    func squaredShardNorm(counting counts: (Parameter) -> Bool) -> Double {
         var local = 0.0
+        let excluded = Set(buffer.parameters.map(\.parameter).filter { !counts($0) }.map(ObjectIdentifier.init))
         if excluded.isEmpty {
             for index in buffer.buckets.indices { local += Self.sumOfSquares(shardGradient(of: index)) }
         } else {
@@ -394,9 +405,7 @@ public final class DistributedOptimizer {
                 if let gradient = values.grad { local += Self.sumOfSquares(gradient) }
             }
         }
-        let squares = Tensor(shape: [1], values: [Float(local)])
-        try group.allReduce(squares, operation: .sum)
-        return Double(squares.floatPointer[0])
+        return local
     }
 
     private static func sumOfSquares(_ tensor: Tensor) -> Double {

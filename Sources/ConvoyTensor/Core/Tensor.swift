@@ -23,9 +23,9 @@ public final class Tensor: @unchecked Sendable {
     public var grad: Tensor?
     /// An optional name, used in error messages and by modules (e.g. `h.0.attn.c_attn.weight`).
     public var name: String?
-    /// Marks a parameter that is already sharded across a model-parallel group (a tensor-parallel shard):
-    /// data parallelism does not reduce it.
-    public var isDistributed = false
+    /// Where this tensor lives on the device mesh (per axis: replicate, shard or partial) and whether it is
+    /// shared with another place; parallel strategies read it to decide what to reduce and what to count.
+    public var placement = TensorPlacement()
 
     /// The tape entry that produced this tensor (nil for leaves).
     var gradNode: GradNode?

@@ -35,7 +35,7 @@ public enum ArithmeticEvaluator {
     /// - Parameter batchSize: Problems generated together (bounds memory; the result does not depend on it).
     /// - Throws: ``ConvoyTensor/ConvoyError/invalidArgument(_:)`` when `problems` is empty or `batchSize` is
     ///   not positive, or when a prompt does not fit the model's vocabulary.
-    public static func evaluate(model: GPT, problems: [ArithmeticProblem], batchSize: Int = 512) throws -> ArithmeticReport {
+    public static func evaluate(model: any LanguageModel, problems: [ArithmeticProblem], batchSize: Int = 512) throws -> ArithmeticReport {
         guard !problems.isEmpty else {
             throw ConvoyError.invalidArgument("no arithmetic problems to evaluate; pass at least one")
         }

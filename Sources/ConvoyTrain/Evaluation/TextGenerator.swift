@@ -2,7 +2,7 @@ import ConvoyNN
 import ConvoyTensor
 import Foundation
 
-/// Autoregressive generation from a ``ConvoyNN/GPT``: greedy decoding or temperature sampling, for many
+/// Autoregressive generation from a ``ConvoyNN/LanguageModel``: greedy decoding or temperature sampling, for many
 /// prompts at once.
 ///
 /// There is no KV cache: every step runs the model over each sequence's (cropped) context again, which keeps
@@ -14,10 +14,10 @@ import Foundation
 /// token is Philox block `n` of the stream derived from `(seed, r)`, whatever else is generated alongside.
 public struct TextGenerator {
     /// The model that produces the logits (run with ``ConvoyNN/ForwardContext/evaluation``: no dropout).
-    public let model: GPT
+    public let model: any LanguageModel
 
     /// Creates a generator for `model`.
-    public init(model: GPT) {
+    public init(model: any LanguageModel) {
         self.model = model
     }
 
@@ -39,7 +39,7 @@ public struct TextGenerator {
         var sequences = prompts
         var outputs = [[Int32]](repeating: [], count: prompts.count)
         var active = Array(prompts.indices)
-        let contextLength = model.configuration.contextLength
+        let contextLength = model.shape.contextLength
         return withNoGrad {
             for step in 0..<maxNewTokens {
                 if active.isEmpty { break }
@@ -70,7 +70,7 @@ public struct TextGenerator {
     }
 
     private func validate(prompts: [[Int32]], maxNewTokens: Int, temperature: Float, stopToken: Int32?) throws {
-        let vocabulary = model.configuration.vocabularySize
+        let vocabulary = model.shape.vocabularySize
         guard maxNewTokens >= 0 else {
             throw ConvoyError.invalidArgument("maxNewTokens must be at least 0, got \(maxNewTokens)")
         }
@@ -96,7 +96,7 @@ public struct TextGenerator {
         tokens.reserveCapacity(rows.count * time)
         for row in rows { tokens += sequences[row].suffix(time) }
         let logits = model.logits(tokens, batch: rows.count, time: time, context: .evaluation).contiguous()
-        let vocabulary = model.configuration.vocabularySize
+        let vocabulary = model.shape.vocabularySize
         let base = logits.contiguousFloats
         return rows.enumerated().map { index, row in
             // Only the last position predicts the next token.

@@ -15,79 +15,55 @@ public struct TrainingSummary: Sendable {
     public var checkpoint: String
 }
 
-/// The training loop: global batch → this rank's micro-batches → forward/backward with gradient
-/// accumulation → (data-parallel reduction) → clip → optimizer step, with metrics, progress, periodic
+/// The training loop: global batch → this rank's micro-batches → the plan's step schedule (forward/backward)
+/// → its gradient synchronizer (reduce, one norm over the mesh, clip, step), with metrics, progress, periodic
 /// evaluation and checkpoints.
 ///
-/// The loss of each micro-batch is weighted by its share of the global batch's counted targets, so the
-/// gradient equals that of the mean loss over the whole global batch however it is split over micro-batches
-/// and ranks. With a process group of more than one rank the model is wrapped in ``DataParallel``; only rank 0
-/// prints, writes metrics, evaluates and saves checkpoints.
+/// The trainer names no strategy: a ``ConvoyParallel/ParallelPlan`` built from the configuration before any
+/// compute decides the mesh, the step schedule and the synchronizer. The loss of each micro-batch is weighted by
+/// its share of the global batch's counted targets, so the gradient equals that of the mean loss over the whole
+/// global batch however it is split over micro-batches and ranks. Only rank 0 prints, writes metrics, evaluates
+/// and saves checkpoints.
 public final class Trainer {
     public let configuration: TrainingConfiguration
-    public let model: GPT
-    public let optimizer: any Optimizer
+    public let model: any LanguageModel
     public let dataset: any TrainingDataset
     public let sampler: DistributedSampler
-    /// The data-parallel wrapper (nil on one rank, and under ZeRO).
-    public let parallel: DataParallel?
-    /// The ZeRO distributed optimizer (stages 1–3), or nil.
-    public let zero: DistributedOptimizer?
-    /// Pipeline parallelism (with data parallelism or ZeRO-1 across pipelines), or nil when pp is 1.
-    public let pipeline: PipelineParallel?
+    /// The parallel layout: mesh, features, partition.
+    public let plan: ParallelPlan
+    /// This rank's step schedule and gradient synchronizer.
+    public let runtime: ParallelRuntime
     public let group: (any ProcessGroup)?
     private let schedule: any LearningRateSchedule
     private let display: ProgressDisplay?
     private let timeline: Timeline?
     private var startStep = 0
 
+    /// The optimizer the synchronizer steps.
+    public var optimizer: any Optimizer { runtime.optimizer }
+
     /// Rank 0 (or the only rank) does the printing, evaluation and saving.
     public var isLeader: Bool { (group?.rank ?? 0) == 0 }
 
-    /// Builds the model, optimizer and data for a configuration; with `resume`, restores a checkpoint. With a
-    /// `group`, this rank trains its slice of every global batch and gradients are averaged over the group
-    /// (collective: every rank of the group must construct its trainer).
+    /// Builds the plan, model, optimizer and data for a configuration; with `resume`, restores a checkpoint.
+    /// With a `group`, this rank trains its part of every step as the plan says (collective: every rank of the
+    /// group must construct its trainer).
     public init(configuration: TrainingConfiguration, group: (any ProcessGroup)? = nil, resume: String? = nil,
                 display: ProgressDisplay? = nil, timeline: Timeline? = nil) throws {
         try configuration.validate()
         self.configuration = configuration
         self.group = group
-        let ranks = group?.size ?? 1
-        let pp = configuration.pipeline.stages
-        // Without --dp, the ranks that are not pipeline stages are data-parallel replicas.
-        let dp = configuration.dp ?? max(1, ranks / pp)
-        guard dp * pp == ranks else {
-            throw ConvoyError.invalidConfiguration("world size \(ranks) is not dp·pp·tp = \(dp)·\(pp)·1; change --dp, --pp or the number of ranks")
-        }
-        let mesh = try DeviceMesh(dp: dp, pp: pp, tp: 1)
-        let dataParallelRank = mesh.position(along: .dp, of: group?.rank ?? 0)
-        if pp > 1 { try configuration.validatePipeline(dataParallelSize: dp) }
+        // Every refusal happens here, before the model or the data exist.
+        plan = try ParallelPlan(settings: try configuration.parallelSettings(), worldSize: group?.size ?? 1, model: configuration.modelConfiguration.shape)
+        let dataParallelRank = plan.mesh.position(along: .dp, of: group?.rank ?? 0)
         dataset = try configuration.makeDataset()
-        sampler = try DistributedSampler(globalBatch: configuration.batch, worldSize: dp, rank: dataParallelRank, microBatches: configuration.accumulateSteps)
-        model = try GPT(configuration.modelConfiguration, seed: configuration.seed)
-        if let group, pp > 1 {
-            pipeline = try PipelineParallel(model: model, world: group, options: configuration.pipeline, microBatches: configuration.accumulateSteps,
-                                            zeroStage: configuration.zeroStage, dataParallelOptions: configuration.ddp,
-                                            weightDecay: Float(configuration.weightDecay), timeline: timeline,
-                                            makeOptimizer: { configuration.makeOptimizer(for: $0, ranks: ranks, externalGradients: $1) },
-                                            makeShardOptimizer: { configuration.makeShardOptimizer($0, dataParallelSize: dp) })
-            zero = nil
-            parallel = nil
-            optimizer = pipeline!.optimizer
-        } else if let group, group.size > 1, configuration.zeroStage > 0 {
-            pipeline = nil
-            let distributed = try DistributedOptimizer(module: model, group: group, stage: configuration.zeroStage, options: configuration.ddp,
-                                                       weightDecay: Float(configuration.weightDecay)) { configuration.makeShardOptimizer($0, dataParallelSize: dp) }
-            zero = distributed
-            parallel = nil
-            optimizer = distributed.optimizer
-        } else {
-            pipeline = nil
-            zero = nil
-            parallel = group.map { $0.size > 1 } == true
-                ? try DataParallel(module: model, group: group!, options: configuration.ddp, timeline: timeline) : nil
-            optimizer = configuration.makeOptimizer(for: model, ranks: ranks, externalGradients: parallel?.fusedGradients != nil)
-        }
+        sampler = try DistributedSampler(globalBatch: configuration.batch, worldSize: plan.dataParallelSize, rank: dataParallelRank,
+                                         microBatches: configuration.accumulateSteps)
+        model = try configuration.makeModel()
+        let ranks = group?.size ?? 1, dp = plan.dataParallelSize
+        runtime = try plan.build(model: model, world: group, weightDecay: Float(configuration.weightDecay), timeline: timeline,
+                                 makeOptimizer: { configuration.makeOptimizer(for: $0, ranks: ranks, externalGradients: $1) },
+                                 makeShardOptimizer: { configuration.makeShardOptimizer($0, dataParallelSize: dp) })
         schedule = configuration.learningRateSchedule
         self.display = (group?.rank ?? 0) == 0 ? display : nil
         self.timeline = timeline
@@ -96,35 +72,17 @@ public final class Trainer {
 
     private func restore(from directory: String) throws {
         var optimizerFile = TrainingCheckpoint.optimizerFileName
-        if let pipeline, let group {
-            let indexPath = try TrainingCheckpoint.resolvedDirectory(directory) + "/" + Self.pipelineIndexFileName
-            guard let index = FileManager.default.contents(atPath: indexPath),
-                  let saved = try? JSONSerialization.jsonObject(with: index) as? [String: String], let layout = saved["layout"] else {
-                throw ConvoyError.incompatible("checkpoint \(directory) was not written by a pipeline run (no readable \(Self.pipelineIndexFileName)); resume it with the parallel layout it was saved with")
-            }
-            guard layout == pipeline.layoutDescription else {
-                throw ConvoyError.incompatible("checkpoint \(directory) was saved with \(layout); this run uses \(pipeline.layoutDescription). Resume with the same --pp, --dp, --virtual-stages, --stage-layers and --zero-stage (resharding is not supported yet)")
-            }
+        if try runtime.checkpointLayoutIndex() != nil, let group {
+            try runtime.checkCheckpointLayout(in: try TrainingCheckpoint.resolvedDirectory(directory))
             optimizerFile = TrainingCheckpoint.shardFileName(rank: group.rank, of: group.size)
-        } else if let zero {
-            let indexPath = try TrainingCheckpoint.resolvedDirectory(directory) + "/" + Self.zeroIndexFileName
-            guard let index = FileManager.default.contents(atPath: indexPath) else {
-                throw ConvoyError.incompatible("checkpoint \(directory) was not written under ZeRO (no \(Self.zeroIndexFileName)); resume it with --zero-stage 0")
-            }
-            try zero.checkLayout(index, source: indexPath)
-            optimizerFile = TrainingCheckpoint.shardFileName(rank: zero.group.rank, of: zero.group.size)
         }
-        // Stage 3 keeps only shards: the loaded weights are written into the gathered model on every rank, and
-        // each rank takes its shard back from them.
-        try zero?.gatherFullParameters()
-        pipeline?.stage.restoreUnownedParameters()
-        let contents = try TrainingCheckpoint.load(from: directory, into: model, optimizerFile: optimizerFile)
-        pipeline?.stage.releaseUnownedParameters()
-        zero?.releaseFullParameters(copyingBack: true)
+        // Sharded parameters (ZeRO-3) and pipeline stages hold only parts of the model: the loaded weights are
+        // written into the whole model on every rank, and each rank takes its part back from them.
+        let contents = try runtime.loadingWholeModel { try TrainingCheckpoint.load(from: directory, into: model, optimizerFile: optimizerFile) }
         let state = contents.state
         var saved = TrainingConfiguration()
         try? TrainingSettings.apply(toml: state.configuration, source: directory + "/trainer.json", to: &saved)
-        let runningStage = zero?.stage ?? pipeline?.zero?.stage ?? 0
+        let runningStage = runtime.synchronizer.zeroStage
         guard saved.zeroStage == runningStage else {
             throw ConvoyError.incompatible("checkpoint \(directory) was written under ZeRO stage \(saved.zeroStage), the run uses --zero-stage \(runningStage); resume with the same stage (resharding is not supported yet)")
         }
@@ -147,28 +105,13 @@ public final class Trainer {
     /// The step training continues from (0, or the resumed checkpoint's step).
     public var firstStep: Int { startStep }
 
-    /// Name of the ZeRO layout index in a checkpoint.
-    static let zeroIndexFileName = "zero.json"
-    /// Name of the pipeline layout index in a checkpoint.
-    static let pipelineIndexFileName = "pipeline.json"
-
     /// Saves a checkpoint (collective). Rank 0 writes the model and the trainer state; the optimizer state is
-    /// written whole by rank 0, or under ZeRO as one shard file per rank plus a layout index, all assembled in
-    /// one temporary directory before it is renamed into place. Under ZeRO stage 3 the parameters are left
-    /// gathered (the caller releases them when training goes on).
+    /// written whole by rank 0, or — when the plan shards it (ZeRO, pipelines) — as one shard file per rank plus
+    /// a layout index, all assembled in one temporary directory before it is renamed into place. The whole model
+    /// is left gathered (the caller releases it when training goes on).
     private func saveCheckpoint(afterStep step: Int, to directory: String) throws {
-        try zero?.gatherFullParameters()
-        // The whole model is written by rank 0, which collects the other stages' parameters first.
-        try pipeline?.collectModel()
-        let index: (name: String, contents: Data)?
-        if let zero {
-            index = (Self.zeroIndexFileName, try zero.layoutIndex())
-        } else if let pipeline {
-            index = (Self.pipelineIndexFileName, try JSONSerialization.data(withJSONObject: ["layout": pipeline.layoutDescription], options: [.sortedKeys]))
-        } else {
-            index = nil
-        }
-        guard let index, let group else {
+        try runtime.gatherFullModel()
+        guard let index = try runtime.checkpointLayoutIndex(), let group else {
             if isLeader { try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state(afterStep: step), to: directory) }
             try group?.barrier()
             return
@@ -197,77 +140,22 @@ public final class Trainer {
     /// Runs one optimizer step; returns (mean loss over the global batch, gradient norm before clipping).
     public func trainStep(_ step: Int) throws -> (loss: Double, gradientNorm: Double) {
         optimizer.learningRate = schedule.learningRate(at: step)
-        if let pipeline { return try pipelineStep(step, pipeline) }
-        let context = configuration.context
-        let rank = group.map { $0.worldRanks[$0.rank] } ?? 0
         let globalIndices = (step * configuration.batch)..<((step + 1) * configuration.batch)
         // Every rank needs the whole global batch's target count for the weights; its own examples are taken
         // from the same list rather than generated again.
         let globalExamples = globalIndices.map { dataset.trainingExample($0) }
-        let totalCounted = globalExamples.reduce(0) { $0 + $1.countedTargets }
-        // Data parallelism averages gradients over ranks, so each rank's share is scaled up by the rank count.
-        let reducingGroup = parallel?.group ?? zero?.group
-        let rankScale = Float(reducingGroup?.size ?? 1)
-        var loss = 0.0
-        for microBatch in 0..<sampler.microBatches {
-            let examples = sampler.indices(step: step, microBatch: microBatch).map { globalExamples[$0 - globalIndices.lowerBound] }
-            let counted = examples.reduce(0) { $0 + $1.countedTargets }
-            let weight = Float(counted) / Float(max(totalCounted, 1))
-            let forward = ForwardContext(training: true, seed: configuration.seed, step: step, firstSequence: sampler.firstSequence(microBatch: microBatch))
-            let compute = {
-                let microLoss = self.measure("forward", rank: rank) {
-                    self.model.loss(examples.flatMap(\.inputs), targets: examples.flatMap(\.targets), batch: examples.count, time: context, context: forward)
-                }
-                self.measure("backward", rank: rank) { (microLoss * (weight * rankScale)).backward() }
-                loss += Double(microLoss.scalarValue) * Double(weight)
-            }
-            if let parallel, microBatch < sampler.microBatches - 1 { parallel.withoutSynchronization(compute) } else { compute() }
-            try zero?.finishBackward()
-        }
-        try parallel?.finishGradientSynchronization()
-        try zero?.finishGradientSynchronization()
-        if let group = reducingGroup {
-            let total = Tensor(shape: [1], values: [Float(loss)])
-            try group.allReduce(total, operation: .sum)
-            loss = Double(total.scalarValue)
-        }
-        let norm: Double
-        if let zero {
-            // The averaged gradient exists only as shards: the norm is reduced over ranks.
-            norm = configuration.gradClip > 0 ? try zero.clipGradients(maxNorm: Float(configuration.gradClip)) : try zero.globalGradientNorm()
-            try measure("optimizer step", rank: rank) { try zero.step() }
-            zero.zeroGradients()
-        } else {
-            let parameters = model.parameters
-            norm = configuration.gradClip > 0
-                ? GradientClipping.clip(parameters, maxNorm: Float(configuration.gradClip))
-                : GradientClipping.globalNorm(parameters)
-            measure("optimizer step", rank: rank) { optimizer.step() }
-            if let parallel { parallel.zeroGradients() } else { optimizer.zeroGradients() }
-        }
-        return (loss, norm)
-    }
-
-    /// One step of the pipeline: this rank's instruction list over the micro-batches of its data-parallel slice.
-    private func pipelineStep(_ step: Int, _ pipeline: PipelineParallel) throws -> (loss: Double, gradientNorm: Double) {
-        let globalIndices = (step * configuration.batch)..<((step + 1) * configuration.batch)
-        let globalExamples = globalIndices.map { dataset.trainingExample($0) }
         let totalCounted = max(globalExamples.reduce(0) { $0 + $1.countedTargets }, 1)
-        let replicas = pipeline.mesh.dp
-        let result = try pipeline.trainStep(maxGradientNorm: Float(configuration.gradClip)) { microBatch in
+        // The synchronizer averages gradients over the data-parallel ranks, so each rank's share is scaled up.
+        let replicas = Float(plan.dataParallelSize)
+        let result = try runtime.trainStep(maxGradientNorm: Float(configuration.gradClip)) { microBatch in
             let examples = sampler.indices(step: step, microBatch: microBatch).map { globalExamples[$0 - globalIndices.lowerBound] }
-            let weight = Double(examples.reduce(0) { $0 + $1.countedTargets }) / Double(totalCounted)
-            return PipelineExecutor.MicroBatch(tokens: examples.flatMap(\.inputs), targets: examples.flatMap(\.targets), batch: examples.count,
-                                               time: configuration.context, lossScale: Float(weight) * Float(replicas), lossWeight: weight,
-                                               context: ForwardContext(training: true, seed: configuration.seed, step: step,
-                                                                       firstSequence: sampler.firstSequence(microBatch: microBatch)))
+            let weight = Float(examples.reduce(0) { $0 + $1.countedTargets }) / Float(totalCounted)
+            return MicroBatch(tokens: examples.flatMap(\.inputs), targets: examples.flatMap(\.targets), batch: examples.count,
+                              time: configuration.context, lossScale: weight * replicas, lossWeight: Double(weight),
+                              context: ForwardContext(training: true, seed: configuration.seed, step: step,
+                                                      firstSequence: sampler.firstSequence(microBatch: microBatch)))
         }
         return (result.loss, result.gradientNorm)
-    }
-
-    private func measure<Result>(_ name: String, rank: Int, _ body: () throws -> Result) rethrows -> Result {
-        guard let timeline else { return try body() }
-        return try timeline.measure(name, category: name, rank: rank, body)
     }
 
     /// Mean loss over up to `batches` batches of validation examples.
@@ -306,9 +194,7 @@ public final class Trainer {
         var windowStart = 0.0, windowSteps = 0
         var tokensPerSecond = 0.0
         var lastLoss = Double.nan, lastValidation: Double?
-        display?.message("training \(model.parameterCount) parameters on \(dataset.summary); \(configuration.steps - startStep) steps of \(configuration.batch) × \(configuration.context) tokens" + (parallel.map { "; data parallel over \($0.group.size) ranks, \($0.bucketCount) buckets" } ?? "")
-            + (zero.map { "; ZeRO stage \($0.stage) over \($0.group.size) ranks, \($0.buffer.buckets.count) buckets" } ?? "")
-            + (pipeline.map { "; pipeline of \($0.mesh.pp) stages (layers \($0.stage.partition.stageLayers.map(String.init).joined(separator: "/"))), \($0.schedule.kind.rawValue), \(configuration.accumulateSteps) micro-batches, \($0.mesh.dp) replicas" } ?? ""))
+        display?.message("training \(model.parameterCount) parameters on \(dataset.summary); \(configuration.steps - startStep) steps of \(configuration.batch) × \(configuration.context) tokens; \(runtime.synchronizer.summary); \(runtime.schedule.summary)")
 
         for step in startStep..<configuration.steps {
             let (loss, norm) = try trainStep(step)
@@ -328,13 +214,9 @@ public final class Trainer {
                 metrics?.write(["step": done, "loss": loss, "lr": learningRate, "tokens_per_s": tokensPerSecond, "grad_norm": norm, "elapsed_s": now])
             }
             if configuration.evalEvery > 0 && done % configuration.evalEvery == 0 && done < configuration.steps {
-                // Rank 0 alone evaluates: every rank gathers the parameters first (collective under ZeRO-3).
-                try zero?.gatherFullParameters()
-                try pipeline?.collectModel()
-                defer {
-                    zero?.releaseFullParameters()
-                    pipeline?.releaseCollectedModel()
-                }
+                // Rank 0 alone evaluates: every rank gathers the parameters first (collective under ZeRO-3 and pipelines).
+                try runtime.gatherFullModel()
+                defer { runtime.releaseFullModel() }
                 if isLeader, let validation = validationLoss(batches: configuration.evalBatches) {
                     lastValidation = validation
                     metrics?.write(["step": done, "val_loss": validation, "elapsed_s": elapsed()])
@@ -344,15 +226,13 @@ public final class Trainer {
             }
             if configuration.checkpointEvery > 0 && done % configuration.checkpointEvery == 0 && done < configuration.steps {
                 try saveCheckpoint(afterStep: done, to: configuration.periodicCheckpointDirectory)
-                zero?.releaseFullParameters()
-                pipeline?.releaseCollectedModel()
+                runtime.releaseFullModel()
             }
         }
 
         let seconds = elapsed()
         // From here on the model's parameters are complete on every rank (also after run() returns).
-        try zero?.gatherFullParameters()
-        try pipeline?.collectModel()
+        try runtime.gatherFullModel()
         var report: ArithmeticReport?
         if isLeader {
             if let validation = validationLoss(batches: configuration.evalBatches) {

@@ -39,7 +39,7 @@ public enum TrainingCheckpoint {
     ///   - temporary: a directory prepared with ``prepareTemporaryDirectory(for:tag:)`` that already holds
     ///     other ranks' files; nil to use a fresh one.
     ///   - extraFiles: further files (name → contents), such as a ZeRO layout index.
-    public static func save(model: GPT, optimizer: (any Optimizer)?, state: TrainerState, to directory: String, temporary prepared: String? = nil,
+    public static func save(model: any LanguageModel, optimizer: (any Optimizer)?, state: TrainerState, to directory: String, temporary prepared: String? = nil,
                             extraFiles: [String: Data] = [:], failingAt failure: SaveStage? = nil) throws {
         let target = URL(fileURLWithPath: directory).standardizedFileURL
         let parent = target.deletingLastPathComponent().path
@@ -47,7 +47,7 @@ public enum TrainingCheckpoint {
         var published = false
         defer { if !published { try? FileManager.default.removeItem(atPath: temporary) } }
 
-        try GPTCheckpoint.save(model, to: temporary)
+        try model.saveWeights(to: temporary)
         if failure == .afterModel { throw ConvoyError.io("simulated failure while saving \(directory)") }
         if let optimizer { try writeOptimizerState(optimizer.state(), kind: state.optimizer, to: temporary + "/" + optimizerFileName) }
         for (name, contents) in extraFiles { try AtomicFile.write(contents, to: temporary + "/" + name) }
@@ -113,7 +113,7 @@ public enum TrainingCheckpoint {
 
     /// Reads the trainer and optimizer state of a checkpoint and loads its weights into `model`, after
     /// checking that everything matches; on any error nothing is modified.
-    public static func load(from directory: String, into model: GPT, optimizerFile: String = optimizerFileName) throws -> Contents {
+    public static func load(from directory: String, into model: any LanguageModel, optimizerFile: String = optimizerFileName) throws -> Contents {
         let directory = try resolvedDirectory(directory)
         let trainerPath = directory + "/" + trainerFileName
         guard let trainerData = FileManager.default.contents(atPath: trainerPath) else {
@@ -126,13 +126,7 @@ public enum TrainingCheckpoint {
         guard state.formatVersion == 1 else {
             throw ConvoyError.incompatible("\(trainerPath) has format version \(state.formatVersion); this Convoy reads version 1")
         }
-        let configuration = try GPTCheckpoint.readConfiguration(from: directory)
-        let expected = model.configuration
-        guard configuration.layers == expected.layers, configuration.width == expected.width, configuration.heads == expected.heads,
-              configuration.contextLength == expected.contextLength, configuration.vocabularySize == expected.vocabularySize else {
-            throw ConvoyError.incompatible(
-                "checkpoint \(directory) holds a GPT with \(configuration.layers) layers, d_model \(configuration.width), \(configuration.heads) heads, context \(configuration.contextLength); the run is configured for \(expected.layers) layers, d_model \(expected.width), \(expected.heads) heads, context \(expected.contextLength). Use the flags the checkpoint was trained with")
-        }
+        try model.checkWeightsCompatible(in: directory)
         let optimizerPath = directory + "/" + optimizerFile
         guard FileManager.default.fileExists(atPath: optimizerPath) else {
             throw ConvoyError.incompatible("checkpoint \(directory) has no \(optimizerFile): it was saved with another data-parallel or ZeRO layout (resharding is not supported yet)")
@@ -146,9 +140,9 @@ public enum TrainingCheckpoint {
         if let kind = optimizerFile.metadata["optimizer"], kind != state.optimizer {
             throw ConvoyError.malformedFile(path: optimizerPath, reason: "written by optimizer \(kind) but trainer.json says \(state.optimizer)")
         }
-        // Weights last: GPTCheckpoint validates every tensor before touching the model.
+        // Weights last: loading validates every tensor before touching the model.
         let contents = Contents(state: state, optimizerState: OptimizerState(tensors: optimizerFile.tensors, scalars: scalars))
-        try GPTCheckpoint.loadWeights(into: model, from: directory)
+        try model.loadWeights(from: directory)
         return contents
     }
 }

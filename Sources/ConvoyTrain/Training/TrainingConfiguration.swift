@@ -1,3 +1,4 @@
+import ConvoyComm
 import ConvoyNN
 import ConvoyParallel
 import ConvoyTensor
@@ -66,6 +67,12 @@ public struct TrainingConfiguration: Sendable, Equatable {
     public var microBatchSize: Int?
     // [parallel.ddp]
     public var ddp = DataParallelOptions()
+    /// Tensor-parallel ranks per layer (`parallel.tp`).
+    public var tp = 1
+    /// The device mesh's axis order, fastest-varying first (`parallel.order`).
+    public var meshOrder = "tp-dp-pp"
+    /// `[[placement]]` sections: module-name patterns on Hetu device-group strings.
+    public var placements: [ModulePlacement] = []
     /// Write a Chrome trace of forward, backward, bucket all-reduces and optimizer steps here.
     public var trace: String?
 
@@ -106,25 +113,30 @@ public struct TrainingConfiguration: Sendable, Equatable {
         guard minLearningRate <= learningRate else {
             throw ConvoyError.invalidConfiguration("training.min_lr \(minLearningRate) exceeds training.lr \(learningRate)")
         }
-        if pipeline.stages > 1 {
-            try validatePipeline(dataParallelSize: dp)
-        } else if zeroStage > 0, let dp, dp < 2 {
-            throw ConvoyError.invalidConfiguration("parallel.zero_stage \(zeroStage) shards state across data-parallel ranks and needs --dp 2 or more (dp is \(dp))")
-        }
+        // Every parallel refusal comes from the plan's rules table; the world size is not known yet.
+        _ = try ParallelPlan(settings: try parallelSettings(), worldSize: nil, model: modelConfiguration.shape)
         try modelConfiguration.validate()
     }
 
-    /// Checks a pipeline configuration before any compute: the partition of the model, the schedule, the
-    /// ZeRO stage, and (when the data-parallel size is known) that the micro-batches make up the global batch.
-    public func validatePipeline(dataParallelSize dp: Int?) throws {
-        _ = try pipeline.partition(for: modelConfiguration)
-        _ = try PipelineSchedule(kind: pipeline.schedule, stages: pipeline.stages, microBatches: accumulateSteps, virtualStages: pipeline.virtualStages)
-        guard zeroStage <= 2 else {
-            throw ConvoyError.invalidConfiguration("parallel.zero_stage \(zeroStage) does not combine with pipeline parallelism (pp = \(pipeline.stages)): stage 3 gathers each layer for every forward and backward, and a pipeline interleaves those of many micro-batches; use --zero-stage 0, 1 or 2")
-        }
-        if let microBatchSize, let dp, microBatchSize * accumulateSteps * dp != batch {
-            throw ConvoyError.invalidConfiguration("micro_batch_size \(microBatchSize) × accumulate_steps \(accumulateSteps) × dp \(dp) = \(microBatchSize * accumulateSteps * dp) is not the global batch \(batch); change --micro-batch-size, --accumulate-steps or --batch")
-        }
+    /// The `[parallel]` settings as the plan reads them.
+    public func parallelSettings() throws -> ParallelSettings {
+        var settings = ParallelSettings()
+        settings.dataParallelSize = dp
+        settings.tensorParallelSize = tp
+        settings.order = try DeviceMesh.parseOrder(meshOrder)
+        settings.zeroStage = zeroStage
+        settings.dataParallel = ddp
+        settings.pipeline = pipeline
+        settings.microBatches = accumulateSteps
+        settings.microBatchSize = microBatchSize
+        settings.globalBatch = batch
+        settings.placements = placements
+        return settings
+    }
+
+    /// Builds the model this configuration trains.
+    public func makeModel() throws -> any LanguageModel {
+        try GPT(modelConfiguration, seed: seed)
     }
 
     /// The learning-rate schedule.

@@ -1,3 +1,4 @@
+import ConvoyComm
 import ConvoyParallel
 import ConvoyTensor
 import Foundation
@@ -164,6 +165,12 @@ public enum TrainingSettings {
             configuration.backend = text
         }, read: { $0.backend.map { .text($0) } }),
         integer("parallel.zero_stage", "--zero-stage", \.zeroStage, 0...3),
+        integer("parallel.tp", "--tp", \.tp, 1...4096),
+        Setting(key: "parallel.order", flag: "--mesh-order", apply: { configuration, value in
+            guard case .text(let text) = value else { throw fail("parallel.order", "expected axis names joined by '-' such as \"tp-dp-pp\", got \(value)") }
+            do { _ = try DeviceMesh(order: try DeviceMesh.parseOrder(text), sizes: [:]) } catch { throw fail("parallel.order", CompositionRules.message(of: error)) }
+            configuration.meshOrder = text
+        }, read: { .text($0.meshOrder) }),
         boolean("parallel.ddp.bucketing", "--bucketing", \.ddp.bucketing),
         real("parallel.ddp.first_bucket_cap_mb", "--first-bucket-cap-mb", \.ddp.firstBucketCapMB, 1e-6...1e6),
         real("parallel.ddp.bucket_cap_mb", "--bucket-cap-mb", \.ddp.bucketCapMB, 1e-6...1e6),
@@ -205,11 +212,15 @@ public enum TrainingSettings {
     /// Applies a TOML document's keys; unknown sections or keys, wrong types and bad values are errors that
     /// name the key (and the file).
     public static func apply(toml text: String, source: String, to configuration: inout TrainingConfiguration) throws {
-        let table: TOMLTable
+        var table: TOMLTable
         do {
             table = try TOMLTable(string: text)
         } catch let error as TOMLParseError {
             throw ConvoyError.invalidConfiguration("\(source): \(error.description) at line \(error.source.begin.line), column \(error.source.begin.column)")
+        }
+        if let placementValue = table["placement"] {
+            configuration.placements = try placements(from: placementValue, source: source)
+            table.remove(at: "placement")
         }
         for (section, sectionValue) in table {
             guard sectionValue.table != nil else {
@@ -244,6 +255,25 @@ public enum TrainingSettings {
                 if case .invalidConfiguration(let message) = error { throw ConvoyError.invalidConfiguration("\(source): \(message)") }
                 throw error
             }
+        }
+    }
+
+    /// Reads `[[placement]]` sections: an array of tables, each with string keys `modules` and `devices`.
+    private static func placements(from value: TOMLValueConvertible, source: String) throws -> [ModulePlacement] {
+        guard let array = value.array else {
+            throw ConvoyError.invalidConfiguration("\(source): placement must be written as [[placement]] sections, each with modules = \"…\" and devices = \"…\"")
+        }
+        return try array.enumerated().map { index, item in
+            guard let section = item.table else {
+                throw ConvoyError.invalidConfiguration("\(source): [[placement]] number \(index + 1) is not a section with modules = \"…\" and devices = \"…\"")
+            }
+            for (key, _) in section where !["modules", "devices"].contains(key) {
+                throw ConvoyError.invalidConfiguration("\(source): [[placement]] number \(index + 1) has unknown key '\(key)'; a placement has only modules and devices")
+            }
+            guard let modules = section["modules"]?.string, !modules.isEmpty, let devices = section["devices"]?.string, !devices.isEmpty else {
+                throw ConvoyError.invalidConfiguration("\(source): [[placement]] number \(index + 1) needs modules = \"pattern\" and devices = \"cpu:0,cpu:1\" (both non-empty strings)")
+            }
+            return ModulePlacement(modules: modules, devices: devices)
         }
     }
 
@@ -300,7 +330,11 @@ public enum TrainingSettings {
             }
             if let index = sections.firstIndex(where: { $0.0 == parts[0] }) { sections[index].1.append(line) } else { sections.append((parts[0], [line])) }
         }
-        return sections.map { "[\($0.0)]\n" + $0.1.joined(separator: "\n") + "\n" }.joined(separator: "\n")
+        let placementSections = configuration.placements.map { placement -> String in
+            func quoted(_ text: String) -> String { "\"" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
+            return "[[placement]]\nmodules = \(quoted(placement.modules))\ndevices = \(quoted(placement.devices))\n"
+        }
+        return (sections.map { "[\($0.0)]\n" + $0.1.joined(separator: "\n") + "\n" } + placementSections).joined(separator: "\n")
     }
 
     /// Loads defaults, then `configFile` (if any), then flag overrides, and validates the result.
