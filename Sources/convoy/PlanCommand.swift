@@ -1,6 +1,8 @@
 import ArgumentParser
+import ConvoyComm
 import ConvoyNN
 import ConvoyParallel
+import ConvoyTrain
 import ConvoyTensor
 import Foundation
 
@@ -9,9 +11,10 @@ import Foundation
 struct PlanCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "plan",
-        abstract: "Print the per-rank bytes of parameters, gradients and optimizer state for a ZeRO stage, and with --pp the pipeline plan.",
+        abstract: "Print the parallel plan of a configuration: mesh, groups on each axis, each rank's layers and bytes; --rules prints the composition table.",
         discussion: """
-            fp32 parameters and gradients (4 B each); optimizer state 8 B/param for adam/adamw, 4 B for momentum and \
+            The plan is validated by the same rules as `convoy train` (a configuration train refuses is refused \
+            here, with the same message). fp32 parameters and gradients (4 B each); optimizer state 8 B/param for adam/adamw, 4 B for momentum and \
             nesterov, 0 for sgd. Sharded parts hold ⌈Ψ/N⌉ elements per rank. Activations are not counted there. With \
             --pp > 1: the stage-to-layer assignment, parameters per stage, process groups, the simulated bubble and \
             the peak activation memory per stage (an estimate, see PipelinePlan.activationBytes).
@@ -32,7 +35,11 @@ struct PlanCommand: ParsableCommand {
     @Option(help: "Pipeline schedule: gpipe, 1f1b or interleaved-1f1b.") var schedule: String = "1f1b"
     @Option(name: .customLong("virtual-stages"), help: "Model chunks per pipeline rank (interleaved-1f1b).") var virtualStages: Int = 1
     @Option(name: .customLong("stage-layers"), help: "Layers per virtual stage, e.g. 3,3 (default: balanced).") var stageLayers: String?
-    @Flag(help: "Print one JSON line per stage instead of the table.") var json = false
+    @Option(name: .customLong("tp"), help: "Tensor-parallel ranks per layer.") var tp: Int = 1
+    @Option(name: .customLong("mesh-order"), help: "Mesh axis order, fastest-varying first.") var meshOrder: String = "tp-dp-pp"
+    @Option(help: "A training TOML file: plan its model, [parallel] sections and [[placement]] instead of the flags above.") var config: String?
+    @Flag(help: "Print the composition rules table (which parallel features combine, under which conditions).") var rules = false
+    @Flag(help: "Print JSON lines instead of tables: the layout (or the rules), then one line per ZeRO stage.") var json = false
 
     /// The model shape: the preset with any explicit flags applied.
     func modelConfiguration() throws -> GPTConfiguration {
@@ -56,39 +63,84 @@ struct PlanCommand: ParsableCommand {
     }
 
     func run() throws {
-        let configuration = try modelConfiguration()
+        if rules {
+            if json { print(RulesReport.json()) } else { print(RulesReport.table()) }
+            return
+        }
+        let (configuration, layout, zeroStages) = try parallelPlan()
+        let dp = layout.dataParallelSize
         let kind = try ZeROMemoryPlan.OptimizerKind(name: optimizer)
-        let plans = try requestedStages().map {
+        let plans = try zeroStages.map {
             try ZeROMemoryPlan(parameterCount: configuration.parameterCount, dataParallelSize: dp, stage: $0, optimizer: kind)
         }
+        let pipeline = layout.mesh.pp > 1
+            ? try PipelinePlan(model: configuration, options: layout.settings.pipeline, dataParallelSize: dp, microBatches: layout.settings.microBatches,
+                               microBatchSize: layout.settings.microBatchSize ?? microBatchSize) : nil
+        let report = try LayoutReport(plan: layout, model: configuration, pipeline: pipeline, optimizer: kind)
         if json {
+            print(report.json())
             for plan in plans { print(Self.jsonLine(plan)) }
             return
         }
+        print(report.table())
+        print("")
         let shape = "\(configuration.layers) layers, d_model \(configuration.width), \(configuration.heads) heads, "
             + "context \(configuration.contextLength), vocab \(configuration.vocabularySize)"
         let explicit = layers != nil || dModel != nil || heads != nil || context != nil || vocab != nil
         print("model: \(model)\(explicit ? " (overridden)" : ""): \(shape)")
         print("Ψ = \(Self.grouped(configuration.parameterCount)) parameters; N = \(dp) data-parallel ranks; "
             + "optimizer \(kind.rawValue) (\(kind.stateBytesPerParameter) B/param state); fp32 parameters and gradients")
-        print("per rank:")
+        print("per rank (the whole model; with pp > 1 each rank holds its stage's share, above):")
         print(Self.table(plans))
-        if pp > 1 { try printPipelinePlan(configuration) }
+        if let pipeline { printPipelinePlan(pipeline, dp: dp) }
     }
 
-    func printPipelinePlan(_ configuration: GPTConfiguration) throws {
-        var options = PipelineOptions()
-        options.stages = pp
-        options.schedule = try PipelineScheduleKind(parsing: schedule)
-        options.virtualStages = virtualStages
+    /// The plan the flags (or `--config`) describe, validated by the same rules as training, and the ZeRO stages
+    /// to tabulate.
+    func parallelPlan() throws -> (GPTConfiguration, ParallelPlan, [Int]) {
+        if let config {
+            let training = try TrainingSettings.resolve(configFile: config, flags: [])
+            let settings = try training.parallelSettings()
+            let world = settings.placements.isEmpty ? (settings.dataParallelSize ?? 1) * settings.pipeline.stages * settings.tensorParallelSize : nil
+            let plan = try ParallelPlan(settings: settings, worldSize: world, model: training.modelConfiguration.shape)
+            return (training.modelConfiguration, plan, [training.zeroStage])
+        }
+        let configuration = try modelConfiguration()
+        let stages = try requestedStages()
+        for (name, value, limit) in [("--dp", dp, 1 << 20), ("--pp", pp, 1 << 16), ("--tp", tp, 1 << 16), ("--accumulate-steps", accumulateSteps, 1 << 20),
+                                     ("--micro-batch-size", microBatchSize, 1 << 20), ("--virtual-stages", virtualStages, 1024)] where !(1...limit).contains(value) {
+            throw ConvoyError.invalidConfiguration("\(name) \(value) is out of range; use a value in 1...\(limit)")
+        }
+        var settings = ParallelSettings()
+        settings.dataParallelSize = dp
+        settings.tensorParallelSize = tp
+        settings.order = try DeviceMesh.parseOrder(meshOrder)
+        settings.zeroStage = stages.count == 1 ? stages[0] : 0
+        settings.pipeline.stages = pp
+        settings.pipeline.schedule = try PipelineScheduleKind(parsing: schedule)
+        settings.pipeline.virtualStages = virtualStages
         if let stageLayers {
             let counts = stageLayers.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
             guard counts.count == stageLayers.split(separator: ",").count else {
                 throw ConvoyError.invalidConfiguration("--stage-layers must be comma-separated layer counts such as 3,3, got \"\(stageLayers)\"")
             }
-            options.stageLayers = counts
+            settings.pipeline.stageLayers = counts
         }
-        let plan = try PipelinePlan(model: configuration, options: options, dataParallelSize: dp, microBatches: accumulateSteps, microBatchSize: microBatchSize)
+        settings.microBatches = accumulateSteps
+        let (world, overflow) = dp.multipliedReportingOverflow(by: pp * tp)
+        guard !overflow else { throw ConvoyError.invalidConfiguration("dp·pp·tp overflows; use fewer ranks") }
+        // 'all' tabulates every ZeRO stage; the layout is checked with each of them.
+        for stage in stages {
+            settings.zeroStage = stage
+            _ = try ParallelPlan(settings: settings, worldSize: world, model: configuration.shape)
+        }
+        settings.zeroStage = stages.count == 1 ? stages[0] : 0
+        return (configuration, try ParallelPlan(settings: settings, worldSize: world, model: configuration.shape), stages)
+    }
+
+    func printPipelinePlan(_ plan: PipelinePlan, dp: Int) {
+        let pp = plan.mesh.pp, accumulateSteps = plan.schedule.microBatches, microBatchSize = plan.microBatchSize
+        let virtualStages = plan.partition.virtualStages
         print("")
         print("pipeline: pp \(pp) × dp \(dp) = \(pp * dp) ranks; \(plan.schedule.kind.rawValue), \(accumulateSteps) micro-batches of \(microBatchSize) sequence(s), \(virtualStages) virtual stage(s) per rank")
         print("stage  layers                          parameters            peak stashed  peak activations (est.)")
