@@ -2,6 +2,7 @@ import ArgumentParser
 import ConvoyComm
 import ConvoyTensor
 import ConvoyNN
+import ConvoyParallel
 import ConvoyTrain
 import Foundation
 
@@ -54,6 +55,8 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("reshard-after-forward"), help: "ZeRO-3: release each layer's parameters after its forward and gather them again for backward (true, default) or keep them (false).") var reshardAfterForward: String?
     @Option(name: .customLong("buckets-per-group"), help: "ZeRO: consecutive buckets reduce-scattered (and gathered) by one collective.") var bucketsPerGroup: Int?
     @Option(help: "Pipeline stages (pp); with --dp the world is pp·dp ranks, without it dp = world ÷ pp.") var pp: Int?
+    @Option(help: "Tensor-parallel ranks per layer (only 1 until tensor parallelism lands).") var tp: Int?
+    @Option(name: .customLong("mesh-order"), help: "Device-mesh axis order, fastest-varying first (default tp-dp-pp).") var meshOrder: String?
     @Option(name: .customLong("micro-batch-size"), help: "Sequences per micro-batch (checked: × accumulate steps × dp = batch).") var microBatchSize: Int?
     @Option(help: "Pipeline schedule: gpipe, 1f1b or interleaved-1f1b.") var schedule: String?
     @Option(name: .customLong("virtual-stages"), help: "Model chunks per pipeline rank (interleaved-1f1b).") var virtualStages: Int?
@@ -73,7 +76,7 @@ struct TrainCommand: ParsableCommand {
         add("--bucket-cap-mb", bucketCapMB); add("--overlap-grad-reduce", overlapGradReduce); add("--fuse-all-reduce", fuseAllReduce)
         add("--fuse-optimizer", fuseOptimizer); add("--find-unused-parameters", findUnusedParameters); add("--overlap-param-gather", overlapParamGather)
         add("--reshard-after-forward", reshardAfterForward); add("--buckets-per-group", bucketsPerGroup); add("--trace", trace)
-        add("--pp", pp); add("--micro-batch-size", microBatchSize); add("--schedule", schedule); add("--virtual-stages", virtualStages); add("--stage-layers", stageLayers)
+        add("--pp", pp); add("--tp", tp); add("--mesh-order", meshOrder); add("--micro-batch-size", microBatchSize); add("--schedule", schedule); add("--virtual-stages", virtualStages); add("--stage-layers", stageLayers)
         let configuration = try TrainingSettings.resolve(configFile: config, flags: flags)
         let timeline = configuration.trace == nil ? nil : Timeline()
         // mpirun forwards output through a pseudo-terminal; a live line redrawn from rank 0 only garbles it.
@@ -82,7 +85,9 @@ struct TrainCommand: ParsableCommand {
         let summary: TrainingSummary
         switch try CommunicationBackend.resolve(configuration.backend) {
         case .local:
-            let ranks = (configuration.dp ?? 1) * configuration.pipeline.stages
+            // The plan decides how many Local ranks run: dp·pp·tp, or the devices [[placement]] names (cpu:N is rank N).
+            let plan = try ParallelPlan(settings: try configuration.parallelSettings(), worldSize: nil, model: configuration.modelConfiguration.shape)
+            let ranks = plan.mesh.size
             let threads = configuration.threads ?? ComputePool.defaultThreadCount
             if ranks == 1 {
                 ComputePool.setSharedThreadCount(threads)
@@ -91,7 +96,7 @@ struct TrainCommand: ParsableCommand {
                 summary = try trainer.run()
             } else {
                 // Validate before starting any rank, so a bad configuration fails once, clearly.
-                _ = try DistributedSampler(globalBatch: configuration.batch, worldSize: configuration.dp ?? 1, rank: 0, microBatches: configuration.accumulateSteps)
+                _ = try DistributedSampler(globalBatch: configuration.batch, worldSize: plan.dataParallelSize, rank: 0, microBatches: configuration.accumulateSteps)
                 let resume = self.resume
                 let summaries = try LocalWorld.run(size: ranks, threadsPerRank: max(1, threads / ranks)) { group in
                     let trainer = try Trainer(configuration: configuration, group: group, resume: resume, display: display, timeline: timeline)

@@ -185,3 +185,45 @@ func maxRelativeError(_ a: [[Float]], _ b: [[Float]]) -> Float {
         #expect(try GPT(dpConfiguration, seed: 100).parameters.flatMap { $0.toArray() } == results[0])
     }
 }
+
+/// Two parameters of the same shape, so a collective that reduces one into the other passes every shape check.
+final class TwinWeights: Module {
+    let first = Tensor(shape: [4], values: [1, 2, 3, 4], requiresGrad: true)
+    let second = Tensor(shape: [4], values: [5, 6, 7, 8], requiresGrad: true)
+    override init() {
+        super.init()
+        assignParameterNames()
+    }
+    override var localParameters: [(name: String, parameter: Parameter)] { [("first", first), ("second", second)] }
+}
+
+@Suite struct BucketLaunchOrderTests {
+    /// Without bucketing every parameter is its own bucket. Launched in readiness order, a rank that uses a
+    /// parameter its peer does not (find_unused_parameters, rank-dependent usage) reduces it while the peer
+    /// reduces the other, same-shaped one: the sums cross. Launched in the fixed bucket order, each gradient is
+    /// averaged with its own counterpart.
+    @Test(arguments: [false, true])
+    func rankDependentUsageReducesEachGradientWithItsOwn(overlap: Bool) throws {
+        let x = Tensor(shape: [4], values: [1, 1, 1, 1])
+        let y = Tensor(shape: [4], values: [2, 2, 2, 2])
+        let results = try LocalWorld.run(size: 2, threadsPerRank: 1) { group -> [[Float]] in
+            let model = TwinWeights()
+            var options = DataParallelOptions()
+            options.bucketing = false
+            options.findUnusedParameters = true
+            options.overlapGradReduce = overlap
+            options.fuseAllReduce = .off
+            let parallel = try DataParallel(module: model, group: group, options: options)
+            // Rank 0 uses both weights, `first` last, so its gradient is final first; rank 1 uses only `second`.
+            let loss = group.rank == 0 ? (model.second * y).sum() + (model.first * x).sum() * 3 : (model.second * y).sum()
+            loss.backward()
+            try parallel.finishGradientSynchronization()
+            return [model.first.grad?.toArray() ?? [], model.second.grad?.toArray() ?? []]
+        }
+        // first: (3·x + 0) / 2; second: (y + y) / 2.
+        for result in results {
+            #expect(result[0] == [1.5, 1.5, 1.5, 1.5], "first: \(result[0])")
+            #expect(result[1] == [2, 2, 2, 2], "second: \(result[1])")
+        }
+    }
+}

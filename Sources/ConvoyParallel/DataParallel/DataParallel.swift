@@ -9,7 +9,7 @@ import Foundation
 /// - At construction the replicas are made identical by broadcasting every parameter from rank 0.
 /// - Each parameter's post-accumulate-grad hook marks it ready; a bucket whose parameters are all ready is
 ///   all-reduced (average) asynchronously, in bucket order, while backward goes on (`overlapGradReduce`).
-///   Without bucketing every parameter is its own bucket, launched as it becomes ready.
+///   Without bucketing every parameter is its own bucket, still launched in bucket order.
 /// - With `fuseAllReduce`, all gradients live in one contiguous buffer in bucket order and every `.grad` is
 ///   a view into it, so buckets are slices and nothing is copied; otherwise each bucket copies gradients in
 ///   and out of its own buffer.
@@ -129,15 +129,14 @@ public final class DataParallel {
         launchReadyBuckets()
     }
 
-    /// Launches complete buckets: in bucket order with bucketing; as they complete without it.
+    /// Launches complete buckets, always in bucket order (with or without bucketing): the order in which
+    /// gradients become ready can differ between ranks (rank-dependent usage with find_unused_parameters), and
+    /// collectives issued in different orders would reduce one parameter's gradient into another's of the same
+    /// shape without any check noticing.
     private func launchReadyBuckets() {
-        if options.bucketing {
-            while nextBucketToLaunch < buckets.count && buckets[nextBucketToLaunch].pending == 0 {
-                launch(buckets[nextBucketToLaunch])
-                nextBucketToLaunch += 1
-            }
-        } else {
-            for bucket in buckets where bucket.pending == 0 && bucket.work == nil { launch(bucket) }
+        while nextBucketToLaunch < buckets.count && buckets[nextBucketToLaunch].pending == 0 {
+            launch(buckets[nextBucketToLaunch])
+            nextBucketToLaunch += 1
         }
     }
 
