@@ -127,4 +127,47 @@ import Testing
         try TrainingSettings.apply(toml: TrainingSettings.tomlText(parsed), source: "again.toml", to: &reparsed)
         #expect(reparsed == parsed)
     }
+
+    /// The issue's example: `[[placement]]` sections put layers 0–1 on cpu:0,cpu:1 and layers 2–3 on cpu:2,cpu:3
+    /// (embeddings follow the first layer, the final norm and head the last): a pipeline of 2 stages, each
+    /// replicated on 2 ranks, that trains the same weights as one process. The configuration survives the
+    /// effective config.toml written beside the run.
+    @Test func placementSectionsDriveAPipelineThatMatchesOneProcess() throws {
+        let single = scratchDirectory("placed-single"), placed = scratchDirectory("placed")
+        defer { for path in [single, placed] { try? FileManager.default.removeItem(atPath: path) } }
+        let reference = try configuration(output: single)
+        let one = try Trainer(configuration: reference)
+        _ = try one.run()
+        var configuration = reference
+        configuration.output = placed
+        configuration.accumulateSteps = 2
+        try TrainingSettings.apply(toml: """
+            [[placement]]
+            modules = "transformer.h.[0-1]"
+            devices = "cpu:0,cpu:1"
+            [[placement]]
+            modules = "transformer.h.[2-3]"
+            devices = "cpu:2,cpu:3"
+            """, source: "placement.toml", to: &configuration)
+        try configuration.validate()
+        #expect(configuration.placements.count == 2)
+        var reread = TrainingConfiguration()
+        try TrainingSettings.apply(toml: TrainingSettings.tomlText(configuration), source: "config.toml", to: &reread)
+        #expect(reread.placements == configuration.placements)
+        let plan = try ParallelPlan(settings: try configuration.parallelSettings(), worldSize: nil, model: configuration.modelConfiguration.shape)
+        #expect(plan.mesh.size == 4 && plan.mesh.pp == 2 && plan.mesh.dp == 2)
+        let frozen = configuration
+        let results = try LocalWorld.run(size: plan.mesh.size, threadsPerRank: 1) { group -> [[Float]] in
+            let trainer = try Trainer(configuration: frozen, group: group)
+            #expect(trainer.plan.settings.pipeline.stageLayers == [2, 2])
+            _ = try trainer.run()
+            return group.rank == 0 ? trainer.model.parameters.map { $0.toArray() } : []
+        }
+        let error = relativeError(results[0], one.model.parameters.map { $0.toArray() })
+        #expect(error <= 1e-5, "placement-driven pp 2 × dp 2: relative error \(error)")
+        // A world that does not match the placement is refused before any compute.
+        #expect(throws: ConvoyError.self) {
+            _ = try LocalWorld.run(size: 2, threadsPerRank: 1) { group in try Trainer(configuration: frozen, group: group) }
+        }
+    }
 }

@@ -113,11 +113,11 @@ public enum CompositionRules {
     }
 
     /// Checks every feature alone and every pair of `features` against the table; throws the first refusal
-    /// (refusals first, since a refused combination makes its conditions moot), else the first failed
-    /// condition, in table order.
+    /// (refused pairs first, as the more specific, then refused features; refusals before conditions, since a
+    /// refused combination makes its conditions moot), else the first failed condition, in table order.
     public static func check(_ features: Set<ParallelFeature>, facts: PlanFacts) throws {
         let applicable = table.filter { $0.features.allSatisfy(features.contains) }
-        for rule in applicable {
+        for rule in applicable.filter({ $0.features.count == 2 }) + applicable.filter({ $0.features.count == 1 }) {
             guard case .refused(let reason) = rule.verdict else { continue }
             let names = rule.features.map(\.meaning).joined(separator: " with ")
             throw ConvoyError.invalidConfiguration(rule.features.count == 1 ? reason : "\(names) is refused: \(reason)")

@@ -53,29 +53,19 @@ public struct ParallelPlan: Sendable {
             dp = given
         } else if let worldSize {
             // Without --dp, the ranks that are not pipeline stages or tensor shards are data-parallel replicas.
-            guard worldSize % (pp * tp) == 0 else {
+            let others = pp * tp * settings.contextParallelSize * settings.expertParallelSize
+            guard others > 0, worldSize % others == 0 else {
                 throw ConvoyError.invalidConfiguration("world size \(worldSize) is not a multiple of pp·tp = \(pp)·\(tp) (dp·pp·tp ranks are needed); change --pp, --tp or the number of ranks")
             }
-            dp = worldSize / (pp * tp)
+            dp = worldSize / others
         } else {
             dp = 1
         }
-        let mesh = try DeviceMesh(order: settings.order, sizes: [.dp: dp, .pp: pp, .tp: tp])
-        if let worldSize {
-            guard mesh.size == worldSize else {
-                throw ConvoyError.invalidConfiguration("world size \(worldSize) is not dp·pp·tp = \(dp)·\(pp)·\(tp) = \(mesh.size); change --dp, --pp, --tp or the number of ranks")
-            }
-        }
-        if let placement {
-            // The placement's device lists must be the mesh's groups: stage s, replica i is the rank at (dp i, pp s).
-            for (stage, ranks) in placement.stageRanks.enumerated() {
-                let expected = (0..<dp).map { mesh.rank(dp: $0, pp: stage, tp: 0) }
-                guard ranks == expected else {
-                    throw ConvoyError.invalidConfiguration("[[placement]] stage \(stage) is on \(ranks.map { "cpu:\($0)" }.joined(separator: ",")), but under parallel.order \(mesh.orderDescription) stage \(stage)'s replicas are \(expected.map { "cpu:\($0)" }.joined(separator: ",")); list those devices, in that order, or change parallel.order")
-                }
-            }
-        }
-
+        var sizes: [MeshAxis: Int] = [.dp: dp, .pp: pp, .tp: tp]
+        if settings.contextParallelSize != 1 { sizes[.cp] = settings.contextParallelSize }
+        if settings.expertParallelSize != 1 { sizes[.ep] = settings.expertParallelSize }
+        let mesh = try DeviceMesh(order: settings.order, sizes: sizes)
+        // The rules first: a refused combination is the thing to fix, whatever the world.
         var features = Set<ParallelFeature>()
         if dp > 1 { features.insert(.dataParallel) }
         switch settings.zeroStage {
@@ -99,6 +89,21 @@ public struct ParallelPlan: Sendable {
         if settings.microBatchSize != nil { features.insert(.microBatchSize) }
         let facts = PlanFacts(settings: settings, model: model, dp: dp, pp: pp, tp: tp, dataParallelSizeIsExplicit: explicitDP)
         try CompositionRules.check(features, facts: facts)
+        if let worldSize {
+            guard mesh.size == worldSize else {
+                throw ConvoyError.invalidConfiguration("world size \(worldSize) is not dp·pp·tp = \(dp)·\(pp)·\(tp) = \(mesh.size); change --dp, --pp, --tp or the number of ranks")
+            }
+        }
+        if let placement {
+            // The placement's device lists must be the mesh's groups: stage s, replica i is the rank at (dp i, pp s).
+            for (stage, ranks) in placement.stageRanks.enumerated() {
+                let expected = (0..<dp).map { mesh.rank(dp: $0, pp: stage, tp: 0) }
+                guard ranks == expected else {
+                    throw ConvoyError.invalidConfiguration("[[placement]] stage \(stage) is on \(ranks.map { "cpu:\($0)" }.joined(separator: ",")), but under parallel.order \(mesh.orderDescription) stage \(stage)'s replicas are \(expected.map { "cpu:\($0)" }.joined(separator: ",")); list those devices, in that order, or change parallel.order")
+                }
+            }
+        }
+
 
         self.settings = settings
         self.model = model

@@ -8,6 +8,9 @@ public struct ParallelSettings: Sendable, Equatable {
     public var dataParallelSize: Int?
     /// Tensor-parallel ranks per layer.
     public var tensorParallelSize = 1
+    /// Context-parallel and expert-parallel ranks: their axes exist in the mesh, no strategy uses them yet.
+    public var contextParallelSize = 1
+    public var expertParallelSize = 1
     /// The mesh's axis order, fastest-varying first (`parallel.order`, default `tp-dp-pp`).
     public var order: [MeshAxis] = DeviceMesh.defaultOrder
     /// ZeRO stage: 0 is plain data parallelism; 1 shards optimizer state; 2 also gradients; 3 also parameters.
