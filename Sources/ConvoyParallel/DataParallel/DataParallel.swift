@@ -6,33 +6,39 @@ import Foundation
 /// Data parallelism (PyTorch DDP / InfiniTrain): every rank of `group` holds a full replica, computes the
 /// gradient of its slice of the global batch, and the gradients are averaged across ranks during backward.
 ///
-/// - At construction the replicas are made identical by broadcasting every parameter from rank 0.
-/// - Each parameter's post-accumulate-grad hook marks it ready; a bucket whose parameters are all ready is
-///   all-reduced (average) asynchronously, in bucket order, while backward goes on (`overlapGradReduce`).
-///   Without bucketing every parameter is its own bucket, still launched in bucket order.
-/// - With `fuseAllReduce`, all gradients live in one contiguous buffer in bucket order and every `.grad` is
-///   a view into it, so buckets are slices and nothing is copied; otherwise each bucket copies gradients in
-///   and out of its own buffer.
+/// DDP is the bucket engine's stage 0: the same ``ParamAndGradBuffer`` ZeRO shards, all-reduced where ZeRO
+/// reduce-scatters (Megatron's bucket groups choose the collective per stage the same way).
+/// - At construction the replicas are made identical by broadcasting every parameter from rank 0, and every
+///   gradient becomes a view into the buffer's contiguous gradient buffer (buckets in backward order, a small
+///   first bucket), so backward accumulates straight into the buckets and nothing is copied.
+/// - Each parameter's post-accumulate-grad hook marks it ready; a bucket group whose buckets are all complete is
+///   all-reduced (average) asynchronously while backward goes on (`overlapGradReduce`). Groups are always
+///   launched in group order, with or without bucketing: readiness order can differ between ranks, and
+///   collectives issued in different orders would reduce one gradient into another of the same shape.
+/// - `fuseAllReduce` on (auto: with more than one rank) reduces each bucket group with one collective; off,
+///   with one collective per parameter (PaddlePaddle's unfused all-reduce), over the same buffer.
+/// - Without bucketing every parameter is its own bucket.
 /// - ``withoutSynchronization(_:)`` skips communication for the micro-steps of gradient accumulation before
 ///   the last one; ``finishGradientSynchronization()`` (before the optimizer step) handles parameters that
 ///   received no gradient and waits for every reduction.
-/// - Parameters not replicated along dp (``ConvoyTensor/Tensor/placement``) are skipped; a parameter shared by two modules
-///   is listed (and reduced) once, because ``ConvoyNN/Module/namedParameters()`` lists it once.
+/// - Parameters not replicated along dp (``ConvoyTensor/Tensor/placement``) are skipped; a parameter shared by
+///   two modules is listed (and reduced) once, because ``ConvoyNN/Module/namedParameters()`` lists it once.
 public final class DataParallel {
     public let group: any ProcessGroup
     public let options: DataParallelOptions
     /// The parameters reduced, with their names, in registration order.
     public let parameters: [(name: String, parameter: Parameter)]
-    let buckets: [GradBucket]
-    /// The fused gradient buffer (nil without `fuseAllReduce`).
-    public let fusedGradients: Tensor?
-    private let bucketOfParameter: [ObjectIdentifier: Int]
-    /// Each parameter's gradient view into `fusedGradients` (empty without fusion).
-    private let gradientViews: [(Parameter, Tensor)]
+    /// The layout: buckets, bucket groups and the contiguous gradient buffer every gradient views.
+    public let buffer: ParamAndGradBuffer
+    private let groupOfBucket: [Int]
+    private var pending: [Int]
     private var ready: Set<ObjectIdentifier> = []
-    private var nextBucketToLaunch = 0
+    private var nextGroupToLaunch = 0
+    /// Per bucket group, the reductions in flight and when they were launched.
+    private var inFlight: [(works: [Work], launchedAt: UInt64)?]
     private var synchronizing = true
     private var hooks: [(Parameter, HookHandle)] = []
+    private let fused: Bool
     private let timeline: Timeline?
     private let worldRank: Int
 
@@ -50,50 +56,19 @@ public final class DataParallel {
         for (name, parameter) in parameters where parameter.dtype != .float32 {
             throw ConvoyError.invalidConfiguration("parameter \(name) is \(parameter.dtype); data parallelism reduces float32 gradients")
         }
-
-        let sizes = parameters.map { $0.parameter.count * 4 }
-        let assignment: [[Int]]
-        if options.bucketing {
-            assignment = BucketAssignment.assign(byteSizes: sizes, firstBucketCapBytes: Int(options.firstBucketCapMB * 1_048_576),
-                                                 bucketCapBytes: Int(options.bucketCapMB * 1_048_576))
-        } else {
-            assignment = parameters.indices.reversed().map { [$0] }
-        }
-        let fused = options.fuseAllReduce.isEnabled(ranks: group.size)
-        let total = sizes.reduce(0, +) / 4
-        let fusedGradients = fused ? TensorAllocator.withCategory(.gradients) { Tensor.zeros([total]) } : nil
-        self.fusedGradients = fusedGradients
-        var built: [GradBucket] = []
-        var start = 0
-        var bucketOf: [ObjectIdentifier: Int] = [:]
-        var views: [(Parameter, Tensor)] = []
-        for (bucketIndex, members) in assignment.enumerated() {
-            let memberParameters = members.map { parameters[$0].parameter }
-            var offsets: [Int] = []
-            var running = 0
-            for parameter in memberParameters {
-                offsets.append(running)
-                running += parameter.count
-                bucketOf[ObjectIdentifier(parameter)] = bucketIndex
-            }
-            let buffer: Tensor
-            if let fusedGradients {
-                buffer = fusedGradients.slice(axis: 0, start..<(start + running))
-                for (parameter, offset) in zip(memberParameters, offsets) {
-                    // The gradient is a view: backward accumulates straight into the bucket.
-                    let view = fusedGradients.slice(axis: 0, (start + offset)..<(start + offset + parameter.count)).reshaped(parameter.shape)
-                    parameter.grad = view
-                    views.append((parameter, view))
-                }
-            } else {
-                buffer = TensorAllocator.withCategory(.gradients) { Tensor.zeros([running]) }
-            }
-            built.append(GradBucket(index: bucketIndex, parameters: memberParameters, buffer: buffer, offsets: offsets, isFusedView: fused))
-            start += running
-        }
-        buckets = built
-        bucketOfParameter = bucketOf
-        gradientViews = views
+        // Nothing is sharded, so no bucket needs padding (data-parallel size 1 in the layout), and the
+        // parameters stay where they are: only gradients live in the buffer.
+        buffer = try ParamAndGradBuffer(parameters: parameters, dataParallelSize: 1,
+                                        firstBucketCapBytes: Int(options.firstBucketCapMB * 1_048_576),
+                                        bucketCapBytes: Int(options.bucketCapMB * 1_048_576), bucketsPerGroup: options.bucketsPerGroup,
+                                        keepsFullGradients: true, keepsFullParameters: false,
+                                        bucketAssignment: options.bucketing ? nil : parameters.indices.reversed().map { [$0] })
+        var groupOf = [Int](repeating: 0, count: buffer.buckets.count)
+        for (index, members) in buffer.bucketGroups.enumerated() { for bucket in members { groupOf[bucket] = index } }
+        groupOfBucket = groupOf
+        pending = buffer.buckets.map(\.parameters.count)
+        inFlight = Array(repeating: nil, count: buffer.bucketGroups.count)
+        fused = options.fuseAllReduce.isEnabled(ranks: group.size)
         for (_, parameter) in parameters {
             let handle = parameter.registerPostAccumulateGradHook { [weak self] parameter in self?.markReady(parameter) }
             hooks.append((parameter, handle))
@@ -104,12 +79,14 @@ public final class DataParallel {
         for (parameter, handle) in hooks { parameter.removeHook(handle) }
     }
 
+    /// The contiguous gradient buffer every gradient views.
+    public var fusedGradients: Tensor? { buffer.gradientBuffer }
     /// Number of buckets.
-    public var bucketCount: Int { buckets.count }
+    public var bucketCount: Int { buffer.buckets.count }
     /// Bytes of each bucket, in launch order.
-    public var bucketByteCounts: [Int] { buckets.map(\.byteCount) }
+    public var bucketByteCounts: [Int] { buffer.buckets.map { $0.range.count * buffer.gradientDType.byteSize } }
     /// Parameter names of each bucket, in launch order.
-    public var bucketParameterNames: [[String]] { buckets.map { $0.parameters.map { $0.name ?? "?" } } }
+    public var bucketParameterNames: [[String]] { buffer.buckets.map { $0.parameters.map { $0.name ?? "?" } } }
 
     /// Runs `body` (forward and backward of a micro-step that is not the last of the step) without
     /// communicating: gradients just accumulate locally.
@@ -121,29 +98,30 @@ public final class DataParallel {
     }
 
     private func markReady(_ parameter: Parameter) {
-        guard synchronizing, let bucketIndex = bucketOfParameter[ObjectIdentifier(parameter)] else { return }
+        guard synchronizing, let bucket = buffer.bucketIndex(of: parameter) else { return }
         guard ready.insert(ObjectIdentifier(parameter)).inserted else { return }
-        let bucket = buckets[bucketIndex]
-        bucket.pending -= 1
+        pending[bucket] -= 1
         guard options.overlapGradReduce else { return }
-        launchReadyBuckets()
+        launchReadyGroups()
     }
 
-    /// Launches complete buckets, always in bucket order (with or without bucketing): the order in which
-    /// gradients become ready can differ between ranks (rank-dependent usage with find_unused_parameters), and
-    /// collectives issued in different orders would reduce one parameter's gradient into another's of the same
-    /// shape without any check noticing.
-    private func launchReadyBuckets() {
-        while nextBucketToLaunch < buckets.count && buckets[nextBucketToLaunch].pending == 0 {
-            launch(buckets[nextBucketToLaunch])
-            nextBucketToLaunch += 1
+    /// Launches complete bucket groups, always in group order.
+    private func launchReadyGroups() {
+        while nextGroupToLaunch < buffer.bucketGroups.count && buffer.bucketGroups[nextGroupToLaunch].allSatisfy({ pending[$0] == 0 }) {
+            launch(group: nextGroupToLaunch)
+            nextGroupToLaunch += 1
         }
     }
 
-    private func launch(_ bucket: GradBucket) {
-        bucket.gatherGradients()
-        bucket.launchedAt = Timeline.now
-        bucket.work = group.allReduceAsync(CommunicationBuffer(bucket.buffer), operation: .average)
+    /// All-reduces (average) group `index` in place: its buckets are consecutive, so one contiguous range of the
+    /// gradient buffer; one collective for it, or one per parameter when all-reduce fusion is off.
+    private func launch(group index: Int) {
+        let members = buffer.bucketGroups[index]
+        let gradients = CommunicationBuffer(buffer.gradientBuffer)
+        let ranges = fused
+            ? [buffer.buckets[members.first!].range.lowerBound..<buffer.buckets[members.last!].range.upperBound]
+            : members.flatMap { buffer.buckets[$0].parameterRanges }
+        inFlight[index] = (ranges.map { self.group.allReduceAsync(gradients.slice($0), operation: .average) }, Timeline.now)
     }
 
     /// For gradients accumulated entirely under ``withoutSynchronization(_:)`` (a pipeline schedule, whose last
@@ -151,8 +129,8 @@ public final class DataParallel {
     /// marked ready, then the step finishes as ``finishGradientSynchronization()`` does.
     public func reduceAccumulatedGradients() throws {
         for (_, parameter) in parameters where parameter.grad != nil {
-            guard let bucketIndex = bucketOfParameter[ObjectIdentifier(parameter)], ready.insert(ObjectIdentifier(parameter)).inserted else { continue }
-            buckets[bucketIndex].pending -= 1
+            guard let bucket = buffer.bucketIndex(of: parameter), ready.insert(ObjectIdentifier(parameter)).inserted else { continue }
+            pending[bucket] -= 1
         }
         try finishGradientSynchronization()
     }
@@ -162,11 +140,9 @@ public final class DataParallel {
     public func finishGradientSynchronization() throws {
         defer {
             ready.removeAll()
-            nextBucketToLaunch = 0
-            for bucket in buckets {
-                bucket.pending = bucket.parameters.count
-                bucket.work = nil
-            }
+            nextGroupToLaunch = 0
+            pending = buffer.buckets.map(\.parameters.count)
+            inFlight = Array(repeating: nil, count: buffer.bucketGroups.count)
         }
         let unused = parameters.filter { !ready.contains(ObjectIdentifier($0.parameter)) }
         if let first = unused.first {
@@ -175,18 +151,19 @@ public final class DataParallel {
                     "parameter '\(first.name)' received no gradient in this step (\(unused.count) unused in all); if some parameters are legitimately unused, turn on find_unused_parameters ([parallel.ddp] find_unused_parameters = true or --find-unused-parameters)")
             }
             for (_, parameter) in unused {
-                if parameter.grad == nil { parameter.grad = Tensor.zeros(parameter.shape) }
+                // Its gradient view holds zeros (or this step's accumulation without a synchronizing backward).
                 ready.insert(ObjectIdentifier(parameter))
-                buckets[bucketOfParameter[ObjectIdentifier(parameter)]!].pending -= 1
+                pending[buffer.bucketIndex(of: parameter)!] -= 1
             }
         }
-        launchReadyBuckets()
-        for bucket in buckets where bucket.work == nil { launch(bucket) }
-        for bucket in buckets {
-            try bucket.work!.wait()
-            bucket.scatterGradients()
-            timeline?.record("all-reduce bucket \(bucket.index) (\(bucket.byteCount) B)", category: "allreduce", rank: worldRank, lane: "comm",
-                             start: bucket.launchedAt, end: bucket.work!.completionTime ?? Timeline.now)
+        launchReadyGroups()
+        for index in buffer.bucketGroups.indices where inFlight[index] == nil { launch(group: index) }
+        for (index, entry) in inFlight.enumerated() {
+            guard let entry else { continue }
+            for work in entry.works { try work.wait() }
+            let bytes = buffer.bucketGroups[index].reduce(0) { $0 + buffer.buckets[$1].range.count } * buffer.gradientDType.byteSize
+            timeline?.record("all-reduce bucket group \(index) (\(bytes) B)", category: "allreduce", rank: worldRank, lane: "comm",
+                             start: entry.launchedAt, end: entry.works.compactMap(\.completionTime).max() ?? Timeline.now)
         }
         if options.findUnusedParameters { try dropGloballyUnusedGradients(locallyUnused: unused.map(\.parameter)) }
     }
@@ -202,18 +179,13 @@ public final class DataParallel {
         }
         try group.allReduce(usage, operation: .max)
         for (index, entry) in parameters.enumerated() where usage.floatPointer[index] == 0 {
-            // A fused view is dropped only until zeroGradients() puts it back.
+            // The view is dropped only until zeroGradients() puts it back.
             entry.parameter.grad = nil
         }
     }
 
-    /// Zeroes the gradients, keeping fused gradients as views into the buffer.
+    /// Zeroes the gradients, keeping them views into the buffer.
     public func zeroGradients() {
-        if let fusedGradients {
-            fusedGradients.fill(0)
-            for (parameter, view) in gradientViews { parameter.grad = view }
-        } else {
-            for (_, parameter) in parameters { parameter.grad = nil }
-        }
+        buffer.zeroGradients()
     }
 }

@@ -79,8 +79,8 @@ public final class ParamAndGradBuffer {
     ///   - keepsFullGradients: allocate the full gradient buffer and make every gradient a view into it (false
     ///     for ZeRO stages that keep only a gradient shard: the buffer is then empty).
     ///   - keepsFullParameters: copy the parameters into ``parameterBuffer`` and rebind them there (false for
-    ///     ZeRO stage 3, which keeps parameters as shards and gathers them itself: the buffer is then empty and
-    ///     the parameters are left as they are; only the layout is computed).
+    ///     ZeRO stage 3, which keeps parameters as shards and gathers them itself, and for data parallelism,
+    ///     which never gathers parameters: the buffer is then empty and the parameters are left as they are).
     ///   - bucketAssignment: the buckets as lists of indices into `parameters`, in buffer order, each parameter
     ///     exactly once — replaces the assignment by caps (ZeRO stage 3 makes one bucket per layer).
     /// - Throws: ``ConvoyTensor/ConvoyError/invalidConfiguration(_:)`` for a size, cap or dtype outside what is
@@ -171,13 +171,15 @@ public final class ParamAndGradBuffer {
         gradientBuffer = TensorAllocator.withCategory(.gradients) { Tensor(storage: TensorStorage(zeroedDType: gradientDType, count: gradientCount), shape: [gradientCount]) }
         self.keepsFullGradients = keepsFullGradients
         self.keepsFullParameters = keepsFullParameters
-        for (index, entry) in ordered.enumerated() where keepsFullParameters {
+        for (index, entry) in ordered.enumerated() {
             let parameter = entry.parameter
-            let source = parameter.contiguous()
-            withExtendedLifetime(source) {
-                (parameterBuffer.floatPointer + ranges[index].lowerBound).update(from: source.floatPointer, count: ranges[index].count)
+            if keepsFullParameters {
+                let source = parameter.contiguous()
+                withExtendedLifetime(source) {
+                    (parameterBuffer.floatPointer + ranges[index].lowerBound).update(from: source.floatPointer, count: ranges[index].count)
+                }
+                parameter.rebind(to: view(of: parameterBuffer, index))
             }
-            parameter.rebind(to: view(of: parameterBuffer, index))
             if keepsFullGradients { parameter.grad = view(of: gradientBuffer, index) }
         }
     }
