@@ -218,10 +218,10 @@ public final class Trainer {
                 let microLoss = self.measure("forward", rank: rank) {
                     self.model.loss(examples.flatMap(\.inputs), targets: examples.flatMap(\.targets), batch: examples.count, time: context, context: forward)
                 }
-                self.measure("backward", rank: rank) { (microLoss * (weight * rankScale)).backward() }
+                try self.measure("backward", rank: rank) { try (microLoss * (weight * rankScale)).backward() }
                 loss += Double(microLoss.scalarValue) * Double(weight)
             }
-            if let parallel, microBatch < sampler.microBatches - 1 { parallel.withoutSynchronization(compute) } else { compute() }
+            if let parallel, microBatch < sampler.microBatches - 1 { try parallel.withoutSynchronization(compute) } else { try compute() }
             try zero?.finishBackward()
         }
         try parallel?.finishGradientSynchronization()
