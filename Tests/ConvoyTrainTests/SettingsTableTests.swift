@@ -45,11 +45,25 @@ import Testing
     @Test func helpListsEveryFlagWithItsTypeKeyAndHelp() {
         let help = TrainingSettings.flagHelp
         for setting in TrainingSettings.all {
-            #expect(help.contains("  \(setting.flag) \(setting.type)  [\(setting.key)]"), "help lacks \(setting.flag)")
+            #expect(help.contains("  \(setting.flag) \(setting.type)\n") && help.contains("[\(setting.key)]"), "help lacks \(setting.flag)")
             #expect(help.contains(setting.help.split(separator: " ").prefix(3).joined(separator: " ")), "help lacks the text of \(setting.flag)")
         }
         #expect(help.contains("--steps <integer 1...100000000>"))
         #expect(help.contains("--fuse-optimizer <auto|on|off>"))
+    }
+
+    /// What a person sees: the built `convoy train --help` shows every setting, and a bad flag ends in one line.
+    @Test func commandLineHelpAndErrorsComeFromTheTable() throws {
+        let help = try runConvoy(["train", "--help"])
+        #expect(help.status == 0)
+        for setting in TrainingSettings.all {
+            #expect(help.output.contains("  \(setting.flag) \(setting.type)\n") && help.output.contains("[\(setting.key)]"), "convoy train --help lacks \(setting.flag)")
+        }
+        let negative = try runConvoy(["train", "--steps", "-5"])
+        #expect(negative.status == 1)
+        #expect(negative.error == "error: invalid configuration: --steps: -5 is out of range; use a value in 1...100000000\n")
+        let typo = try runConvoy(["train", "--bucket-cap", "4"])
+        #expect(typo.error == "error: invalid configuration: unknown flag --bucket-cap; did you mean --bucket-cap-mb?\n")
     }
 
     func message(_ body: () throws -> Void) -> String? {

@@ -68,7 +68,7 @@ extension TrainingSettings {
     /// The settings part of `convoy train --help`: every flag with its values, its TOML key and its help,
     /// grouped by TOML section.
     public static var flagHelp: String {
-        var lines: [String] = ["SETTINGS (flag <values> [TOML key]; --flag value or --flag=value):"]
+        var lines: [String] = ["SETTINGS (--flag value or --flag=value; [TOML key]):"]
         var section = ""
         for setting in all {
             let settingSection = String(setting.key[..<setting.key.lastIndex(of: ".")!])
@@ -77,8 +77,8 @@ extension TrainingSettings {
                 lines.append("")
                 lines.append("  [\(section)]")
             }
-            lines.append("  \(setting.flag) \(setting.type)  [\(setting.key)]")
-            lines.append(contentsOf: wrap(setting.help, width: 72).map { "        " + $0 })
+            lines.append("  \(setting.flag) \(setting.type)")
+            lines.append(contentsOf: wrap("\(setting.help) [\(setting.key)]", width: 72).map { "        " + $0 })
         }
         return lines.joined(separator: "\n")
     }
