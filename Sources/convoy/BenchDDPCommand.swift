@@ -62,7 +62,7 @@ struct BenchDDPCommand: ParsableCommand {
                 let loss = timeline.measure("forward", category: "forward", rank: group.rank) {
                     model.loss(tokens, targets: tokens.map { ($0 + 1) % 256 }, batch: batch, time: time, context: ForwardContext(training: true, step: step))
                 }
-                timeline.measure("backward", category: "backward", rank: group.rank) { loss.backward() }
+                try timeline.measure("backward", category: "backward", rank: group.rank) { try loss.backward() }
                 try parallel?.finishGradientSynchronization()
                 timeline.measure("optimizer step", category: "optimizer", rank: group.rank) { optimizer.step() }
                 if let parallel { parallel.zeroGradients() } else { optimizer.zeroGradients() }

@@ -44,7 +44,7 @@ struct BenchTrainCommand: ParsableCommand {
                 let inputs = randomTokens(2 * step), targets = randomTokens(2 * step + 1)
                 let start = DispatchTime.now().uptimeNanoseconds
                 let loss = model.loss(inputs, targets: targets, batch: batch, time: shape.context, context: ForwardContext(training: true, seed: seed, step: step))
-                loss.backward()
+                try loss.backward()
                 optimizer.step()
                 optimizer.zeroGradients()
                 lastLoss = loss.scalarValue

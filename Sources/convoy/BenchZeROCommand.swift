@@ -104,7 +104,7 @@ struct BenchZeROCommand: ParsableCommand {
                     start = Timeline.now
                 }
                 let tokens = (0..<(batch * time)).map { Int32(generator.block(UInt64(step * batch * time + $0)).0 % 256) }
-                model.loss(tokens, targets: tokens.map { ($0 + 1) % 256 }, batch: batch, time: time, context: ForwardContext(training: true, step: step)).backward()
+                try model.loss(tokens, targets: tokens.map { ($0 + 1) % 256 }, batch: batch, time: time, context: ForwardContext(training: true, step: step)).backward()
                 if let zero {
                     try zero.finishBackward()
                     try zero.finishGradientSynchronization()

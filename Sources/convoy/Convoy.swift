@@ -26,6 +26,10 @@ struct Convoy: ParsableCommand {
         } catch let error as CommunicationError {
             FileHandle.standardError.write(Data("error: \(error)\n".utf8))
             Foundation.exit(1)
+        } catch let error as BackwardError {
+            // A collective inside backward failed: the message names the step and the collective.
+            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+            Foundation.exit(1)
         } catch let error as CocoaError {
             FileHandle.standardError.write(Data("error: \(error.localizedDescription)\n".utf8))
             Foundation.exit(1)

@@ -27,7 +27,7 @@ extension MPIBackendSuite {
                 for step in 0..<steps {
                     let (inputs, targets) = data(step)
                     let slice = (world.rank * perRank * 8)..<((world.rank + 1) * perRank * 8)
-                    model.loss(Array(inputs[slice]), targets: Array(targets[slice]), batch: perRank, time: 8).backward()
+                    try model.loss(Array(inputs[slice]), targets: Array(targets[slice]), batch: perRank, time: 8).backward()
                     try parallel.finishGradientSynchronization()
                     localOptimizer.step()
                     parallel.zeroGradients()
@@ -59,7 +59,7 @@ extension MPIBackendSuite {
                     for micro in 0..<microSteps {
                         let first = (world.rank * microSteps + micro) * perMicro * 8
                         let slice = first..<(first + perMicro * 8)
-                        (model.loss(Array(inputs[slice]), targets: Array(targets[slice]), batch: perMicro, time: 8) * (1 / Float(microSteps))).backward()
+                        try (model.loss(Array(inputs[slice]), targets: Array(targets[slice]), batch: perMicro, time: 8) * (1 / Float(microSteps))).backward()
                         try zero.finishBackward()
                     }
                     try zero.finishGradientSynchronization()

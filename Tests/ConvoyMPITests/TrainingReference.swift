@@ -26,7 +26,7 @@ struct TrainingReference {
         let optimizer = Self.optimizer(model)
         for step in 0..<steps {
             let (inputs, targets) = data(step)
-            model.loss(inputs, targets: targets, batch: batch, time: 8).backward()
+            try model.loss(inputs, targets: targets, batch: batch, time: 8).backward()
             if clip > 0 { GradientClipping.clip(model.parameters, maxNorm: clip) }
             optimizer.step()
             optimizer.zeroGradients()

@@ -207,8 +207,8 @@ struct FusedOptimizerTests {
             let plainLoss = plainModel.loss(input, targets: targets, batch: batch, time: time)
             let fusedLoss = fusedModel.loss(input, targets: targets, batch: batch, time: time)
             #expect(plainLoss.scalarValue.bitPattern == fusedLoss.scalarValue.bitPattern, "\(which) loss at step \(step)")
-            plainLoss.backward()
-            fusedLoss.backward()
+            try plainLoss.backward()
+            try fusedLoss.backward()
             expectViews(fused, gradients: true, "after backward \(step)")
             GradientClipping.clip(plainModel.parameters, maxNorm: 1)
             GradientClipping.clip(fusedModel.parameters, maxNorm: 1)
@@ -585,7 +585,7 @@ struct FusedOptimizerTests {
     }
 
     @Test("FlatParameterBuffer packs values, records offsets and installs gradient views")
-    func flatParameterBuffer() {
+    func flatParameterBuffer() throws {
         let a = Tensor(shape: [2, 3], values: [1, 2, 3, 4, 5, 6], requiresGrad: true)
         let b = Tensor(shape: [4], values: [7, 8, 9, 10], requiresGrad: true)
         b.grad = Tensor(shape: [4], values: [0.5, 0.25, 0.125, 1])
@@ -610,7 +610,7 @@ struct FusedOptimizerTests {
 
         // Backward accumulates into the views.
         let loss = (a * 2).sum() + (b * b).sum()
-        loss.backward()
+        try loss.backward()
         #expect(flat.gradients!.toArray() == [2, 2, 2, 2, 2, 2, 14.5, 16.25, 18.125, -1])
 
         b.grad = nil

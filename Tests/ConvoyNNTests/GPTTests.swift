@@ -117,11 +117,11 @@ func maxRelativeDifference(_ a: [Float], _ b: [Float]) -> Float {
         #expect(maxRelativeDifference(fusedLogits.toArray(), referenceLogits.toArray()) < 1e-5)
 
         let fusedLoss = model.loss(tokens, targets: targets, batch: batch, time: time)
-        fusedLoss.backward()
+        try fusedLoss.backward()
         let fusedGradients = model.parameters.map { $0.grad!.toArray() }
         model.zeroGradients()
         let referenceLoss = PrimitiveGPT.loss(model, tokens: tokens, targets: targets, batch: batch, time: time)
-        referenceLoss.backward()
+        try referenceLoss.backward()
         #expect(abs(fusedLoss.scalarValue - referenceLoss.scalarValue) < 1e-5 * abs(referenceLoss.scalarValue))
         for ((name, parameter), fused) in zip(model.namedParameters(), fusedGradients) {
             let difference = maxRelativeDifference(fused, parameter.grad!.toArray())
@@ -137,7 +137,7 @@ func maxRelativeDifference(_ a: [Float], _ b: [Float]) -> Float {
             for step in 0..<4 {
                 let tokens = sampleTokens(count: 2 * 16, vocabulary: 64, seed: UInt64(100 + step))
                 let loss = model.loss(tokens, targets: tokens.map { ($0 + 1) % 64 }, batch: 2, time: 16)
-                loss.backward()
+                try loss.backward()
                 optimizer.step()
                 optimizer.zeroGradients()
                 losses.append(loss.scalarValue)
@@ -191,7 +191,7 @@ func maxRelativeDifference(_ a: [Float], _ b: [Float]) -> Float {
                 }
             }
             let value = model.loss(inputs, targets: targets, batch: batch, time: time)
-            value.backward()
+            try value.backward()
             GradientClipping.clip(model.parameters, maxNorm: 1)
             optimizer.step()
             optimizer.zeroGradients()
@@ -202,7 +202,7 @@ func maxRelativeDifference(_ a: [Float], _ b: [Float]) -> Float {
         #expect(loss < 0.02, "loss after 300 steps: \(loss)")
     }
 
-    @Test func invalidConfigurationsAreRefusedWithAClearMessage() {
+    @Test func invalidConfigurationsAreRefusedWithAClearMessage() throws {
         #expect(throws: ConvoyError.self) { try GPT(GPTConfiguration(heads: 5, width: 384), seed: 1) }
         do {
             _ = try GPT(GPTConfiguration(heads: 5, width: 384), seed: 1)

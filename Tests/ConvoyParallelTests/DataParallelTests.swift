@@ -38,7 +38,7 @@ func referenceWeights(steps: Int, batch: Int, unusedLayer: Bool = false) throws 
     let optimizer = makeOptimizer(holder)
     for step in 0..<steps {
         let data = globalBatch(step: step, batch: batch)
-        gpt.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: batch, time: 8).backward()
+        try gpt.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: batch, time: 8).backward()
         optimizer.step()
         optimizer.zeroGradients()
     }
@@ -60,7 +60,7 @@ func dataParallelWeights(ranks: Int, steps: Int, batch: Int, options: DataParall
                 let start = group.rank * perRank + micro * perMicro
                 let inputs = data.inputs[start..<(start + perMicro)].flatMap { $0 }, targets = data.targets[start..<(start + perMicro)].flatMap { $0 }
                 let run = { gpt.loss(inputs, targets: targets, batch: perMicro, time: 8) * (1 / Float(microSteps)) }
-                if micro < microSteps - 1 { parallel.withoutSynchronization { run().backward() } } else { run().backward() }
+                if micro < microSteps - 1 { try parallel.withoutSynchronization { try run().backward() } } else { try run().backward() }
             }
             try parallel.finishGradientSynchronization()
             optimizer.step()
@@ -131,7 +131,7 @@ func maxRelativeError(_ a: [[Float]], _ b: [[Float]]) -> Float {
         for weights in results { #expect(maxRelativeError(weights, reference) <= 1e-5) }
     }
 
-    @Test func bucketsFollowReverseRegistrationOrderAndCaps() {
+    @Test func bucketsFollowReverseRegistrationOrderAndCaps() throws {
         // Sizes in bytes, registration order; walked from the end.
         let buckets = BucketAssignment.assign(byteSizes: [400, 100, 100, 300, 50, 50], firstBucketCapBytes: 100, bucketCapBytes: 450)
         #expect(buckets == [[5, 4], [3, 2], [1], [0]])
@@ -216,7 +216,7 @@ final class TwinWeights: Module {
             let parallel = try DataParallel(module: model, group: group, options: options)
             // Rank 0 uses both weights, `first` last, so its gradient is final first; rank 1 uses only `second`.
             let loss = group.rank == 0 ? (model.second * y).sum() + (model.first * x).sum() * 3 : (model.second * y).sum()
-            loss.backward()
+            try loss.backward()
             try parallel.finishGradientSynchronization()
             return [model.first.grad?.toArray() ?? [], model.second.grad?.toArray() ?? []]
         }

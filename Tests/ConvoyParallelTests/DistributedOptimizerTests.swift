@@ -40,7 +40,7 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
                 let data = globalBatch(step: step, batch: batch)
                 for micro in 0..<microSteps {
                     let start = group.rank * perRank + micro * perMicro
-                    (model.loss(data.inputs[start..<(start + perMicro)].flatMap { $0 }, targets: data.targets[start..<(start + perMicro)].flatMap { $0 },
+                    try (model.loss(data.inputs[start..<(start + perMicro)].flatMap { $0 }, targets: data.targets[start..<(start + perMicro)].flatMap { $0 },
                                 batch: perMicro, time: 8) * (1 / Float(microSteps))).backward()
                     try zero.finishBackward()
                 }
@@ -145,7 +145,7 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
             let zero = try DistributedOptimizer(module: model, group: group, stage: stage, options: options, weightDecay: 0) { SGD($0, learningRate: 0.1) }
             let data = globalBatch(step: 0, batch: 4)
             group.reset()
-            model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8).backward()
+            try model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8).backward()
             try zero.finishBackward()
             try zero.finishGradientSynchronization()
             let reduceScatters = group.counts.reduceScatters
@@ -162,7 +162,7 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
         }
     }
 
-    @Test func rankMajorPackingGivesEachRankItsShardOfEveryBucket() {
+    @Test func rankMajorPackingGivesEachRankItsShardOfEveryBucket() throws {
         let layout = BucketGroupLayout(buckets: [4, 5, 6], bucketCounts: [6, 3, 9], ranks: 3)
         #expect(layout.totalCount == 18 && layout.shardCount == 6 && !layout.isSingleBucket)
         let buckets: [[Float]] = [[0, 1, 2, 3, 4, 5], [10, 11, 12], [20, 21, 22, 23, 24, 25, 26, 27, 28]]
@@ -194,7 +194,7 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
             options.bucketCapMB = 0.01
             let zero = try DistributedOptimizer(module: model, group: group, stage: 1, options: options, weightDecay: 0) { SGD($0, learningRate: 0.1) }
             let data = globalBatch(step: 0, batch: 4)
-            model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8).backward()
+            try model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8).backward()
             try zero.finishGradientSynchronization()
             try zero.step()
             let inFlight = zero.pendingParameterGathers
@@ -239,7 +239,7 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
             let loss = model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8)
             let afterForward = zero.gatheredParameterBytes
             let forwardGathers = zero.parameterGatherCount
-            loss.backward()
+            try loss.backward()
             try zero.finishBackward()
             let backwardGathers = zero.parameterGatherCount - forwardGathers
             let afterBackward = zero.gatheredParameterBytes
@@ -291,7 +291,7 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
             let model = try GPT(dpConfiguration, seed: 3)
             let zero = try DistributedOptimizer(module: model, group: group, stage: 2, weightDecay: 0) { SGD($0, learningRate: 0.1) }
             let data = globalBatch(step: 0, batch: 4)
-            model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8).backward()
+            try model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8).backward()
             try zero.finishBackward()
             let withGradients = model.parameters.filter { $0.grad != nil }.count
             var refused = 0
@@ -314,7 +314,7 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
             let zero = try DistributedOptimizer(module: model, group: group, stage: 1, weightDecay: 0) { SGD($0, learningRate: 0.1) }
             let data = globalBatch(step: 0, batch: 4)
             // Both ranks compute the same batch: the averaged gradient equals each local one.
-            model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8).backward()
+            try model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8).backward()
             let local = GradientClipping.globalNorm(model.parameters)
             try zero.finishGradientSynchronization()
             let before = try zero.clipGradients(maxNorm: Float(local / 2))
@@ -355,7 +355,7 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
                     step = { try zero.finishBackward(); try zero.finishGradientSynchronization(); try zero.step(); zero.zeroGradients() }
                 }
                 let tokens = (0..<32).map { Int32($0 * 7 % 256) }
-                model.loss(tokens, targets: tokens.map { ($0 + 1) % 256 }, batch: 2, time: 16).backward()
+                try model.loss(tokens, targets: tokens.map { ($0 + 1) % 256 }, batch: 2, time: 16).backward()
                 try step()
                 let allocator = TensorAllocator.shared
                 let measured = [TensorAllocator.MemoryCategory.parameters, .gradients, .optimizerState].reduce(0) { $0 + allocator.liveBytes(of: $1, owner: owner) }

@@ -14,7 +14,7 @@ func pipelineReference(steps: Int, batch: Int, clip: Float) throws -> [[Float]] 
     let optimizer = makeOptimizer(model)
     for step in 0..<steps {
         let data = globalBatch(step: step, batch: batch)
-        model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: batch, time: 8).backward()
+        try model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: batch, time: 8).backward()
         if clip > 0 { GradientClipping.clip(model.parameters, maxNorm: clip) }
         optimizer.step()
         optimizer.zeroGradients()

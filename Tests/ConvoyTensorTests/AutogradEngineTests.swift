@@ -4,30 +4,30 @@ import Testing
 
 /// The backward engine: accumulation, output gradients, grad mode, leaf hooks and interceptors, graph shapes.
 @Suite struct AutogradEngineTests {
-    @Test func gradientsAccumulateAcrossBackwardPasses() {
+    @Test func gradientsAccumulateAcrossBackwardPasses() throws {
         let x = Tensor(shape: [3], values: [1, -2, 0.5], requiresGrad: true)
-        (x * x).sum().backward()
+        try (x * x).sum().backward()
         #expect(x.grad?.toArray() == [2, -4, 1])
-        (x * 3).sum().backward()
+        try (x * 3).sum().backward()
         #expect(x.grad?.toArray() == [5, -1, 4])
         x.grad = nil
-        (x * 3).sum().backward()
+        try (x * 3).sum().backward()
         #expect(x.grad?.toArray() == [3, 3, 3])
     }
 
-    @Test func backwardFromANonScalarOutput() {
+    @Test func backwardFromANonScalarOutput() throws {
         let x = Tensor(shape: [2, 3], values: [1, 2, 3, 4, 5, 6], requiresGrad: true)
         let y = x * x  // [2, 3]
         let g = Tensor(shape: [2, 3], values: [1, 0, -1, 0.5, 2, -3])
-        y.backward(outputGradient: g)
+        try y.backward(outputGradient: g)
         #expect(x.grad?.toArray() == [2, 0, -6, 4, 20, -36])
     }
 
-    @Test func backwardOnALeafDeliversACopyOfTheOutputGradient() {
+    @Test func backwardOnALeafDeliversACopyOfTheOutputGradient() throws {
         let x = Tensor(shape: [2], values: [1, 2], requiresGrad: true)
         let g = Tensor(shape: [2], values: [3, 4])
-        x.backward(outputGradient: g)
-        x.backward(outputGradient: g)
+        try x.backward(outputGradient: g)
+        try x.backward(outputGradient: g)
         #expect(x.grad?.toArray() == [6, 8])
         #expect(g.toArray() == [3, 4])
     }
@@ -41,24 +41,24 @@ import Testing
     // gradient (a pipeline stage's received-gradient buffer, for instance). Proposed fix: copy in
     // `backward(outputGradient:)` (`withNoGrad { outputGradient.copy() }`, which also converts to float32),
     // or only adopt gradients the engine itself allocated.
-    @Test func leafGradientDoesNotAliasTheCallersOutputGradient() {
+    @Test func leafGradientDoesNotAliasTheCallersOutputGradient() throws {
         let x = Tensor(shape: [2], values: [1, 2], requiresGrad: true)
         let c = Tensor(shape: [2], values: [10, 20])
         let g = Tensor(shape: [2], values: [3, 4])
-        (x + c).backward(outputGradient: g)
-        (x + c).backward(outputGradient: g)
+        try (x + c).backward(outputGradient: g)
+        try (x + c).backward(outputGradient: g)
         #expect(x.grad?.toArray() == [6, 8])
         #expect(g.toArray() == [3, 4], "the caller's output gradient was modified by gradient accumulation")
         #expect(x.grad.map { !$0.sharesMemory(with: g) } == true)
     }
 
-    @Test func backwardOutputGradientMayBeBFloat16() {
+    @Test func backwardOutputGradientMayBeBFloat16() throws {
         let x = Tensor(shape: [2], values: [1, 2], requiresGrad: true)
-        (x * 2).backward(outputGradient: Tensor(shape: [2], values: [0.5, -1.5]).converted(to: .bfloat16))
+        try (x * 2).backward(outputGradient: Tensor(shape: [2], values: [0.5, -1.5]).converted(to: .bfloat16))
         #expect(x.grad?.toArray() == [1, -3])
     }
 
-    @Test func gradientForANonParameterInputLeaf() {
+    @Test func gradientForANonParameterInputLeaf() throws {
         // A pipeline stage marks the activation it received as requiring a gradient, to send that gradient
         // back to the previous stage.
         let weight = TestData.uniform([4, 3], seed: 301), bias = TestData.uniform([3], seed: 302)
@@ -67,7 +67,7 @@ import Testing
         let received = TestData.uniform([2, 4], seed: 303)
         received.requiresGrad = true
         let upstream = TestData.uniform([2, 3], seed: 304)
-        Tensor.linear(received, weight: weight, bias: bias).tanh().backward(outputGradient: upstream)
+        try Tensor.linear(received, weight: weight, bias: bias).tanh().backward(outputGradient: upstream)
         // d/dx of tanh(x·W + b) is (g ⊙ (1 − y²))·Wᵀ.
         let y = withNoGrad { Tensor.linear(received, weight: weight, bias: bias).tanh() }.doubles
         let local = zip(upstream.doubles, y).map { $0 * (1 - $1 * $1) }
@@ -77,7 +77,7 @@ import Testing
         expectGradientsMatch([TestData.uniform([2, 4], seed: 303)]) { Tensor.linear($0[0], weight: weight, bias: bias).tanh() }
     }
 
-    @Test func withNoGradRecordsNothing() {
+    @Test func withNoGradRecordsNothing() throws {
         let x = Tensor(shape: [2, 2], values: [1, 2, 3, 4], requiresGrad: true)
         let w = Tensor(shape: [2, 2], values: [1, 0, 0, 1], requiresGrad: true)
         #expect(GradMode.isEnabled)
@@ -92,13 +92,13 @@ import Testing
         #expect((x * w).requiresGrad)
     }
 
-    @Test func gradModeIsRestoredWhenTheBodyThrows() {
+    @Test func gradModeIsRestoredWhenTheBodyThrows() throws {
         struct Failure: Error {}
         #expect(throws: Failure.self) { try withNoGrad { throw Failure() } }
         #expect(GradMode.isEnabled)
     }
 
-    @Test func gradModeIsPerThread() {
+    @Test func gradModeIsPerThread() throws {
         // Ranks of the Local backend are threads: one rank evaluating under withNoGrad must not stop
         // another from recording.
         let x = Tensor(shape: [2], values: [1, 2], requiresGrad: true)
@@ -116,7 +116,7 @@ import Testing
         #expect(outcome.recorded)
     }
 
-    @Test func postAccumulateHookSeesTheFinalGradientOnceForALeafUsedTwice() {
+    @Test func postAccumulateHookSeesTheFinalGradientOnceForALeafUsedTwice() throws {
         let w = Tensor(shape: [2], values: [1.5, -2], requiresGrad: true)
         let x = Tensor(shape: [2], values: [3, 4])
         var seen: [[Float]] = []
@@ -126,13 +126,13 @@ import Testing
         }
         // w is used by two operations: d/dw Σ(w·x + w²) = x + 2w.
         let loss = (w * x + w.squared()).sum()
-        loss.backward()
+        try loss.backward()
         #expect(seen == [[6, 0]])
-        (w * x + w.squared()).sum().backward()
+        try (w * x + w.squared()).sum().backward()
         #expect(seen == [[6, 0], [12, 0]], "second backward: one more call, seeing the accumulated gradient")
     }
 
-    @Test func hooksFireInReverseOrderOfUseAlongAChainOfLayers() {
+    @Test func hooksFireInReverseOrderOfUseAlongAChainOfLayers() throws {
         let weights = (0..<4).map { i -> Tensor in
             let w = TestData.uniform([3, 3], seed: 310 + UInt64(i))
             w.requiresGrad = true
@@ -143,11 +143,11 @@ import Testing
         for w in weights { w.registerPostAccumulateGradHook { order.append($0.name ?? "?") } }
         var h = TestData.uniform([2, 3], seed: 320)
         for w in weights { h = h.matmul(w).tanh() }
-        h.sum().backward()
+        try h.sum().backward()
         #expect(order == ["w3", "w2", "w1", "w0"])
     }
 
-    @Test func hookFiresOnlyAfterAllContributionsEvenWhenTheyAreFarApart() {
+    @Test func hookFiresOnlyAfterAllContributionsEvenWhenTheyAreFarApart() throws {
         // w is used at the start and the end of a chain; its hook must wait for the early use.
         let w = Tensor(shape: [2, 2], values: [0.5, -0.25, 0.75, 1], requiresGrad: true)
         let v = Tensor(shape: [2, 2], values: [1, 2, 3, 4], requiresGrad: true)
@@ -156,25 +156,25 @@ import Testing
         v.registerPostAccumulateGradHook { _ in events.append("v") }
         let x = Tensor(shape: [1, 2], values: [1, -1])
         let y = x.matmul(w).matmul(v).matmul(w).sum()
-        y.backward()
+        try y.backward()
         #expect(events == ["v", "w"])
         expectGradientsMatch([Tensor(shape: [2, 2], values: [0.5, -0.25, 0.75, 1])]) { inputs in
             x.matmul(inputs[0]).matmul(v).matmul(inputs[0])
         }
     }
 
-    @Test func removedHookDoesNotFire() {
+    @Test func removedHookDoesNotFire() throws {
         let w = Tensor(shape: [1], values: [2], requiresGrad: true)
         var calls = 0, otherCalls = 0
         let handle = w.registerPostAccumulateGradHook { _ in calls += 1 }
         w.registerPostAccumulateGradHook { _ in otherCalls += 1 }
-        (w * 3).sum().backward()
+        try (w * 3).sum().backward()
         w.removeHook(handle)
-        (w * 3).sum().backward()
+        try (w * 3).sum().backward()
         #expect(calls == 1 && otherCalls == 2)
     }
 
-    @Test func consumingInterceptorLeavesGradNilButHooksStillFire() {
+    @Test func consumingInterceptorLeavesGradNilButHooksStillFire() throws {
         let w = Tensor(shape: [2], values: [1, 2], requiresGrad: true)
         var intercepted: [[Float]] = []
         var gradInHooks: [[Float]?] = []
@@ -184,30 +184,30 @@ import Testing
             return .consumed
         }
         w.registerPostAccumulateGradHook { tensor in gradInHooks.append(tensor.grad?.toArray()) }
-        (w * w * 2).sum().backward()
+        try (w * w * 2).sum().backward()
         #expect(w.grad == nil)
         #expect(intercepted == [[4, 8]])
         #expect(gradInHooks == [nil], "the hook fires once and sees no accumulated gradient")
 
         // An interceptor that lets the gradient through, then no interceptor.
         w.setGradientInterceptor { _, _ in .accumulate }
-        (w * 3).sum().backward()
+        try (w * 3).sum().backward()
         #expect(w.grad?.toArray() == [3, 3])
         w.setGradientInterceptor(nil)
-        (w * 3).sum().backward()
+        try (w * 3).sum().backward()
         #expect(w.grad?.toArray() == [6, 6])
         #expect(intercepted == [[4, 8]])
         #expect(gradInHooks == [nil, [3, 3], [6, 6]])
     }
 
-    @Test func diamondGraphSumsBothBranches() {
+    @Test func diamondGraphSumsBothBranches() throws {
         // x → u = tanh(x) → (3u, u²) → sum: dL/dx = (3 + 2u)(1 − u²).
         let values: [Float] = [0.3, -0.7, 1.1]
         let x = Tensor(shape: [3], values: values, requiresGrad: true)
         var hookCalls = 0
         x.registerPostAccumulateGradHook { _ in hookCalls += 1 }
         let u = x.tanh()
-        (u * 3 + u.squared()).sum().backward()
+        try (u * 3 + u.squared()).sum().backward()
         let expected = values.map { v -> Double in let u = Foundation.tanh(Double(v)); return (3 + 2 * u) * (1 - u * u) }
         expectClose(x.grad?.toArray() ?? [], expected, absolute: 1e-6, relative: 1e-5)
         #expect(hookCalls == 1)
@@ -217,7 +217,7 @@ import Testing
         }
     }
 
-    @Test func branchThatProducesNoGradientStillReleasesItsLeaves() {
+    @Test func branchThatProducesNoGradientStillReleasesItsLeaves() throws {
         // A custom op whose backward returns nil: the subtree below it gets no gradient, but a leaf reached
         // both through it and directly must still be finalised, once, with the direct contribution only.
         let w = Tensor(shape: [2], values: [1, 2], requiresGrad: true)
@@ -225,7 +225,7 @@ import Testing
         w.registerPostAccumulateGradHook { _ in hookCalls += 1 }
         let hidden = w * 3
         let stopped = Tensor.record(withNoGrad { hidden * 1 }, operation: "stopGradient", inputs: [hidden]) { _ in [nil] }
-        (stopped + w * 5).sum().backward()
+        try (stopped + w * 5).sum().backward()
         #expect(w.grad?.toArray() == [5, 5])
         #expect(hookCalls == 1)
 
@@ -234,19 +234,19 @@ import Testing
         var vHookCalls = 0
         v.registerPostAccumulateGradHook { _ in vHookCalls += 1 }
         let onlyStopped = Tensor.record(withNoGrad { v * 1 }, operation: "stopGradient", inputs: [v * 2]) { _ in [nil] }
-        (onlyStopped * 2).sum().backward()
+        try (onlyStopped * 2).sum().backward()
         #expect(v.grad == nil)
         #expect(vHookCalls == 0)
     }
 
-    @Test func customRecordedOpWithAnInputThatNeedsNoGradient() {
+    @Test func customRecordedOpWithAnInputThatNeedsNoGradient() throws {
         // `record` calls backward only with gradients for inputs that require them.
         let a = Tensor(shape: [2], values: [1, 2], requiresGrad: true)
         let b = Tensor(shape: [2], values: [3, 4])
         let y = Tensor.record(withNoGrad { a * b }, operation: "customMultiply", inputs: [b, a]) { gradient in
             [nil, gradient * b]
         }
-        y.sum().backward()
+        try y.sum().backward()
         #expect(a.grad?.toArray() == [3, 4])
         #expect(b.grad == nil)
 
@@ -256,24 +256,24 @@ import Testing
         let z = Tensor.record(withNoGrad { a + c }, operation: "partial", inputs: [b, a, c]) { gradient in
             [gradient * 100, nil, gradient * 2]
         }
-        z.sum().backward()
+        try z.sum().backward()
         #expect(a.grad?.toArray() == [3, 4], "a received no contribution")
         #expect(c.grad?.toArray() == [2, 2])
         #expect(b.grad == nil)
     }
 
-    @Test func secondBackwardThroughAFreedGraphTraps() async {
+    @Test func secondBackwardThroughAFreedGraphTraps() async throws {
         await #expect(processExitsWith: .failure) {
             let x = Tensor(shape: [2], values: [1, 2], requiresGrad: true)
             let loss = (x * x).sum()
-            loss.backward()
-            loss.backward()
+            try loss.backward()
+            try loss.backward()
         }
     }
 
-    @Test func backwardOfATensorThatNeedsNoGradientTraps() async {
+    @Test func backwardOfATensorThatNeedsNoGradientTraps() async throws {
         await #expect(processExitsWith: .failure) {
-            Tensor(shape: [1], values: [1]).backward()
+            try Tensor(shape: [1], values: [1]).backward()
         }
     }
 }

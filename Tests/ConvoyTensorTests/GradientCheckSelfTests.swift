@@ -18,29 +18,29 @@ import Testing
         }
     }
 
-    @Test func acceptsACorrectGradient() {
-        let report = GradientCheck.compare([TestData.uniform([3, 4], seed: 1)]) { Self.tripled($0[0], gradientFactor: 3) }
+    @Test func acceptsACorrectGradient() throws {
+        let report = try GradientCheck.compare([TestData.uniform([3, 4], seed: 1)]) { Self.tripled($0[0], gradientFactor: 3) }
         #expect(report.passed, "\(report)")
         #expect(report.largestNumericMagnitude > 0.5)
     }
 
-    @Test func rejectsADroppedFactorOfTwo() {
-        let report = GradientCheck.compare([TestData.uniform([3, 4], seed: 1)]) { Self.tripled($0[0], gradientFactor: 1.5) }
+    @Test func rejectsADroppedFactorOfTwo() throws {
+        let report = try GradientCheck.compare([TestData.uniform([3, 4], seed: 1)]) { Self.tripled($0[0], gradientFactor: 1.5) }
         #expect(!report.passed)
         #expect(report.violations == 12)
     }
 
-    @Test func rejectsATransposedGradient() {
+    @Test func rejectsATransposedGradient() throws {
         let a = TestData.uniform([4, 4], seed: 2)
-        let correct = GradientCheck.compare([TestData.uniform([3, 4], seed: 3)]) { Self.timesMatrix($0[0], a, transposeInBackward: true) }
+        let correct = try GradientCheck.compare([TestData.uniform([3, 4], seed: 3)]) { Self.timesMatrix($0[0], a, transposeInBackward: true) }
         #expect(correct.passed, "\(correct)")
-        let wrong = GradientCheck.compare([TestData.uniform([3, 4], seed: 3)]) { Self.timesMatrix($0[0], a, transposeInBackward: false) }
+        let wrong = try GradientCheck.compare([TestData.uniform([3, 4], seed: 3)]) { Self.timesMatrix($0[0], a, transposeInBackward: false) }
         #expect(!wrong.passed)
     }
 
-    @Test func rejectsAGradientThatIgnoresTheOutputWeights() {
+    @Test func rejectsAGradientThatIgnoresTheOutputWeights() throws {
         // The gradient of a plain sum: right for L = Σy, wrong for the weighted L the checker uses.
-        let report = GradientCheck.compare([TestData.uniform([2, 5], seed: 4)]) { inputs in
+        let report = try GradientCheck.compare([TestData.uniform([2, 5], seed: 4)]) { inputs in
             let x = inputs[0]
             let y = withNoGrad { x * 1 }
             return Tensor.record(y, operation: "identity", inputs: [x]) { gradient in [Tensor.ones(gradient.shape)] }
@@ -48,8 +48,8 @@ import Testing
         #expect(!report.passed)
     }
 
-    @Test func reportsAnInputThatGetsNoGradient() {
-        let report = GradientCheck.compare([TestData.uniform([2], seed: 5), TestData.uniform([2], seed: 6)]) { inputs in
+    @Test func reportsAnInputThatGetsNoGradient() throws {
+        let report = try GradientCheck.compare([TestData.uniform([2], seed: 5), TestData.uniform([2], seed: 6)]) { inputs in
             let y = withNoGrad { inputs[0] + inputs[1] }
             return Tensor.record(y, operation: "firstOnly", inputs: [inputs[0]]) { [$0] }
         }
@@ -57,7 +57,7 @@ import Testing
         #expect(report.inputsWithoutGradient == [1])
     }
 
-    @Test func poisoningExposesABackwardThatReadsFreedMemory() {
+    @Test func poisoningExposesABackwardThatReadsFreedMemory() throws {
         // A deliberately broken op: its backward reads a forward temporary through a raw pointer without
         // keeping the tensor alive. An unusual size (1000 floats) keeps other tests off its size class.
         func leaky(_ x: Tensor) -> Tensor {
@@ -69,7 +69,7 @@ import Testing
                 return [Tensor(shape: gradient.shape, values: (0..<g.count).map { g[$0] * saved[$0] })]
             }
         }
-        let report = GradientCheck.compare([TestData.uniform([1000], seed: 7)], { leaky($0[0]) })
+        let report = try GradientCheck.compare([TestData.uniform([1000], seed: 7)], { leaky($0[0]) })
         #expect(!report.passed)
         #expect(report.worstRatio == .infinity, "the freed temporary should read back as the NaN poison")
     }

@@ -6,19 +6,19 @@ import Testing
 @Suite struct NeuralOpGradientTests {
     // MARK: Softmax
 
-    @Test func softmaxGradient() {
+    @Test func softmaxGradient() throws {
         expectGradientsMatch([TestData.uniform([3, 5], seed: 201, low: -2, high: 2)], "[3, 5]") { $0[0].softmax() }
         expectGradientsMatch([TestData.uniform([2, 3, 11], seed: 202, low: -2, high: 2)], "[2, 3, 11]: SIMD body and tail") { $0[0].softmax() }
         expectGradientsMatch([TestData.uniform([5, 3], seed: 203, low: -2, high: 2)], "of a transposed view") { $0[0].transposed().softmax() }
     }
 
-    @Test func logSoftmaxGradient() {
+    @Test func logSoftmaxGradient() throws {
         expectGradientsMatch([TestData.uniform([3, 5], seed: 204, low: -2, high: 2)], "[3, 5]") { $0[0].logSoftmax() }
         expectGradientsMatch([TestData.uniform([2, 3, 11], seed: 205, low: -2, high: 2)], "[2, 3, 11]") { $0[0].logSoftmax() }
         expectGradientsMatch([TestData.uniform([5, 3], seed: 206, low: -2, high: 2)], "of a transposed view") { $0[0].transposed().logSoftmax() }
     }
 
-    @Test func softmaxForwardMatchesReferenceAndRowsSumToOne() {
+    @Test func softmaxForwardMatchesReferenceAndRowsSumToOne() throws {
         let x = TestData.uniform([4, 19], seed: 207, low: -5, high: 5)
         let y = x.softmax().toArray(), logY = x.logSoftmax().toArray()
         let rows = x.doubles
@@ -32,7 +32,7 @@ import Testing
         }
     }
 
-    @Test func softmaxIsStableForLargeMagnitudeLogits() {
+    @Test func softmaxIsStableForLargeMagnitudeLogits() throws {
         let values: [Float] = [1e4, -1e4, 0, 1e4 - 1, 3e4, 3e4, -3e4, 2.9999e4]
         let x = Tensor(shape: [2, 4], values: values)
         let y = x.softmax().toArray(), logY = x.logSoftmax().toArray()
@@ -63,7 +63,7 @@ import Testing
         return y
     }
 
-    @Test func layerNormForwardMatchesReference() {
+    @Test func layerNormForwardMatchesReference() throws {
         let x = TestData.uniform([5, 13], seed: 211, low: -3, high: 3)
         let w = TestData.uniform([13], seed: 212, low: 0.5, high: 1.5), b = TestData.uniform([13], seed: 213)
         expectClose(Tensor.layerNorm(x, weight: w, bias: b).toArray(), Self.referenceLayerNorm(x, w, b), absolute: 1e-5, relative: 1e-5)
@@ -74,7 +74,7 @@ import Testing
         expectClose(Tensor.layerNorm(constant, weight: w, bias: b).toArray(), b.doubles + b.doubles, absolute: 1e-5, relative: 0)
     }
 
-    @Test func layerNormGradient() {
+    @Test func layerNormGradient() throws {
         expectGradientsMatch([TestData.uniform([4, 6], seed: 214, low: -2, high: 2), TestData.uniform([6], seed: 215, low: 0.5, high: 1.5), TestData.uniform([6], seed: 216)], "[4, 6]") {
             Tensor.layerNorm($0[0], weight: $0[1], bias: $0[2])
         }
@@ -86,7 +86,7 @@ import Testing
     // Regression test: layerNorm's backward once read the row statistics and the contiguous copy of a
     // non-contiguous input through raw pointers without keeping those tensors alive (use-after-free). The
     // checker's allocator poisoning turns such a read into NaN gradients.
-    @Test func layerNormGradientOfANonContiguousInput() {
+    @Test func layerNormGradientOfANonContiguousInput() throws {
         expectGradientsMatch([TestData.uniform([8, 3], seed: 220, low: -2, high: 2), TestData.uniform([8], seed: 221, low: 0.5, high: 1.5), TestData.uniform([8], seed: 222)]) {
             Tensor.layerNorm($0[0].transposed(), weight: $0[1], bias: $0[2])
         }
@@ -94,7 +94,7 @@ import Testing
 
     // MARK: Embedding
 
-    @Test func embeddingForwardAndGradientWithRepeatedIndices() {
+    @Test func embeddingForwardAndGradientWithRepeatedIndices() throws {
         let table = TestData.uniform([5, 3], seed: 231)
         let indices: [Int32] = [1, 3, 1, 0, 3, 3]
         let rows = Tensor.embedding(table, indices: indices, shape: [2, 3])
@@ -108,7 +108,7 @@ import Testing
         let weight = TestData.uniform([5, 3], seed: 232)
         weight.requiresGrad = true
         let upstream = TestData.uniform([2, 3, 3], seed: 233)
-        Tensor.embedding(weight, indices: indices, shape: [2, 3]).backward(outputGradient: upstream)
+        try Tensor.embedding(weight, indices: indices, shape: [2, 3]).backward(outputGradient: upstream)
         let g = upstream.doubles
         var expected = [Double](repeating: 0, count: 15)
         for (i, index) in indices.enumerated() { for c in 0..<3 { expected[Int(index) * 3 + c] += g[i * 3 + c] } }
@@ -116,14 +116,14 @@ import Testing
         #expect(weight.grad?.toArray()[6..<9].allSatisfy { $0 == 0 } == true)
     }
 
-    @Test func embeddingGradientOverManyColumnsAndThreads() {
+    @Test func embeddingGradientOverManyColumnsAndThreads() throws {
         let pool = TestPools.three
-        ComputePool.withPool(pool) {
+        try ComputePool.withPool(pool) {
             let indices: [Int32] = (0..<40).map { Int32(($0 * 7) % 6) }
             let weight = TestData.uniform([6, 70], seed: 234)
             weight.requiresGrad = true
             let upstream = TestData.uniform([40, 70], seed: 235)
-            Tensor.embedding(weight, indices: indices, shape: [40]).backward(outputGradient: upstream)
+            try Tensor.embedding(weight, indices: indices, shape: [40]).backward(outputGradient: upstream)
             let g = upstream.doubles
             var expected = [Double](repeating: 0, count: 6 * 70)
             for (i, index) in indices.enumerated() { for c in 0..<70 { expected[Int(index) * 70 + c] += g[i * 70 + c] } }
@@ -147,7 +147,7 @@ import Testing
         return valid == 0 ? 0 : total / Double(valid)
     }
 
-    @Test func crossEntropyForwardMatchesReference() {
+    @Test func crossEntropyForwardMatchesReference() throws {
         let logits = TestData.uniform([4, 11], seed: 241, low: -3, high: 3)
         let targets: [Int32] = [2, Tensor.ignoredTarget, 0, 10]
         let loss = Tensor.crossEntropy(logits: logits, targets: targets)
@@ -162,7 +162,7 @@ import Testing
         expectClose([Tensor.crossEntropy(logits: logits3, targets: targets3).scalarValue], [Self.referenceCrossEntropy(logits3, targets3)], absolute: 1e-6, relative: 1e-6)
     }
 
-    @Test func crossEntropyIsStableForLargeMagnitudeLogits() {
+    @Test func crossEntropyIsStableForLargeMagnitudeLogits() throws {
         let base = TestData.uniform([3, 7], seed: 243, low: -3, high: 3)
         let large = base * 1000
         let targets: [Int32] = [1, 5, 6]
@@ -173,16 +173,16 @@ import Testing
         expectClose([shifted], [Self.referenceCrossEntropy(base, targets)], absolute: 2e-2, relative: 0)
     }
 
-    @Test func crossEntropyWithEveryTargetIgnoredIsZeroWithZeroGradient() {
+    @Test func crossEntropyWithEveryTargetIgnoredIsZeroWithZeroGradient() throws {
         let logits = TestData.uniform([2, 4], seed: 244)
         logits.requiresGrad = true
         let loss = Tensor.crossEntropy(logits: logits, targets: [Tensor.ignoredTarget, Tensor.ignoredTarget])
         #expect(loss.scalarValue == 0)
-        loss.backward()
+        try loss.backward()
         #expect(logits.grad?.toArray() == [Float](repeating: 0, count: 8))
     }
 
-    @Test func crossEntropyGradientWithAnIgnoredTarget() {
+    @Test func crossEntropyGradientWithAnIgnoredTarget() throws {
         expectGradientsMatch([TestData.uniform([4, 5], seed: 245, low: -2, high: 2)], "2-D") {
             Tensor.crossEntropy(logits: $0[0], targets: [2, Tensor.ignoredTarget, 0, 4])
         }
@@ -192,7 +192,7 @@ import Testing
         // Analytic form: (softmax − onehot) / valid rows, zero on the ignored row.
         let logits = TestData.uniform([3, 4], seed: 247)
         logits.requiresGrad = true
-        Tensor.crossEntropy(logits: logits, targets: [1, Tensor.ignoredTarget, 3]).backward()
+        try Tensor.crossEntropy(logits: logits, targets: [1, Tensor.ignoredTarget, 3]).backward()
         var expected = [Double](repeating: 0, count: 12)
         let x = logits.doubles
         for (r, target) in [(0, 1), (2, 3)] {
@@ -204,7 +204,7 @@ import Testing
 
     // Regression test: for non-contiguous logits the backward once read the forward's temporary contiguous
     // copy after it had been freed.
-    @Test func crossEntropyGradientOfNonContiguousLogits() {
+    @Test func crossEntropyGradientOfNonContiguousLogits() throws {
         expectGradientsMatch([TestData.uniform([5, 4], seed: 248, low: -2, high: 2)]) {
             Tensor.crossEntropy(logits: $0[0].transposed(), targets: [2, Tensor.ignoredTarget, 0, 4])
         }
@@ -214,13 +214,13 @@ import Testing
 
     static let dropoutKey = DropoutKey(seed: 42, step: 3, layer: 1, site: 2, firstSequence: 0)
 
-    @Test func dropoutGradientIsTheMaskOverOneMinusP() {
+    @Test func dropoutGradientIsTheMaskOverOneMinusP() throws {
         let p: Float = 0.3
         let x = TestData.awayFromZero([8, 500], seed: 251)
         x.requiresGrad = true
         let y = Tensor.dropout(x, probability: p, key: Self.dropoutKey)
         let upstream = TestData.uniform([8, 500], seed: 252)
-        y.backward(outputGradient: upstream)
+        try y.backward(outputGradient: upstream)
         let xv = x.toArray(), yv = y.toArray(), g = upstream.toArray(), dx = x.grad?.toArray() ?? []
         #expect(dx.count == xv.count)
         var dropped = 0
@@ -236,11 +236,11 @@ import Testing
         #expect(abs(Double(dropped) / 4000 - 0.3) < 0.04, "dropped \(dropped) of 4000")
     }
 
-    @Test func dropoutGradientMatchesFiniteDifferences() {
+    @Test func dropoutGradientMatchesFiniteDifferences() throws {
         expectGradientsMatch([TestData.uniform([3, 10], seed: 253)]) { Tensor.dropout($0[0], probability: 0.3, key: Self.dropoutKey) }
     }
 
-    @Test func dropoutMasksDependOnTheKey() {
+    @Test func dropoutMasksDependOnTheKey() throws {
         let x = Tensor.ones([4, 64])
         let a = Tensor.dropout(x, probability: 0.5, key: Self.dropoutKey).toArray()
         #expect(a == Tensor.dropout(x, probability: 0.5, key: Self.dropoutKey).toArray())
@@ -282,7 +282,7 @@ import Testing
         return out
     }
 
-    @Test func attentionForwardMatchesNaivePerHeadImplementation() {
+    @Test func attentionForwardMatchesNaivePerHeadImplementation() throws {
         let qkv = TestData.uniform([2, 5, 24], seed: 261, low: -2, high: 2)
         let y = Tensor.causalSelfAttention(qkv: qkv, heads: 2)
         #expect(y.shape == [2, 5, 8])
@@ -292,7 +292,7 @@ import Testing
         expectClose(Tensor.causalSelfAttention(qkv: longer, heads: 4).toArray(), Self.referenceAttention(longer, heads: 4), absolute: 1e-5, relative: 1e-5)
     }
 
-    @Test func attentionIsCausal() {
+    @Test func attentionIsCausal() throws {
         let qkv = TestData.uniform([2, 6, 24], seed: 263, low: -2, high: 2)
         let before = Tensor.causalSelfAttention(qkv: qkv, heads: 2).toArray()
         // Change everything about token 3 of sequence 1 (its q, k and v).
@@ -311,22 +311,22 @@ import Testing
         }
     }
 
-    @Test func attentionGradient() {
+    @Test func attentionGradient() throws {
         expectGradientsMatch([TestData.uniform([2, 5, 24], seed: 264)]) { Tensor.causalSelfAttention(qkv: $0[0], heads: 2) }
     }
 
-    @Test func attentionGradientWithDropout() {
+    @Test func attentionGradientWithDropout() throws {
         let key = DropoutKey(seed: 7, step: 1, layer: 0, site: 1, firstSequence: 0)
         expectGradientsMatch([TestData.uniform([2, 5, 24], seed: 265)]) { Tensor.causalSelfAttention(qkv: $0[0], heads: 2, dropout: 0.2, key: key) }
     }
 
     // Regression test: the backward once read the saved attention probabilities and the contiguous copy of a
     // non-contiguous qkv without keeping them alive (use-after-free; `attentionGradient` caught it too).
-    @Test func attentionGradientOfANonContiguousInput() {
+    @Test func attentionGradientOfANonContiguousInput() throws {
         expectGradientsMatch([TestData.uniform([24, 5, 2], seed: 266)]) { Tensor.causalSelfAttention(qkv: $0[0].permuted([2, 1, 0]), heads: 2) }
     }
 
-    @Test func attentionDropoutAtTheFirstTokenKeepsOrDropsItsValueWhole() {
+    @Test func attentionDropoutAtTheFirstTokenKeepsOrDropsItsValueWhole() throws {
         // Token 0 attends only to itself with probability 1, so with dropout each head's output is either
         // v₀/(1−p) or exactly zero.
         let p: Float = 0.5, heads = 4, headSize = 2, width = heads * headSize
@@ -355,7 +355,7 @@ import Testing
         #expect(Tensor.causalSelfAttention(qkv: qkv, heads: heads, dropout: p, key: other).toArray() != y)
     }
 
-    @Test func attentionDropoutIsIndependentOfHowTheBatchIsSplit() {
+    @Test func attentionDropoutIsIndependentOfHowTheBatchIsSplit() throws {
         let qkv = TestData.uniform([4, 5, 24], seed: 268)
         let key = DropoutKey(seed: 11, step: 2, layer: 3, site: 0, firstSequence: 0)
         let whole = Tensor.causalSelfAttention(qkv: qkv, heads: 2, dropout: 0.3, key: key).toArray()

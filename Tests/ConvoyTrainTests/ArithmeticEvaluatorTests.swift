@@ -19,7 +19,7 @@ import Testing
             loss = lossTensor.scalarValue
             // Memorised well past the point where every answer token is the argmax.
             if loss < 1e-3 { break }
-            lossTensor.backward()
+            try lossTensor.backward()
             optimizer.step()
             optimizer.zeroGradients()
         }

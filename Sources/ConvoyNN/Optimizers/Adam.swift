@@ -2,6 +2,9 @@ import ConvoyTensor
 
 /// Adam (Kingma & Ba) with L2 weight decay added to the gradient, or AdamW (Loshchilov & Hutter) with
 /// decoupled weight decay; the update follows PyTorch's `torch.optim.Adam`/`AdamW` formulas exactly.
+///
+/// The per-tensor form: parameters stay where they are and each has its own moment tensors; the update is
+/// ``AdamKernel``, the kernel ``FusedAdam`` runs over flat buffers, so the two agree bit for bit.
 public final class Adam: Optimizer {
     public var learningRate: Float
     public let beta1: Float
@@ -34,36 +37,23 @@ public final class Adam: Optimizer {
         Adam(groups, learningRate: learningRate, beta1: beta1, beta2: beta2, epsilon: epsilon, weightDecay: weightDecay, decoupledWeightDecay: true)
     }
 
+    /// Runs ``AdamKernel`` (the arithmetic ``FusedAdam`` runs too) over one unmerged segment per parameter that
+    /// has a gradient, group by group; each parameter's moments are tensors of their own, created at its first
+    /// gradient.
     public func step() {
         stepCount += 1
-        let lr = learningRate, b1 = beta1, b2 = beta2, eps = epsilon
-        let correction1 = 1 - Float(Double(b1).power(stepCount))
-        let correction2 = 1 - Float(Double(b2).power(stepCount))
-        let stepSize = lr / correction1
-        let inverseRootCorrection2 = 1 / correction2.squareRoot()
         for group in groups {
-            let decay = group.weightDecay ?? weightDecay
-            let decoupled = decoupledWeightDecay
+            var plan = FlatSegmentPlan()
             for parameter in group.parameters {
                 guard let grad = parameter.grad else { continue }
                 let id = ObjectIdentifier(parameter)
                 let state = moments[id] ?? TensorAllocator.withCategory(.optimizerState) { (Tensor.zeros(parameter.shape), Tensor.zeros(parameter.shape)) }
                 moments[id] = state
-                let contiguousGradient = grad.contiguous()
-                defer { withExtendedLifetime(contiguousGradient) {} }
-                let p = parameter.contiguousFloats, g = contiguousGradient.floatPointer
-                let m = state.first.floatPointer, v = state.second.floatPointer
-                ComputePool.current.parallelFor(parameter.count, minimumChunk: 1 << 15) { range in
-                    for i in range {
-                        var gi = g[i]
-                        if decoupled { p[i] *= 1 - lr * decay } else { gi += decay * p[i] }
-                        m[i] = b1 * m[i] + (1 - b1) * gi
-                        v[i] = b2 * v[i] + (1 - b2) * gi * gi
-                        let denominator = v[i].squareRoot() * inverseRootCorrection2 + eps
-                        p[i] -= stepSize * m[i] / denominator
-                    }
-                }
+                plan.add(FlatSegment(parameter: parameter.contiguousFloats, gradient: plan.pointer(to: grad), firstState: state.first.floatPointer,
+                                     secondState: state.second.floatPointer, count: parameter.count, fresh: false), merging: false)
             }
+            AdamKernel(learningRate: learningRate, beta1: beta1, beta2: beta2, epsilon: epsilon, weightDecay: group.weightDecay ?? weightDecay,
+                       decoupledWeightDecay: decoupledWeightDecay, step: stepCount).run(plan)
         }
     }
 

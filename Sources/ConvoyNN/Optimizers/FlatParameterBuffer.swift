@@ -177,40 +177,67 @@ public final class FlatParameterBuffer {
     }
 }
 
-// MARK: - Kernel plumbing shared by the fused optimizers
+// MARK: - Kernel plumbing shared by every optimizer
 
-/// A run of consecutive parameters of a flat buffer whose gradients are also consecutive in memory, so one
-/// kernel pass covers it. With flat gradients a whole group is one segment; with external gradients (data
-/// parallel buckets) or gradients someone replaced, the group splits into maximal contiguous segments.
+/// A run of elements one optimizer kernel pass covers: parameter values, their gradients and up to two
+/// optimizer-state buffers (SGD's momentum; Adam's moments), each contiguous. A fused optimizer merges
+/// consecutive parameters of a flat buffer whose memory is adjacent into one segment; a per-tensor optimizer
+/// gives each parameter a segment of its own (its state lives in tensors of its own).
 struct FlatSegment {
-    /// The segment's parameter elements, contiguous (in ``FlatParameterBuffer/values``, or in place).
+    /// The segment's parameter elements.
     var parameter: UnsafeMutablePointer<Float>
-    /// Element offset of the segment in the flat state buffers.
-    var start: Int
-    var count: Int
-    /// The segment's gradient elements, contiguous.
+    /// The segment's gradient elements.
     var gradient: UnsafeMutablePointer<Float>
-    /// A per-segment flag the kernel branches on (fused SGD: the momentum buffer starts with this step).
+    /// The segment's elements of the first and second optimizer-state buffers (nil where the algorithm has none).
+    var firstState: UnsafeMutablePointer<Float>?
+    var secondState: UnsafeMutablePointer<Float>?
+    var count: Int
+    /// A per-segment flag the kernel branches on (SGD: the momentum buffer starts with this step).
     var fresh: Bool
+
+    /// Whether `next` continues this segment in every buffer (so one pass may cover both).
+    func isContinued(by next: FlatSegment) -> Bool {
+        parameter + count == next.parameter && gradient + count == next.gradient && fresh == next.fresh
+            && firstState.map { $0 + count } == next.firstState && secondState.map { $0 + count } == next.secondState
+    }
 }
 
-/// The segments one step of a fused group runs over, in buffer order.
+/// The segments one kernel pass runs over, in order.
 struct FlatSegmentPlan {
     var segments: [FlatSegment] = []
     /// Running end of each segment in the concatenation of all segments (for the parallel split).
     var ends: [Int] = []
-    /// Parameter indices (in the flat buffer) the step covers: those with a gradient.
-    var covered: [Int] = []
     /// Contiguous copies of non-contiguous gradients, alive until the step ends.
     var keepAlive: [Tensor] = []
 
     var total: Int { ends.last ?? 0 }
 
-    /// One parallel SIMD pass over all segments: `body(parameter, start, gradient, count, fresh)` for each
-    /// piece of a segment that falls into one thread's share of the concatenated elements (`start`: the
-    /// piece's offset in the state buffers).
+    /// Adds a segment, merged into the last one when `merging` and the memory of both is adjacent.
+    mutating func add(_ segment: FlatSegment, merging: Bool) {
+        guard segment.count > 0 else { return }
+        if merging, let last = segments.last, last.isContinued(by: segment) {
+            segments[segments.count - 1].count += segment.count
+            ends[ends.count - 1] += segment.count
+        } else {
+            segments.append(segment)
+            ends.append(total + segment.count)
+        }
+    }
+
+    /// A contiguous Float32 pointer to `gradient`'s elements (a copy, kept alive by the plan, when it is not).
+    mutating func pointer(to gradient: Tensor) -> UnsafeMutablePointer<Float> {
+        if gradient.isContiguous && gradient.dtype == .float32 { return gradient.floatPointer }
+        let copy = gradient.converted(to: .float32).contiguous()
+        keepAlive.append(copy)
+        return copy.floatPointer
+    }
+
+    /// One parallel SIMD pass over all segments: `body(parameter, gradient, firstState, secondState, count,
+    /// fresh)` for each piece of a segment that falls into one thread's share of the concatenated elements.
+    /// Every element is updated by the same arithmetic whatever the split, so results do not depend on it.
     func run(minimumChunk: Int = 1 << 14,
-             _ body: (_ parameter: UnsafeMutablePointer<Float>, _ start: Int, _ gradient: UnsafeMutablePointer<Float>, _ count: Int, _ fresh: Bool) -> Void) {
+             _ body: (_ parameter: UnsafeMutablePointer<Float>, _ gradient: UnsafeMutablePointer<Float>,
+                      _ firstState: UnsafeMutablePointer<Float>?, _ secondState: UnsafeMutablePointer<Float>?, _ count: Int, _ fresh: Bool) -> Void) {
         let segments = self.segments, ends = self.ends
         ComputePool.current.parallelFor(total, minimumChunk: minimumChunk) { range in
             // First segment whose end lies beyond the range's start.
@@ -225,7 +252,8 @@ struct FlatSegmentPlan {
                 let segmentBegin = ends[s] - segment.count
                 let local = position - segmentBegin
                 let length = min(ends[s], range.upperBound) - position
-                body(segment.parameter + local, segment.start + local, segment.gradient + local, length, segment.fresh)
+                body(segment.parameter + local, segment.gradient + local, segment.firstState.map { $0 + local },
+                     segment.secondState.map { $0 + local }, length, segment.fresh)
                 position += length
                 s += 1
             }
@@ -235,39 +263,26 @@ struct FlatSegmentPlan {
 }
 
 extension FlatParameterBuffer {
-    /// Plans a step: every parameter with a non-nil gradient, merged into maximal segments where the parameter
-    /// values, the state slices and the gradients are all adjacent and `fresh(index)` agrees. Parameters
-    /// without a gradient are left out, so the kernel never touches their values or state.
-    func plan(fresh: (Int) -> Bool) -> FlatSegmentPlan {
+    /// Plans a step over this buffer's parameters that have a non-nil gradient, with optimizer state in the
+    /// flat buffers `firstState`/`secondState` (this buffer's layout), merged into maximal segments where all
+    /// memory is adjacent and `fresh(index)` agrees. Parameters without a gradient are left out, so the kernel
+    /// never touches their values or state; `covered` lists the ones the plan includes.
+    func plan(firstState: Tensor? = nil, secondState: Tensor? = nil, fresh: (Int) -> Bool) -> (plan: FlatSegmentPlan, covered: [Int]) {
         var plan = FlatSegmentPlan()
+        var covered: [Int] = []
+        let first = firstState?.floatPointer, second = secondState?.floatPointer
         for index in parameters.indices {
             let parameter = parameters[index]
             guard let grad = parameter.grad else { continue }
             precondition(parameterIsView(index), "parameter \(parameter.name ?? "#\(index)") is no longer where its fused optimizer's flat buffer expects it (it was rebound elsewhere)")
             precondition(grad.shape == parameter.shape, "gradient of \(parameter.name ?? "#\(index)") has shape \(grad.shape), the parameter \(parameter.shape)")
-            guard counts[index] > 0 else { plan.covered.append(index); continue }
-            let pointer: UnsafeMutablePointer<Float>
-            if grad.isContiguous && grad.dtype == .float32 {
-                pointer = grad.floatPointer
-            } else {
-                let copy = grad.converted(to: .float32).contiguous()
-                plan.keepAlive.append(copy)
-                pointer = copy.floatPointer
-            }
-            let flag = fresh(index)
-            let values = parameter.floatPointer
-            plan.covered.append(index)
-            if var last = plan.segments.last, last.start + last.count == offsets[index], last.parameter + last.count == values,
-               last.gradient + last.count == pointer, last.fresh == flag {
-                last.count += counts[index]
-                plan.segments[plan.segments.count - 1] = last
-                plan.ends[plan.ends.count - 1] += counts[index]
-            } else {
-                plan.segments.append(FlatSegment(parameter: values, start: offsets[index], count: counts[index], gradient: pointer, fresh: flag))
-                plan.ends.append(plan.total + counts[index])
-            }
+            covered.append(index)
+            guard counts[index] > 0 else { continue }
+            plan.add(FlatSegment(parameter: parameter.floatPointer, gradient: plan.pointer(to: grad), firstState: first.map { $0 + offsets[index] },
+                                 secondState: second.map { $0 + offsets[index] }, count: counts[index], fresh: fresh(index)), merging: true)
         }
-        return plan
+        withExtendedLifetime((firstState, secondState)) {}
+        return (plan, covered)
     }
 }
 

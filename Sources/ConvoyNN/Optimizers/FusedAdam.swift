@@ -6,8 +6,8 @@ import ConvoyTensor
 /// Parameter groups whose effective hyper-parameters agree (for Adam, the weight decay; the learning rate,
 /// betas, epsilon and decay mode are the optimizer's) are fused: their parameters are packed into one
 /// ``FlatParameterBuffer`` (each parameter rebound to its slice) with flat first- and second-moment buffers of
-/// the same layout, and ``step()`` runs one parallel SIMD loop over the whole group, applying exactly
-/// ``Adam``'s per-element arithmetic in the same order. Groups with other hyper-parameters are fused apart.
+/// the same layout, and ``step()`` runs ``AdamKernel`` — the kernel ``Adam`` runs per tensor — once over the
+/// whole group. Groups with other hyper-parameters are fused apart.
 /// With `placement` ``FlatParameterBuffer/Placement/inPlace`` the parameters are not moved (ZeRO's shard slices
 /// stay in its buffers) and the loop runs over their adjacent runs; only the moments are flat buffers.
 ///
@@ -80,50 +80,13 @@ public final class FusedAdam: Optimizer {
     }
 
     public func step() {
-        typealias Vector = VectorMath.Vector
         stepCount += 1
-        // Exactly Adam.step's scalars.
-        let lr = learningRate, b1 = beta1, b2 = beta2, eps = epsilon
-        let correction1 = 1 - Float(Double(b1).power(stepCount))
-        let correction2 = 1 - Float(Double(b2).power(stepCount))
-        let stepSize = lr / correction1
-        let inverseRootCorrection2 = 1 / correction2.squareRoot()
-        let keep1 = 1 - b1, keep2 = 1 - b2
-        let decoupled = decoupledWeightDecay
-        let vb1 = Vector(repeating: b1), vb2 = Vector(repeating: b2), vkeep1 = Vector(repeating: keep1), vkeep2 = Vector(repeating: keep2)
-        let veps = Vector(repeating: eps), vstep = Vector(repeating: stepSize), vroot = Vector(repeating: inverseRootCorrection2)
         for (groupIndex, flat) in flatBuffers.enumerated() {
-            let decay = fusedWeightDecays[groupIndex]
-            let shrink = 1 - lr * decay
-            let vdecay = Vector(repeating: decay), vshrink = Vector(repeating: shrink)
-            let plan = flat.plan { _ in false }
+            let (plan, covered) = flat.plan(firstState: firstMoments[groupIndex], secondState: secondMoments[groupIndex]) { _ in false }
             lastStepSegmentCounts[groupIndex] = plan.segments.count
-            let first = firstMoments[groupIndex].floatPointer, second = secondMoments[groupIndex].floatPointer
-            plan.run { p, start, g, count, _ in
-                let m = first + start, v = second + start
-                var i = 0
-                while i + 8 <= count {
-                    var pv = VectorMath.load(p + i), gv = VectorMath.load(g + i)
-                    if decoupled { pv *= vshrink } else { gv += vdecay * pv }
-                    let mv = vb1 * VectorMath.load(m + i) + vkeep1 * gv
-                    let sv = vb2 * VectorMath.load(v + i) + vkeep2 * gv * gv
-                    VectorMath.store(mv, m + i)
-                    VectorMath.store(sv, v + i)
-                    let denominator = sv.squareRoot() * vroot + veps
-                    VectorMath.store(pv - vstep * mv / denominator, p + i)
-                    i += 8
-                }
-                while i < count {
-                    var gi = g[i]
-                    if decoupled { p[i] *= shrink } else { gi += decay * p[i] }
-                    m[i] = b1 * m[i] + keep1 * gi
-                    v[i] = b2 * v[i] + keep2 * gi * gi
-                    let denominator = v[i].squareRoot() * inverseRootCorrection2 + eps
-                    p[i] -= stepSize * m[i] / denominator
-                    i += 1
-                }
-            }
-            for index in plan.covered { hasMoments[groupIndex][index] = true }
+            AdamKernel(learningRate: learningRate, beta1: beta1, beta2: beta2, epsilon: epsilon, weightDecay: fusedWeightDecays[groupIndex],
+                       decoupledWeightDecay: decoupledWeightDecay, step: stepCount).run(plan)
+            for index in covered { hasMoments[groupIndex][index] = true }
         }
     }
 

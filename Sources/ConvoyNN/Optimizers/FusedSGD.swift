@@ -5,10 +5,10 @@ import ConvoyTensor
 /// Parameter groups whose effective hyper-parameters agree (for SGD, the weight decay; the learning rate,
 /// momentum, dampening and Nesterov flag are the optimizer's) are fused: their parameters are packed into one
 /// ``FlatParameterBuffer`` (each parameter rebound to its slice) with a flat momentum buffer of the same layout,
-/// and ``step()`` runs one parallel SIMD loop over the whole group, applying exactly ``SGD``'s per-element
-/// arithmetic in the same order. Groups with other hyper-parameters get fused groups of their own. With
-/// `placement` ``FlatParameterBuffer/Placement/inPlace`` the parameters are not moved (ZeRO's shard slices stay
-/// in its buffers) and the loop runs over their adjacent runs; only the momentum is a flat buffer.
+/// and ``step()`` runs ``SGDKernel`` — the kernel ``SGD`` runs per tensor — once over the whole group. Groups
+/// with other hyper-parameters get fused groups of their own. With `placement`
+/// ``FlatParameterBuffer/Placement/inPlace`` the parameters are not moved (ZeRO's shard slices stay in its
+/// buffers) and the loop runs over their adjacent runs; only the momentum is a flat buffer.
 ///
 /// A parameter whose `grad` is nil at ``step()`` is skipped as ``SGD`` skips it: its segment of the flat
 /// buffers is left out of the kernel's pass (the group runs over the maximal contiguous segments of
@@ -68,50 +68,13 @@ public final class FusedSGD: Optimizer {
     }
 
     public func step() {
-        typealias Vector = VectorMath.Vector
-        let lr = learningRate, momentum = self.momentum, nesterov = self.nesterov
-        let keep = 1 - dampening
         for (groupIndex, flat) in flatBuffers.enumerated() {
-            let decay = fusedWeightDecays[groupIndex]
             let started = hasMomentum[groupIndex]
-            let plan = flat.plan { momentum != 0 && !started[$0] }
+            let (plan, covered) = flat.plan(firstState: momentumBuffers[groupIndex]) { momentum != 0 && !started[$0] }
             lastStepSegmentCounts[groupIndex] = plan.segments.count
-            let vlr = Vector(repeating: lr), vdecay = Vector(repeating: decay)
-            if momentum == 0 {
-                plan.run { p, _, g, count, _ in
-                    var i = 0
-                    while i + 8 <= count {
-                        let pv = VectorMath.load(p + i)
-                        VectorMath.store(pv - vlr * (VectorMath.load(g + i) + vdecay * pv), p + i)
-                        i += 8
-                    }
-                    while i < count { p[i] -= lr * (g[i] + decay * p[i]); i += 1 }
-                }
-            } else {
-                let buffers = momentumBuffers[groupIndex]!.floatPointer
-                let vmomentum = Vector(repeating: momentum), vkeep = Vector(repeating: keep)
-                plan.run { p, start, g, count, isFirst in
-                    let b = buffers + start
-                    var i = 0
-                    while i + 8 <= count {
-                        let pv = VectorMath.load(p + i)
-                        let d = VectorMath.load(g + i) + vdecay * pv
-                        let bv = isFirst ? d : vmomentum * VectorMath.load(b + i) + vkeep * d
-                        VectorMath.store(bv, b + i)
-                        let update = nesterov ? d + vmomentum * bv : bv
-                        VectorMath.store(pv - vlr * update, p + i)
-                        i += 8
-                    }
-                    while i < count {
-                        let d = g[i] + decay * p[i]
-                        b[i] = isFirst ? d : momentum * b[i] + keep * d
-                        let update = nesterov ? d + momentum * b[i] : b[i]
-                        p[i] -= lr * update
-                        i += 1
-                    }
-                }
-                for index in plan.covered { hasMomentum[groupIndex][index] = true }
-            }
+            SGDKernel(learningRate: learningRate, momentum: momentum, dampening: dampening, nesterov: nesterov,
+                      weightDecay: fusedWeightDecays[groupIndex]).run(plan)
+            if momentum != 0 { for index in covered { hasMomentum[groupIndex][index] = true } }
         }
     }
 

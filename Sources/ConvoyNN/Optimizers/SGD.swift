@@ -2,6 +2,9 @@ import ConvoyTensor
 
 /// Stochastic gradient descent with optional momentum (heavy-ball or Nesterov) and L2 weight decay,
 /// following PyTorch's `torch.optim.SGD` update exactly.
+///
+/// The per-tensor form: parameters stay where they are and each has its own momentum tensor; the update is
+/// ``SGDKernel``, the kernel ``FusedSGD`` runs over flat buffers, so the two agree bit for bit.
 public final class SGD: Optimizer {
     public var learningRate: Float
     public let momentum: Float
@@ -25,32 +28,27 @@ public final class SGD: Optimizer {
         self.init([ParameterGroup(parameters)], learningRate: learningRate, momentum: momentum, dampening: dampening, nesterov: nesterov, weightDecay: weightDecay)
     }
 
+    /// Runs ``SGDKernel`` (the arithmetic ``FusedSGD`` runs too) over one unmerged segment per parameter that
+    /// has a gradient, group by group; each parameter's momentum buffer is a tensor of its own, started at its
+    /// first gradient.
     public func step() {
-        let lr = learningRate
         for group in groups {
-            let decay = group.weightDecay ?? weightDecay
+            var plan = FlatSegmentPlan()
             for parameter in group.parameters {
                 guard let grad = parameter.grad else { continue }
-                let contiguousGradient = grad.contiguous()
-                defer { withExtendedLifetime(contiguousGradient) {} }
-                let p = parameter.contiguousFloats, g = contiguousGradient.floatPointer
-                let n = parameter.count
-                if momentum == 0 {
-                    for i in 0..<n { p[i] -= lr * (g[i] + decay * p[i]) }
-                    continue
+                var buffer: Tensor?
+                var isFirst = false
+                if momentum != 0 {
+                    let id = ObjectIdentifier(parameter)
+                    isFirst = momentumBuffers[id] == nil
+                    buffer = momentumBuffers[id] ?? TensorAllocator.withCategory(.optimizerState) { Tensor.zeros(parameter.shape) }
+                    momentumBuffers[id] = buffer
                 }
-                let id = ObjectIdentifier(parameter)
-                let isFirst = momentumBuffers[id] == nil
-                let buffer = momentumBuffers[id] ?? TensorAllocator.withCategory(.optimizerState) { Tensor.zeros(parameter.shape) }
-                momentumBuffers[id] = buffer
-                let b = buffer.floatPointer
-                for i in 0..<n {
-                    let d = g[i] + decay * p[i]
-                    b[i] = isFirst ? d : momentum * b[i] + (1 - dampening) * d
-                    let update = nesterov ? d + momentum * b[i] : b[i]
-                    p[i] -= lr * update
-                }
+                plan.add(FlatSegment(parameter: parameter.contiguousFloats, gradient: plan.pointer(to: grad), firstState: buffer?.floatPointer,
+                                     secondState: nil, count: parameter.count, fresh: isFirst), merging: false)
             }
+            SGDKernel(learningRate: learningRate, momentum: momentum, dampening: dampening, nesterov: nesterov,
+                      weightDecay: group.weightDecay ?? weightDecay).run(plan)
         }
     }
 

@@ -114,12 +114,12 @@ public final class PipelineExecutor {
                 let data = try microBatch(index)
                 try measure("backward mb \(index) s \(virtualStage)", category: "backward") {
                     if virtualStage == lastStage {
-                        (entry.output * data.lossScale).backward()
+                        try (entry.output * data.lossScale).backward()
                     } else {
                         guard let gradient = receivedGradients.removeValue(forKey: key) else {
                             throw ConvoyError.invalidConfiguration("pipeline instruction list runs backward(mb \(index), stage \(virtualStage)) before receiving its gradient")
                         }
-                        entry.output.backward(outputGradient: gradient)
+                        try entry.output.backward(outputGradient: gradient)
                     }
                 }
                 if let input = entry.input {

@@ -30,7 +30,7 @@ public final class AccumulationSchedule: StepSchedule {
                 let microLoss = measure("forward") {
                     model.loss(data.tokens, targets: data.targets, batch: data.batch, time: data.time, context: data.context)
                 }
-                measure("backward") { (microLoss * data.lossScale).backward() }
+                try measure("backward") { try (microLoss * data.lossScale).backward() }
                 loss += Double(microLoss.scalarValue) * data.lossWeight
             }
             try synchronizer.finishBackward()

@@ -182,8 +182,7 @@ public final class DistributedOptimizer {
     /// keeps them until ``releaseFullParameters(copyingBack:)`` or the next ``step()``.
     public func gatherFullParameters() throws {
         try waitForParameters()
-        sharded?.gatherAll()
-        try sharded?.checkFailures()
+        try sharded?.gatherAll()
     }
 
     /// Stage 3: releases what ``gatherFullParameters()`` gathered. With `copyingBack`, each rank first takes its

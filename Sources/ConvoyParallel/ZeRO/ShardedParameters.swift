@@ -54,7 +54,8 @@ final class ShardedParameters {
     private var unitOfBucket: [Int]
     private var pinned = false
     private var hooks: [(Module, Int)] = []
-    /// The first failed gather, rethrown by the next call that can throw (hooks cannot).
+    /// The first gather that failed where nothing can throw (forward hooks, releases), rethrown by the next
+    /// call that can; backward throws its failures directly.
     private var failure: Error?
     /// How many all-gathers were launched (a test reads it to see that layers are gathered again for backward).
     private(set) var gatherCount = 0
@@ -144,7 +145,7 @@ final class ShardedParameters {
                 guard let self else { return }
                 // The root unit not being gathered yet means a forward is starting: the first layer comes next.
                 let starting = !self.isGathered(unit)
-                self.ensureGathered(unit)
+                self.ensureGatheredRecordingFailure(unit)
                 if starting && unit == self.rootUnit { self.prefetch(0) }
             }
             hooks.append((layer, id))
@@ -152,7 +153,7 @@ final class ShardedParameters {
         for (index, unit) in units.enumerated() {
             guard let layer = unit.layer else { continue }
             let pre = layer.registerForwardPreHook { [weak self] _ in
-                self?.ensureGathered(index)
+                self?.ensureGatheredRecordingFailure(index)
                 self?.prefetch(index + 1)
             }
             let post = layer.registerForwardPostHook { [weak self] _, output in self?.afterForward(index, output) ?? output }
@@ -167,8 +168,8 @@ final class ShardedParameters {
         if !backwardFollows || (reshardAfterForward && unit != layerUnitCount - 1) { release(unit) }
         guard backwardFollows else { return output }
         let passthrough = Tensor(storage: output.storage, shape: output.shape, strides: output.strides, offset: output.offset)
-        return Tensor.record(passthrough, operation: "ZeRO-3 gather before backward", inputs: [output]) { [weak self] gradient in
-            self?.ensureGathered(unit)
+        return Tensor.record(passthrough, operation: "ZeRO-3 gather of \(units[unit].name) before backward", inputs: [output]) { [weak self] gradient in
+            try self?.ensureGathered(unit)
             if unit > 0 { self?.prefetch(unit - 1) }
             return [gradient]
         }
@@ -192,13 +193,20 @@ final class ShardedParameters {
         peakGatheredBytes = max(peakGatheredBytes, gatheredBytes)
     }
 
-    /// Makes `unit`'s parameters present: waits for its gather, launching it first if needed.
-    func ensureGathered(_ unit: Int) {
+    /// Makes `unit`'s parameters present: waits for its gather, launching it first if needed, and throws when
+    /// the gather failed (the unit then counts as gathered, with whatever the failed gather left in it).
+    func ensureGathered(_ unit: Int) throws {
         if case .released = states[unit] { launchGather(unit) }
         if case .gathering(let work) = states[unit] {
-            do { try work.wait() } catch { if failure == nil { failure = error } }
-            states[unit] = .gathered
+            defer { states[unit] = .gathered }
+            try work.wait()
         }
+    }
+
+    /// ``ensureGathered(_:)`` where nothing can throw (forward hooks, releases): a failure is kept for
+    /// ``checkFailures()``.
+    private func ensureGatheredRecordingFailure(_ unit: Int) {
+        do { try ensureGathered(unit) } catch { if failure == nil { failure = error } }
     }
 
     private func isGathered(_ unit: Int) -> Bool {
@@ -209,7 +217,7 @@ final class ShardedParameters {
     /// Gives `unit`'s memory back (after waiting for a gather still in flight into it), unless pinned.
     func release(_ unit: Int) {
         guard !pinned else { return }
-        if case .gathering = states[unit] { ensureGathered(unit) }
+        if case .gathering = states[unit] { ensureGatheredRecordingFailure(unit) }
         bucketStorage[units[unit].bucket].releaseMemory()
         states[unit] = .released
     }
@@ -247,18 +255,23 @@ final class ShardedParameters {
     }
 
     /// Gathers every unit and keeps all of them until ``releaseAll(copyingBack:)`` (collective).
-    func gatherAll() {
+    func gatherAll() throws {
         for unit in units.indices {
             if case .released = states[unit] { launchGather(unit) }
         }
-        for unit in units.indices { ensureGathered(unit) }
+        // Every gather is waited for, even after one failed, so none is left in flight.
+        var firstFailure: Error?
+        for unit in units.indices {
+            do { try ensureGathered(unit) } catch { if firstFailure == nil { firstFailure = error } }
+        }
         pinned = true
+        if let firstFailure { throw firstFailure }
     }
 
     /// Whether every parameter is gathered and pinned.
     var isPinned: Bool { pinned }
 
-    /// Rethrows the first gather that failed since the last call.
+    /// Rethrows the first gather that failed, since the last call, where it could not be thrown directly.
     func checkFailures() throws {
         if let error = failure {
             failure = nil

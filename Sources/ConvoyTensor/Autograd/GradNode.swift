@@ -9,12 +9,13 @@ final class GradNode {
     let operation: String
     /// Inputs of the operation that require gradients.
     private(set) var inputs: [Tensor]
-    /// Maps the output's gradient to one gradient (or nil) per entry of `inputs`; released after use.
-    private(set) var backward: ((Tensor) -> [Tensor?])?
+    /// Maps the output's gradient to one gradient (or nil) per entry of `inputs`; released after use. It may
+    /// throw (a collective inside backward failed): the engine stops and reports the error with ``operation``.
+    private(set) var backward: ((Tensor) throws -> [Tensor?])?
 
     private static let counter = Atomic<Int>(0)
 
-    init(operation: String, inputs: [Tensor], backward: @escaping (Tensor) -> [Tensor?]) {
+    init(operation: String, inputs: [Tensor], backward: @escaping (Tensor) throws -> [Tensor?]) {
         sequence = Self.counter.wrappingAdd(1, ordering: .relaxed).newValue
         self.operation = operation
         self.inputs = inputs
@@ -32,9 +33,11 @@ extension Tensor {
     /// Records `output` as the result of `operation` on `inputs` when any input requires gradients and the
     /// thread records operations. `backward` receives the output's gradient and returns one gradient per
     /// input (nil where an input needs none); it is never called for inputs that do not require gradients.
+    /// `backward` may throw — a collective inside backward (a ZeRO-3 gather) that failed: ``backward()``
+    /// then stops and throws a ``BackwardError`` naming `operation`.
     @discardableResult
     public static func record(
-        _ output: Tensor, operation: String, inputs: [Tensor], backward: @escaping (Tensor) -> [Tensor?]
+        _ output: Tensor, operation: String, inputs: [Tensor], backward: @escaping (Tensor) throws -> [Tensor?]
     ) -> Tensor {
         guard GradMode.isEnabled, inputs.contains(where: { $0.requiresGrad }) else { return output }
         let needed = inputs.map(\.requiresGrad)
@@ -45,7 +48,7 @@ extension Tensor {
         } else {
             output.gradNode = GradNode(operation: operation, inputs: tracked) { gradient in
                 var kept: [Tensor?] = []
-                for (inputGradient, isNeeded) in zip(backward(gradient), needed) where isNeeded {
+                for (inputGradient, isNeeded) in zip(try backward(gradient), needed) where isNeeded {
                     kept.append(inputGradient)
                 }
                 return kept

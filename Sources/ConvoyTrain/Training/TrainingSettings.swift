@@ -21,192 +21,206 @@ public enum SettingValue: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// The registry of configuration keys: their TOML names (`section.key`), the flag that overrides each,
-/// their type and valid range, and how they are applied. TOML parsing, flag overrides and the effective
-/// configuration file all go through it, so a key is validated the same way wherever it comes from.
+/// The one table of training settings. Each entry declares, once, a setting's TOML key (`section.key`), its
+/// command-line flag, its type with range or choices, its help text, and how it is read from and written to a
+/// ``TrainingConfiguration``. The TOML reader, the flag parser of `convoy train`, its `--help` text and the
+/// effective configuration file are all generated from it, so a setting is validated the same way wherever it
+/// comes from.
+///
+/// To add a setting: add one line to ``all`` (and the field to ``TrainingConfiguration``); nothing else.
 public enum TrainingSettings {
-    /// One configuration key.
+    /// One configuration setting.
     public struct Setting: Sendable {
         /// `section.key`, as in the TOML file.
         public let key: String
-        /// The command-line flag that overrides it.
+        /// The command-line flag that overrides it (`--lr`).
         public let flag: String
-        let apply: @Sendable (inout TrainingConfiguration, SettingValue) throws -> Void
+        /// The values it takes: decides how a flag's text is read and what `--help` shows.
+        public let type: SettingType
+        /// One line for `--help`.
+        public let help: String
+        let apply: @Sendable (inout TrainingConfiguration, SettingValue) throws(SettingProblem) -> Void
         let read: @Sendable (TrainingConfiguration) -> SettingValue?
     }
 
-    private static func fail(_ key: String, _ message: String) -> ConvoyError {
-        .invalidConfiguration("\(key): \(message)")
+    private static func checked(_ value: SettingValue, in range: ClosedRange<Int>) throws(SettingProblem) -> Int {
+        guard case .integer(let number) = value else { throw SettingProblem("expected an integer, got \(value)") }
+        guard range.contains(number) else { throw SettingProblem("\(number) is out of range; use a value in \(range.lowerBound)...\(range.upperBound)") }
+        return number
     }
 
-    private static func integer(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, Int> & Sendable, _ range: ClosedRange<Int>) -> Setting {
-        Setting(key: key, flag: flag, apply: { configuration, value in
-            guard case .integer(let number) = value else { throw fail(key, "expected an integer, got \(value)") }
-            guard range.contains(number) else { throw fail(key, "\(number) is out of range; use a value in \(range.lowerBound)...\(range.upperBound)") }
-            configuration[keyPath: path] = number
+    private static func text(_ value: SettingValue, or expected: String) throws(SettingProblem) -> String {
+        guard case .text(let text) = value, !text.isEmpty else { throw SettingProblem("expected \(expected), got \(value)") }
+        return text
+    }
+
+    private static func integer(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, Int> & Sendable, _ range: ClosedRange<Int>, _ help: String) -> Setting {
+        Setting(key: key, flag: flag, type: .integer(range), help: help, apply: { configuration, value throws(SettingProblem) in
+            configuration[keyPath: path] = try checked(value, in: range)
         }, read: { .integer($0[keyPath: path]) })
     }
 
-    private static func optionalInteger(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, Int?> & Sendable, _ range: ClosedRange<Int>) -> Setting {
-        Setting(key: key, flag: flag, apply: { configuration, value in
-            guard case .integer(let number) = value else { throw fail(key, "expected an integer, got \(value)") }
-            guard range.contains(number) else { throw fail(key, "\(number) is out of range; use a value in \(range.lowerBound)...\(range.upperBound)") }
-            configuration[keyPath: path] = number
+    private static func optionalInteger(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, Int?> & Sendable, _ range: ClosedRange<Int>, _ help: String) -> Setting {
+        Setting(key: key, flag: flag, type: .integer(range), help: help, apply: { configuration, value throws(SettingProblem) in
+            configuration[keyPath: path] = try checked(value, in: range)
         }, read: { $0[keyPath: path].map { .integer($0) } })
     }
 
-    private static func real(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, Double> & Sendable, _ range: ClosedRange<Double>, openUpper: Bool = false) -> Setting {
-        Setting(key: key, flag: flag, apply: { configuration, value in
+    private static func real(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, Double> & Sendable, _ range: ClosedRange<Double>, openUpper: Bool = false, _ help: String) -> Setting {
+        Setting(key: key, flag: flag, type: .number(range, upperExclusive: openUpper), help: help, apply: { configuration, value throws(SettingProblem) in
             let number: Double
             switch value {
             case .real(let x): number = x
             case .integer(let x): number = Double(x)
-            default: throw fail(key, "expected a number, got \(value)")
+            default: throw SettingProblem("expected a number, got \(value)")
             }
             guard number.isFinite, range.contains(number), !(openUpper && number == range.upperBound) else {
-                throw fail(key, "\(number) is out of range; use a value in \(range.lowerBound)...\(range.upperBound)\(openUpper ? " (exclusive)" : "")")
+                throw SettingProblem("\(number) is out of range; use a value in \(range.lowerBound)...\(range.upperBound)\(openUpper ? " (exclusive)" : "")")
             }
             configuration[keyPath: path] = number
         }, read: { .real($0[keyPath: path]) })
     }
 
-    private static func choice(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, String> & Sendable, _ options: [String]) -> Setting {
-        Setting(key: key, flag: flag, apply: { configuration, value in
-            guard case .text(let text) = value else { throw fail(key, "expected a string, got \(value)") }
-            guard options.contains(text) else { throw fail(key, "\"\(text)\" is not one of \(options.map { "\"\($0)\"" }.joined(separator: ", "))") }
+    private static func choice(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, String> & Sendable, _ options: [String], _ help: String) -> Setting {
+        Setting(key: key, flag: flag, type: .choice(options), help: help, apply: { configuration, value throws(SettingProblem) in
+            guard case .text(let text) = value else { throw SettingProblem("expected a string, got \(value)") }
+            guard options.contains(text) else { throw SettingProblem("\"\(text)\" is not one of \(options.map { "\"\($0)\"" }.joined(separator: ", "))") }
             configuration[keyPath: path] = text
         }, read: { .text($0[keyPath: path]) })
     }
 
-    private static func path(_ key: String, _ flag: String, _ keyPath: WritableKeyPath<TrainingConfiguration, String> & Sendable) -> Setting {
-        Setting(key: key, flag: flag, apply: { configuration, value in
-            guard case .text(let text) = value, !text.isEmpty else { throw fail(key, "expected a non-empty path, got \(value)") }
-            configuration[keyPath: keyPath] = text
+    private static func path(_ key: String, _ flag: String, _ keyPath: WritableKeyPath<TrainingConfiguration, String> & Sendable, _ help: String) -> Setting {
+        Setting(key: key, flag: flag, type: .path, help: help, apply: { configuration, value throws(SettingProblem) in
+            configuration[keyPath: keyPath] = try text(value, or: "a non-empty path")
         }, read: { .text($0[keyPath: keyPath]) })
     }
 
-    private static func optionalPath(_ key: String, _ flag: String, _ keyPath: WritableKeyPath<TrainingConfiguration, String?> & Sendable) -> Setting {
-        Setting(key: key, flag: flag, apply: { configuration, value in
-            guard case .text(let text) = value, !text.isEmpty else { throw fail(key, "expected a non-empty path, got \(value)") }
-            configuration[keyPath: keyPath] = text
+    private static func optionalPath(_ key: String, _ flag: String, _ keyPath: WritableKeyPath<TrainingConfiguration, String?> & Sendable, _ help: String) -> Setting {
+        Setting(key: key, flag: flag, type: .path, help: help, apply: { configuration, value throws(SettingProblem) in
+            configuration[keyPath: keyPath] = try text(value, or: "a non-empty path")
         }, read: { $0[keyPath: keyPath].map { .text($0) } })
     }
 
-    private static func boolean(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, Bool> & Sendable) -> Setting {
-        Setting(key: key, flag: flag, apply: { configuration, value in
+    private static func boolean(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, Bool> & Sendable, _ help: String) -> Setting {
+        Setting(key: key, flag: flag, type: .boolean, help: help, apply: { configuration, value throws(SettingProblem) in
             switch value {
             case .boolean(let flag): configuration[keyPath: path] = flag
             case .text(let text) where ["true", "on", "yes", "1"].contains(text.lowercased()): configuration[keyPath: path] = true
             case .text(let text) where ["false", "off", "no", "0"].contains(text.lowercased()): configuration[keyPath: path] = false
-            default: throw fail(key, "expected true or false, got \(value)")
+            default: throw SettingProblem("expected true or false, got \(value)")
             }
         }, read: { .boolean($0[keyPath: path]) })
     }
 
-    private static func fusion(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, FusionChoice> & Sendable) -> Setting {
-        Setting(key: key, flag: flag, apply: { configuration, value in
+    private static func fusion(_ key: String, _ flag: String, _ path: WritableKeyPath<TrainingConfiguration, FusionChoice> & Sendable, _ help: String) -> Setting {
+        Setting(key: key, flag: flag, type: .choice(FusionChoice.allCases.map(\.rawValue)), help: help, apply: { configuration, value throws(SettingProblem) in
             let text: String
             switch value {
             case .text(let word): text = word.lowercased()
             case .boolean(let on): text = on ? "on" : "off"
-            default: throw fail(key, "expected \"auto\", \"on\" or \"off\", got \(value)")
+            default: throw SettingProblem("expected \"auto\", \"on\" or \"off\", got \(value)")
             }
             guard let choice = FusionChoice(rawValue: text == "true" ? "on" : text == "false" ? "off" : text) else {
-                throw fail(key, "expected \"auto\", \"on\" or \"off\", got \(value)")
+                throw SettingProblem("expected \"auto\", \"on\" or \"off\", got \(value)")
             }
             configuration[keyPath: path] = choice
         }, read: { .text($0[keyPath: path].rawValue) })
     }
 
-    /// Every key, in the order the effective configuration is written.
+    /// Every setting, in the order the effective configuration and `--help` list them.
     public static let all: [Setting] = [
-        integer("model.layers", "--layers", \.layers, 1...256),
-        integer("model.d_model", "--d-model", \.dModel, 1...65536),
-        integer("model.heads", "--heads", \.heads, 1...1024),
-        integer("model.context", "--context", \.context, 1...1_048_576),
-        real("model.dropout", "--dropout", \.dropout, 0...1, openUpper: true),
-        choice("data.dataset", "--dataset", \.dataset, ["arithmetic", "text"]),
-        Setting(key: "data.path", flag: "--data", apply: { configuration, value in
-            guard case .text(let text) = value, !text.isEmpty else { throw fail("data.path", "expected a file path, got \(value)") }
-            configuration.dataPath = text
+        integer("model.layers", "--layers", \.layers, 1...256, "Transformer blocks."),
+        integer("model.d_model", "--d-model", \.dModel, 1...65536, "Model width."),
+        integer("model.heads", "--heads", \.heads, 1...1024, "Attention heads."),
+        integer("model.context", "--context", \.context, 1...1_048_576, "Context length in tokens."),
+        real("model.dropout", "--dropout", \.dropout, 0...1, openUpper: true, "Dropout probability (embeddings, attention, residuals)."),
+        choice("data.dataset", "--dataset", \.dataset, ["arithmetic", "text"], "Dataset: the built-in arithmetic problems, or a text file's bytes (--data)."),
+        Setting(key: "data.path", flag: "--data", type: .path, help: "Train on this text file's bytes instead of the arithmetic dataset (sets --dataset text).", apply: { configuration, value throws(SettingProblem) in
+            configuration.dataPath = try text(value, or: "a file path")
             configuration.dataset = "text"
         }, read: { $0.dataPath.map { .text($0) } }),
-        integer("data.digits", "--digits", \.digits, 1...9),
-        integer("data.held_out", "--held-out", \.heldOut, 1...1_000_000),
-        real("data.validation_fraction", "--validation-fraction", \.validationFraction, 0...0.5),
-        Setting(key: "training.seed", flag: "--seed", apply: { configuration, value in
-            guard case .integer(let number) = value, number >= 0 else { throw fail("training.seed", "expected a non-negative integer, got \(value)") }
+        integer("data.digits", "--digits", \.digits, 1...9, "Maximum digits per arithmetic operand."),
+        integer("data.held_out", "--held-out", \.heldOut, 1...1_000_000, "Arithmetic problems held out of training to measure accuracy."),
+        real("data.validation_fraction", "--validation-fraction", \.validationFraction, 0...0.5, "Share of a text file kept for validation."),
+        Setting(key: "training.seed", flag: "--seed", type: .integer(0...Int.max), help: "Random seed (data, initialisation, dropout).", apply: { configuration, value throws(SettingProblem) in
+            guard case .integer(let number) = value, number >= 0 else { throw SettingProblem("expected a non-negative integer, got \(value)") }
             configuration.seed = UInt64(number)
         }, read: { .integer(Int(truncatingIfNeeded: $0.seed)) }),
-        integer("training.steps", "--steps", \.steps, 1...100_000_000),
-        integer("training.batch", "--batch", \.batch, 1...1_000_000),
-        integer("training.accumulate_steps", "--accumulate-steps", \.accumulateSteps, 1...65536),
-        choice("training.optimizer", "--optimizer", \.optimizer, ["adamw", "adam", "sgd", "momentum", "nesterov"]),
-        real("training.lr", "--lr", \.learningRate, 0...10),
-        real("training.min_lr", "--min-lr", \.minLearningRate, 0...10),
-        choice("training.lr_schedule", "--lr-schedule", \.schedule, ["cosine", "constant"]),
-        integer("training.warmup", "--warmup", \.warmupSteps, 0...100_000_000),
-        real("training.weight_decay", "--weight-decay", \.weightDecay, 0...10),
-        real("training.beta1", "--beta1", \.beta1, 0...1, openUpper: true),
-        real("training.beta2", "--beta2", \.beta2, 0...1, openUpper: true),
-        real("training.momentum", "--momentum", \.momentum, 0...1, openUpper: true),
-        real("training.grad_clip", "--grad-clip", \.gradClip, 0...1e9),
-        integer("training.eval_every", "--eval-every", \.evalEvery, 0...100_000_000),
-        integer("training.eval_batches", "--eval-batches", \.evalBatches, 1...1_000_000),
-        integer("training.checkpoint_every", "--checkpoint-every", \.checkpointEvery, 0...100_000_000),
-        integer("training.log_every", "--log-every", \.logEvery, 1...100_000_000),
-        optionalInteger("training.threads", "--threads", \.threads, 1...1024),
-        path("training.output", "--output", \.output),
-        optionalPath("training.save", "--save", \.save),
-        optionalPath("training.trace", "--trace", \.trace),
-        optionalInteger("parallel.dp", "--dp", \.dp, 1...4096),
-        Setting(key: "parallel.backend", flag: "--backend", apply: { configuration, value in
-            guard case .text(let text) = value, ["local", "mpi"].contains(text) else { throw fail("parallel.backend", "expected \"local\" or \"mpi\", got \(value)") }
+        integer("training.steps", "--steps", \.steps, 1...100_000_000, "Optimizer steps."),
+        integer("training.batch", "--batch", \.batch, 1...1_000_000, "Global batch: sequences per optimizer step."),
+        integer("training.accumulate_steps", "--accumulate-steps", \.accumulateSteps, 1...65536, "Micro-batches per step (gradient accumulation; with --pp, the pipeline's micro-batches)."),
+        choice("training.optimizer", "--optimizer", \.optimizer, ["adamw", "adam", "sgd", "momentum", "nesterov"], "Optimizer."),
+        real("training.lr", "--lr", \.learningRate, 0...10, "Peak learning rate."),
+        real("training.min_lr", "--min-lr", \.minLearningRate, 0...10, "Final learning rate of the cosine schedule."),
+        choice("training.lr_schedule", "--lr-schedule", \.schedule, ["cosine", "constant"], "Learning-rate schedule after the warm-up."),
+        integer("training.warmup", "--warmup", \.warmupSteps, 0...100_000_000, "Linear warm-up steps."),
+        real("training.weight_decay", "--weight-decay", \.weightDecay, 0...10, "Weight decay of matrices."),
+        real("training.beta1", "--beta1", \.beta1, 0...1, openUpper: true, "Adam's first-moment decay."),
+        real("training.beta2", "--beta2", \.beta2, 0...1, openUpper: true, "Adam's second-moment decay."),
+        real("training.momentum", "--momentum", \.momentum, 0...1, openUpper: true, "Momentum of the momentum and nesterov optimizers."),
+        real("training.grad_clip", "--grad-clip", \.gradClip, 0...1e9, "Clip gradients to this global norm (0: off)."),
+        integer("training.eval_every", "--eval-every", \.evalEvery, 0...100_000_000, "Validation loss every N steps (0: only at the end)."),
+        integer("training.eval_batches", "--eval-batches", \.evalBatches, 1...1_000_000, "Batches per validation-loss measurement."),
+        integer("training.checkpoint_every", "--checkpoint-every", \.checkpointEvery, 0...100_000_000, "Periodic checkpoint every N steps (0: off)."),
+        integer("training.log_every", "--log-every", \.logEvery, 1...100_000_000, "Metrics (and plain progress lines) every N steps."),
+        optionalInteger("training.threads", "--threads", \.threads, 1...1024, "Compute threads (default: CONVOY_THREADS or all cores); with --dp on Local ranks, shared among the ranks."),
+        path("training.output", "--output", \.output, "Directory of the run's outputs (config.toml, metrics.jsonl, periodic checkpoint)."),
+        optionalPath("training.save", "--save", \.save, "Directory of the final checkpoint (default: <output>/final)."),
+        optionalPath("training.trace", "--trace", \.trace, "Write a Chrome trace (chrome://tracing, Perfetto) of forward, backward, all-reduces and optimizer steps."),
+        optionalInteger("parallel.dp", "--dp", \.dp, 1...4096, "Data-parallel ranks (Local: threads of this process; under mpirun: the world size)."),
+        Setting(key: "parallel.backend", flag: "--backend", type: .choice(["local", "mpi"]), help: "Communication backend (default: mpi under mpirun, else local).", apply: { configuration, value throws(SettingProblem) in
+            guard case .text(let text) = value, ["local", "mpi"].contains(text) else { throw SettingProblem("expected \"local\" or \"mpi\", got \(value)") }
             configuration.backend = text
         }, read: { $0.backend.map { .text($0) } }),
-        integer("parallel.zero_stage", "--zero-stage", \.zeroStage, 0...3),
-        integer("parallel.tp", "--tp", \.tp, 1...4096),
-        Setting(key: "parallel.order", flag: "--mesh-order", apply: { configuration, value in
-            guard case .text(let text) = value else { throw fail("parallel.order", "expected axis names joined by '-' such as \"tp-dp-pp\", got \(value)") }
-            do { _ = try DeviceMesh(order: try DeviceMesh.parseOrder(text), sizes: [:]) } catch { throw fail("parallel.order", CompositionRules.message(of: error)) }
+        integer("parallel.zero_stage", "--zero-stage", \.zeroStage, 0...3, "ZeRO stage: 0 (plain data parallelism), 1 (shard optimizer state), 2 (also gradients), 3 (also parameters)."),
+        integer("parallel.tp", "--tp", \.tp, 1...4096, "Tensor-parallel ranks per layer (only 1 until tensor parallelism lands)."),
+        Setting(key: "parallel.order", flag: "--mesh-order", type: .text("AXES"), help: "Device-mesh axis order, fastest-varying first, e.g. tp-dp-pp.", apply: { configuration, value throws(SettingProblem) in
+            guard case .text(let text) = value else { throw SettingProblem("expected axis names joined by '-' such as \"tp-dp-pp\", got \(value)") }
+            do { _ = try DeviceMesh(order: try DeviceMesh.parseOrder(text), sizes: [:]) } catch { throw SettingProblem(CompositionRules.message(of: error)) }
             configuration.meshOrder = text
         }, read: { .text($0.meshOrder) }),
-        boolean("parallel.ddp.bucketing", "--bucketing", \.ddp.bucketing),
-        real("parallel.ddp.first_bucket_cap_mb", "--first-bucket-cap-mb", \.ddp.firstBucketCapMB, 1e-6...1e6),
-        real("parallel.ddp.bucket_cap_mb", "--bucket-cap-mb", \.ddp.bucketCapMB, 1e-6...1e6),
-        boolean("parallel.ddp.overlap_grad_reduce", "--overlap-grad-reduce", \.ddp.overlapGradReduce),
-        fusion("parallel.ddp.fuse_all_reduce", "--fuse-all-reduce", \.ddp.fuseAllReduce),
-        fusion("parallel.ddp.fuse_optimizer", "--fuse-optimizer", \.ddp.fuseOptimizer),
-        boolean("parallel.ddp.find_unused_parameters", "--find-unused-parameters", \.ddp.findUnusedParameters),
-        boolean("parallel.ddp.overlap_param_gather", "--overlap-param-gather", \.ddp.overlapParamGather),
-        boolean("parallel.ddp.reshard_after_forward", "--reshard-after-forward", \.ddp.reshardAfterForward),
-        integer("parallel.ddp.buckets_per_group", "--buckets-per-group", \.ddp.bucketsPerGroup, 1...1024),
-        integer("parallel.pipeline.pp", "--pp", \.pipeline.stages, 1...4096),
-        optionalInteger("parallel.pipeline.micro_batch_size", "--micro-batch-size", \.microBatchSize, 1...1_000_000),
-        Setting(key: "parallel.pipeline.schedule", flag: "--schedule", apply: { configuration, value in
-            guard case .text(let text) = value else { throw fail("parallel.pipeline.schedule", "expected a string, got \(value)") }
-            do { configuration.pipeline.schedule = try PipelineScheduleKind(parsing: text) } catch { throw fail("parallel.pipeline.schedule", "\(error)") }
+        boolean("parallel.ddp.bucketing", "--bucketing", \.ddp.bucketing, "Bucket gradients."),
+        real("parallel.ddp.first_bucket_cap_mb", "--first-bucket-cap-mb", \.ddp.firstBucketCapMB, 1e-6...1e6, "Cap of the first gradient bucket in MiB."),
+        real("parallel.ddp.bucket_cap_mb", "--bucket-cap-mb", \.ddp.bucketCapMB, 1e-6...1e6, "Cap of the other gradient buckets in MiB."),
+        boolean("parallel.ddp.overlap_grad_reduce", "--overlap-grad-reduce", \.ddp.overlapGradReduce, "Overlap bucket all-reduces with backward."),
+        fusion("parallel.ddp.fuse_all_reduce", "--fuse-all-reduce", \.ddp.fuseAllReduce, "One contiguous gradient buffer."),
+        fusion("parallel.ddp.fuse_optimizer", "--fuse-optimizer", \.ddp.fuseOptimizer, "Flat-buffer optimizer."),
+        boolean("parallel.ddp.find_unused_parameters", "--find-unused-parameters", \.ddp.findUnusedParameters, "Allow parameters without gradients."),
+        boolean("parallel.ddp.overlap_param_gather", "--overlap-param-gather", \.ddp.overlapParamGather, "ZeRO: gather updated parameters in the background, each layer waiting for its own."),
+        boolean("parallel.ddp.reshard_after_forward", "--reshard-after-forward", \.ddp.reshardAfterForward, "ZeRO-3: release each layer's parameters after its forward and gather them again for backward (true) or keep them (false)."),
+        integer("parallel.ddp.buckets_per_group", "--buckets-per-group", \.ddp.bucketsPerGroup, 1...1024, "ZeRO: consecutive buckets reduce-scattered (and gathered) by one collective."),
+        integer("parallel.pipeline.pp", "--pp", \.pipeline.stages, 1...4096, "Pipeline stages (pp); with --dp the world is pp·dp ranks, without it dp = world ÷ pp."),
+        optionalInteger("parallel.pipeline.micro_batch_size", "--micro-batch-size", \.microBatchSize, 1...1_000_000, "Sequences per micro-batch (checked: × accumulate steps × dp = batch)."),
+        Setting(key: "parallel.pipeline.schedule", flag: "--schedule", type: .choice(PipelineScheduleKind.allCases.map(\.rawValue)), help: "Pipeline schedule (also: F-then-B for gpipe, interleaved for interleaved-1f1b).", apply: { configuration, value throws(SettingProblem) in
+            guard case .text(let text) = value else { throw SettingProblem("expected a string, got \(value)") }
+            do { configuration.pipeline.schedule = try PipelineScheduleKind(parsing: text) } catch { throw SettingProblem("\(error)") }
         }, read: { .text($0.pipeline.schedule.rawValue) }),
-        integer("parallel.pipeline.virtual_stages", "--virtual-stages", \.pipeline.virtualStages, 1...1024),
-        Setting(key: "parallel.pipeline.stage_layers", flag: "--stage-layers", apply: { configuration, value in
+        integer("parallel.pipeline.virtual_stages", "--virtual-stages", \.pipeline.virtualStages, 1...1024, "Model chunks per pipeline rank (interleaved-1f1b)."),
+        Setting(key: "parallel.pipeline.stage_layers", flag: "--stage-layers", type: .integerList, help: "Layers per (virtual) stage, e.g. 3,3 (default: balanced).", apply: { configuration, value throws(SettingProblem) in
             // A TOML array of integers arrives as text "3,3" (see apply(toml:)), as does the flag.
-            guard case .text(let text) = value else { throw fail("parallel.pipeline.stage_layers", "expected layer counts such as [3, 3], got \(value)") }
+            guard case .text(let text) = value else { throw SettingProblem("expected layer counts such as [3, 3], got \(value)") }
             let counts = text.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
             guard !counts.isEmpty, counts.allSatisfy({ ($0 ?? 0) >= 1 }) else {
-                throw fail("parallel.pipeline.stage_layers", "expected positive layer counts such as [3, 3] (one per virtual stage), got \(value)")
+                throw SettingProblem("expected positive layer counts such as [3, 3] (one per virtual stage), got \(value)")
             }
             configuration.pipeline.stageLayers = counts.map { $0! }
         }, read: { $0.pipeline.stageLayers.map { .text($0.map(String.init).joined(separator: ",")) } }),
     ]
 
     private static let byKey: [String: Setting] = Dictionary(uniqueKeysWithValues: all.map { ($0.key, $0) })
+    static let byFlag: [String: Setting] = Dictionary(uniqueKeysWithValues: all.map { ($0.flag, $0) })
 
     /// Sets `key` (e.g. "training.lr") on a configuration, validating type and range.
     public static func apply(_ key: String, _ value: SettingValue, to configuration: inout TrainingConfiguration) throws {
         guard let setting = byKey[key] else {
-            throw ConvoyError.invalidConfiguration("unknown key '\(key)'; known keys: \(all.map(\.key).joined(separator: ", "))")
+            let suggestion = closest(to: key, among: all.map(\.key)).map { "did you mean '\($0)'? " } ?? ""
+            throw ConvoyError.invalidConfiguration("unknown key '\(key)'; \(suggestion)known keys: \(all.map(\.key).joined(separator: ", "))")
         }
-        try setting.apply(&configuration, value)
+        do {
+            try setting.apply(&configuration, value)
+        } catch {
+            throw ConvoyError.invalidConfiguration("\(key): \(error.message)")
+        }
     }
 
     /// Applies a TOML document's keys; unknown sections or keys, wrong types and bad values are errors that
@@ -277,36 +291,14 @@ public enum TrainingSettings {
         }
     }
 
-    /// Applies a flag's text, parsed as the key's type ("3e-4" for a number, "12" for an integer).
+    /// Applies a flag's text, read as the setting's type ("3e-4" for a number, "12" for an integer). Errors
+    /// name the flag: "--steps: -5 is out of range; use a value in 1...100000000".
     public static func applyFlag(_ flag: String, _ text: String, to configuration: inout TrainingConfiguration) throws {
-        guard let setting = all.first(where: { $0.flag == flag }) else {
-            throw ConvoyError.invalidConfiguration("unknown flag \(flag)")
-        }
-        let current = setting.read(configuration)
-        let value: SettingValue
-        switch current {
-        case .integer?:
-            guard let number = Int(text) else { throw ConvoyError.invalidConfiguration("\(flag): expected an integer, got '\(text)'") }
-            value = .integer(number)
-        case .real?:
-            guard let number = Double(text) else { throw ConvoyError.invalidConfiguration("\(flag): expected a number, got '\(text)'") }
-            value = .real(number)
-        case .boolean?:
-            value = .text(text)
-        default:
-            // Optional integers (threads) read as nil before they are set.
-            if ["training.threads", "parallel.dp", "parallel.pipeline.micro_batch_size"].contains(setting.key) {
-                guard let number = Int(text) else { throw ConvoyError.invalidConfiguration("\(flag): expected an integer, got '\(text)'") }
-                value = .integer(number)
-            } else {
-                value = .text(text)
-            }
-        }
+        guard let setting = byFlag[flag] else { throw unknownFlag(flag) }
         do {
-            try setting.apply(&configuration, value)
-        } catch let error as ConvoyError {
-            if case .invalidConfiguration(let message) = error { throw ConvoyError.invalidConfiguration("\(flag) (\(message))") }
-            throw error
+            try setting.apply(&configuration, try setting.type.value(fromFlag: text))
+        } catch {
+            throw ConvoyError.invalidConfiguration("\(flag): \(error.message)")
         }
     }
 
