@@ -38,6 +38,7 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("log-every"), help: "Metrics (and plain progress lines) every N steps.") var logEvery: Int?
     @Option(help: "Directory of the run's outputs (config.toml, metrics.jsonl, periodic checkpoint).") var output: String?
     @Option(help: "Directory of the final checkpoint (default: <output>/final).") var save: String?
+    @Flag(help: "Replace the metrics and checkpoints of an earlier run in --output/--save (without it they are refused; nothing Convoy did not write is ever replaced).") var overwrite = false
     @Option(help: "Resume from this checkpoint directory.") var resume: String?
     @Option(help: "Compute threads (default: CONVOY_THREADS or all cores); with --dp on Local ranks, shared among the ranks.") var threads: Int?
     @Option(help: "Data-parallel ranks (Local: threads of this process; under mpirun: the world size).") var dp: Int?
@@ -68,7 +69,7 @@ struct TrainCommand: ParsableCommand {
         add("--batch", batch); add("--accumulate-steps", accumulateSteps); add("--steps", steps); add("--lr", lr); add("--min-lr", minLR)
         add("--lr-schedule", lrSchedule); add("--warmup", warmup); add("--weight-decay", weightDecay); add("--grad-clip", gradClip)
         add("--optimizer", optimizer); add("--seed", seed); add("--eval-every", evalEvery); add("--checkpoint-every", checkpointEvery)
-        add("--log-every", logEvery); add("--output", output); add("--save", save); add("--threads", threads)
+        add("--log-every", logEvery); add("--output", output); add("--save", save); add("--overwrite", overwrite ? true : nil); add("--threads", threads)
         add("--dp", dp); add("--backend", backend); add("--zero-stage", zeroStage); add("--bucketing", bucketing); add("--first-bucket-cap-mb", firstBucketCapMB)
         add("--bucket-cap-mb", bucketCapMB); add("--overlap-grad-reduce", overlapGradReduce); add("--fuse-all-reduce", fuseAllReduce)
         add("--fuse-optimizer", fuseOptimizer); add("--find-unused-parameters", findUnusedParameters); add("--overlap-param-gather", overlapParamGather)

@@ -40,6 +40,8 @@ public final class Trainer {
     private let display: ProgressDisplay?
     private let timeline: Timeline?
     private var startStep = 0
+    /// The ranks' agreed configuration and run identity (RunAgreement.swift).
+    private let agreement: RunAgreement
 
     /// Rank 0 (or the only rank) does the printing, evaluation and saving.
     public var isLeader: Bool { (group?.rank ?? 0) == 0 }
@@ -50,6 +52,7 @@ public final class Trainer {
     public init(configuration: TrainingConfiguration, group: (any ProcessGroup)? = nil, resume: String? = nil,
                 display: ProgressDisplay? = nil, timeline: Timeline? = nil) throws {
         try configuration.validate()
+        agreement = try RunAgreement.establish(configuration, group: group)
         self.configuration = configuration
         self.group = group
         let ranks = group?.size ?? 1
@@ -174,7 +177,7 @@ public final class Trainer {
             return
         }
         // Sharded optimizer state: one file per rank plus the layout index, assembled in one temporary directory.
-        let tag = "sharded-step\(step)"
+        let tag = CheckpointTemporary.tag(pid: agreement.leaderPid, unique: "sharded-\(agreement.nonce)-step\(step)")
         if isLeader { try TrainingCheckpoint.prepareTemporaryDirectory(for: directory, tag: tag) }
         try group.barrier()
         let temporary = TrainingCheckpoint.temporaryDirectoryPath(for: directory, tag: tag)
@@ -295,8 +298,10 @@ public final class Trainer {
     public func run() throws -> TrainingSummary {
         let output = configuration.output
         var metrics: MetricsLog?
+        // Checks every output path and locks the output directory for the whole run (RunDirectory.swift).
+        let outputLock = isLeader ? try RunDirectory.claim(for: configuration, resuming: startStep > 0) : nil
+        defer { withExtendedLifetime(outputLock) {} }
         if isLeader {
-            try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
             try AtomicFile.write(Data(TrainingSettings.tomlText(configuration).utf8), to: output + "/config.toml")
             metrics = try MetricsLog(directory: output)
         }

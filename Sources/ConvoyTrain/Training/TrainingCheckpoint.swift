@@ -43,7 +43,7 @@ public enum TrainingCheckpoint {
                             extraFiles: [String: Data] = [:], failingAt failure: SaveStage? = nil) throws {
         let target = URL(fileURLWithPath: directory).standardizedFileURL
         let parent = target.deletingLastPathComponent().path
-        let temporary = try prepared ?? prepareTemporaryDirectory(for: directory, tag: "\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        let temporary = try prepared ?? prepareTemporaryDirectory(for: directory, tag: CheckpointTemporary.tag(unique: String(UInt32.random(in: 0...UInt32.max))))
         var published = false
         defer { if !published { try? FileManager.default.removeItem(atPath: temporary) } }
 
@@ -57,7 +57,10 @@ public enum TrainingCheckpoint {
         try AtomicFile.syncDirectory(temporary)
         if failure == .beforeRename { throw ConvoyError.io("simulated failure while saving \(directory)") }
 
+        // Only a Convoy checkpoint (or nothing) is ever replaced, and only a checkpoint's aside copy removed.
+        try RunDirectory.checkReplaceable(checkpoint: target.path)
         let aside = asidePath(target.path)
+        try RunDirectory.checkReplaceable(checkpoint: aside)
         try? FileManager.default.removeItem(atPath: aside)
         let hadPrevious = FileManager.default.fileExists(atPath: target.path)
         if hadPrevious, rename(target.path, aside) != 0 {
@@ -73,13 +76,15 @@ public enum TrainingCheckpoint {
         if hadPrevious { try? FileManager.default.removeItem(atPath: aside) }
     }
 
-    /// Creates (empty) the temporary sibling directory a checkpoint of `directory` is assembled in. The name
-    /// depends only on `tag`, so every rank of a sharded save can compute it.
+    /// Creates (empty) the temporary sibling directory a checkpoint of `directory` is assembled in, after
+    /// removing the temporaries dead processes left (``CheckpointTemporary``). The name depends only on
+    /// `tag` (see ``CheckpointTemporary/tag(pid:unique:)``), so every rank of a sharded save can compute it.
     @discardableResult
     public static func prepareTemporaryDirectory(for directory: String, tag: String) throws -> String {
         let target = URL(fileURLWithPath: directory).standardizedFileURL
         let parent = target.deletingLastPathComponent().path
         try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
+        CheckpointTemporary.removeStale(for: directory)
         let temporary = temporaryDirectoryPath(for: directory, tag: tag)
         try? FileManager.default.removeItem(atPath: temporary)
         try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false)

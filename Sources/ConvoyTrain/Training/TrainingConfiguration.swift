@@ -51,6 +51,8 @@ public struct TrainingConfiguration: Sendable, Equatable {
     public var output = "runs/train"
     /// Where the final checkpoint goes (nil: `<output>/final`).
     public var save: String?
+    /// Replace the outputs of an earlier run in `output` and `save` (otherwise refused; RunDirectory.swift).
+    public var overwrite = false
 
     // [parallel]
     /// Data-parallel ranks (nil: 1 on the Local backend, the world size under MPI).

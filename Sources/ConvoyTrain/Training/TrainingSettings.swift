@@ -157,6 +157,7 @@ public enum TrainingSettings {
         optionalInteger("training.threads", "--threads", \.threads, 1...1024),
         path("training.output", "--output", \.output),
         optionalPath("training.save", "--save", \.save),
+        boolean("training.overwrite", "--overwrite", \.overwrite),
         optionalPath("training.trace", "--trace", \.trace),
         optionalInteger("parallel.dp", "--dp", \.dp, 1...4096),
         Setting(key: "parallel.backend", flag: "--backend", apply: { configuration, value in
