@@ -17,6 +17,9 @@ struct Convoy: ParsableCommand {
     /// Errors a person can cause (bad flags, files, checkpoints) end in one clear line and exit status 1,
     /// never a stack trace. Under MPI the line names the rank, and the whole job is aborted (see ``fail(_:)``).
     static func main() {
+        // A closed pipe (`convoy train | head -1`) must not kill the process silently: writes then fail with
+        // EPIPE, which StandardOutput turns into an error.
+        signal(SIGPIPE, SIG_IGN)
         do {
             var command = try parseAsRoot()
             try command.run()
@@ -37,7 +40,8 @@ struct Convoy: ParsableCommand {
     /// a normal exit would wait for them in `MPI_Finalize`.
     static func fail(_ message: String) -> Never {
         if let runtime = MPIRuntime.shared, runtime.worldSize > 1 {
-            FileHandle.standardError.write(Data("error: rank \(runtime.worldRank) of \(runtime.worldSize): \(message); aborting the job\n".utf8))
+            let sentence = message.hasSuffix(".") ? String(message.dropLast()) : message
+            FileHandle.standardError.write(Data("error: rank \(runtime.worldRank) of \(runtime.worldSize): \(sentence); aborting the job\n".utf8))
             MPIRuntime.abortJob(exitCode: 1)
         }
         FileHandle.standardError.write(Data("error: \(message)\n".utf8))

@@ -76,6 +76,7 @@ struct TrainCommand: ParsableCommand {
         add("--reshard-after-forward", reshardAfterForward); add("--buckets-per-group", bucketsPerGroup); add("--trace", trace)
         add("--pp", pp); add("--micro-batch-size", microBatchSize); add("--schedule", schedule); add("--virtual-stages", virtualStages); add("--stage-layers", stageLayers)
         let configuration = try TrainingSettings.resolve(configFile: config, flags: flags)
+        if let trace = configuration.trace { try RunDirectory.checkWritableFile(trace, flag: "--trace") }
         let timeline = configuration.trace == nil ? nil : Timeline()
         // mpirun forwards output through a pseudo-terminal; a live line redrawn from rank 0 only garbles it.
         let display = CommunicationBackend.isUnderMPI() ? ProgressDisplay(plainEvery: configuration.logEvery, isTerminal: false) : ProgressDisplay(plainEvery: configuration.logEvery)
@@ -88,7 +89,7 @@ struct TrainCommand: ParsableCommand {
             if ranks == 1 {
                 ComputePool.setSharedThreadCount(threads)
                 let trainer = try Trainer(configuration: configuration, resume: resume, display: display, timeline: timeline)
-                if trainer.firstStep > 0 { display.message("resumed from \(resume!) at step \(trainer.firstStep)") }
+                if trainer.firstStep > 0 { try display.message("resumed from \(resume!) at step \(trainer.firstStep)") }
                 summary = try trainer.run()
             } else {
                 // Validate before starting any rank, so a bad configuration fails once, clearly.
@@ -96,7 +97,7 @@ struct TrainCommand: ParsableCommand {
                 let resume = self.resume
                 let summaries = try LocalWorld.run(size: ranks, threadsPerRank: max(1, threads / ranks)) { group in
                     let trainer = try Trainer(configuration: configuration, group: group, resume: resume, display: display, timeline: timeline)
-                    if trainer.firstStep > 0 && group.rank == 0 { display.message("resumed from \(resume!) at step \(trainer.firstStep)") }
+                    if trainer.firstStep > 0 && group.rank == 0 { try display.message("resumed from \(resume!) at step \(trainer.firstStep)") }
                     return try trainer.run()
                 }
                 summary = summaries[0]
@@ -114,7 +115,7 @@ struct TrainCommand: ParsableCommand {
         }
         if let timeline, let path = configuration.trace {
             try AtomicFile.write(timeline.chromeTraceJSON(), to: path)
-            display.message("trace: \(path) (open in chrome://tracing or ui.perfetto.dev)")
+            try display.message("trace: \(path) (open in chrome://tracing or ui.perfetto.dev)")
         }
         var lines = [String(format: "trained %d steps in %@ (%.0f tokens/s); final loss %.4f", summary.steps, ProgressDisplay.duration(summary.seconds), summary.tokensPerSecond, summary.finalLoss)]
         if let validation = summary.validationLoss { lines.append(String(format: "validation loss %.4f", validation)) }
@@ -122,6 +123,6 @@ struct TrainCommand: ParsableCommand {
             lines.append(String(format: "held-out arithmetic: %d/%d exact (accuracy %.1f%%)", report.correct, report.problems, report.accuracy * 100))
         }
         lines.append("checkpoint: \(summary.checkpoint); metrics: \(configuration.output)/metrics.jsonl")
-        for line in lines { display.message(line) }
+        for line in lines { try display.message(line) }
     }
 }

@@ -40,8 +40,9 @@ public struct RunAgreement: Sendable {
         let mine = RunAgreement()
         guard let group, group.size > 1 else { return mine }
         let text = comparedText(configuration)
+        // FNV-1a (streamID): the same in every process, unlike Swift's per-process seeded Hasher.
         // Each rank's record: the hash, pid and nonce as 16-bit pieces, which Float32 carries exactly.
-        let record = pieces(fnv1a(text), count: 4) + pieces(UInt64(UInt32(bitPattern: mine.leaderPid)), count: 2) + pieces(UInt64(mine.nonce), count: 2)
+        let record = pieces(PhiloxRandom.streamID(text), count: 4) + pieces(UInt64(UInt32(bitPattern: mine.leaderPid)), count: 2) + pieces(UInt64(mine.nonce), count: 2)
         let records = try allGather(record, group: group)
         let hashes = (0..<group.size).map { join(records[$0 * record.count..<$0 * record.count + 4]) }
         let leader = records[0..<record.count]
@@ -96,13 +97,6 @@ public struct RunAgreement: Sendable {
             result.append((section + "." + line[..<equals.lowerBound], String(line[equals.upperBound...])))
         }
         return result
-    }
-
-    /// 64-bit FNV-1a: the same in every process (Swift's `Hasher` is seeded per process).
-    static func fnv1a(_ text: String) -> UInt64 {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in text.utf8 { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
-        return hash
     }
 
     private static func pieces(_ value: UInt64, count: Int) -> [Float] {

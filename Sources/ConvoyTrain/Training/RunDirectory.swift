@@ -69,11 +69,7 @@ public enum RunDirectory {
                 throw ConvoyError.io("--output \(configuration.output) exists and is not a Convoy run directory (it holds \(listing(contents))); Convoy will not write into it. Choose a new or empty directory")
             }
         }
-        do {
-            try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
-        } catch {
-            throw ConvoyError.io("cannot create --output directory \(configuration.output): \(reason(error))")
-        }
+        try makeDirectories(output, flag: "--output")
         let lock = try OutputLock(directory: output)
 
         let checkpoints = [(final, configuration.save == nil ? "--output" : "--save"), (periodic, "--output")]
@@ -97,11 +93,33 @@ public enum RunDirectory {
         return lock
     }
 
+    /// Throws unless a file can be written at `path` later (its directory exists and is writable, and `path`
+    /// is not a directory), so that a bad path fails before a run instead of after it.
+    public static func checkWritableFile(_ path: String, flag: String) throws {
+        let parent = URL(fileURLWithPath: path).standardizedFileURL.deletingLastPathComponent().path
+        guard isDirectory(parent) else { throw ConvoyError.io("\(flag) \(path): the directory \(parent) does not exist; create it or choose another path") }
+        guard !isDirectory(path) else { throw ConvoyError.io("\(flag) \(path) is a directory; give a file path") }
+        guard access(parent, W_OK) == 0 else { throw ConvoyError.io("\(flag) \(path): cannot write into \(parent) (\(String(cString: strerror(errno)))); choose another path") }
+    }
+
     // MARK: Helpers
 
     static func standardized(_ path: String) -> String {
         let result = URL(fileURLWithPath: path).standardizedFileURL.path
         return result.count > 1 && result.hasSuffix("/") ? String(result.dropLast()) : result
+    }
+
+    /// `mkdir -p`, with the OS's reason on failure (Foundation's createDirectory words it vaguely).
+    static func makeDirectories(_ path: String, flag: String) throws {
+        var prefix = ""
+        for component in path.split(separator: "/") {
+            prefix += "/" + component
+            if isDirectory(prefix) { continue }
+            if mkdir(prefix, 0o755) == 0 { continue }
+            let code = errno
+            if code == EEXIST && isDirectory(prefix) { continue }
+            throw ConvoyError.io("cannot create the \(flag) directory \(path): \(prefix): \(String(cString: strerror(code))); choose another path")
+        }
     }
 
     private static func isDirectory(_ path: String) -> Bool {

@@ -65,6 +65,7 @@ public final class Trainer {
         let mesh = try DeviceMesh(dp: dp, pp: pp, tp: 1)
         let dataParallelRank = mesh.position(along: .dp, of: group?.rank ?? 0)
         if pp > 1 { try configuration.validatePipeline(dataParallelSize: dp) }
+        try configuration.validateMicroBatchSize(dataParallelSize: dp)
         dataset = try configuration.makeDataset()
         sampler = try DistributedSampler(globalBatch: configuration.batch, worldSize: dp, rank: dataParallelRank, microBatches: configuration.accumulateSteps)
         model = try GPT(configuration.modelConfiguration, seed: configuration.seed)
@@ -127,6 +128,7 @@ public final class Trainer {
         let state = contents.state
         var saved = TrainingConfiguration()
         try? TrainingSettings.apply(toml: state.configuration, source: directory + "/trainer.json", to: &saved)
+        try configuration.checkSameDataset(as: saved, checkpoint: directory)
         let runningStage = zero?.stage ?? pipeline?.zero?.stage ?? 0
         guard saved.zeroStage == runningStage else {
             throw ConvoyError.incompatible("checkpoint \(directory) was written under ZeRO stage \(saved.zeroStage), the run uses --zero-stage \(runningStage); resume with the same stage (resharding is not supported yet)")
@@ -311,7 +313,7 @@ public final class Trainer {
         var windowStart = 0.0, windowSteps = 0
         var tokensPerSecond = 0.0
         var lastLoss = Double.nan, lastValidation: Double?
-        display?.message("training \(model.parameterCount) parameters on \(dataset.summary); \(configuration.steps - startStep) steps of \(configuration.batch) × \(configuration.context) tokens" + (parallel.map { "; data parallel over \($0.group.size) ranks, \($0.bucketCount) buckets" } ?? "")
+        try display?.message("training \(model.parameterCount) parameters on \(dataset.summary); \(configuration.steps - startStep) steps of \(configuration.batch) × \(configuration.context) tokens" + (parallel.map { "; data parallel over \($0.group.size) ranks, \($0.bucketCount) buckets" } ?? "")
             + (zero.map { "; ZeRO stage \($0.stage) over \($0.group.size) ranks, \($0.buffer.buckets.count) buckets" } ?? "")
             + (pipeline.map { "; pipeline of \($0.mesh.pp) stages (layers \($0.stage.partition.stageLayers.map(String.init).joined(separator: "/"))), \($0.schedule.kind.rawValue), \(configuration.accumulateSteps) micro-batches, \($0.mesh.dp) replicas" } ?? ""))
 
@@ -328,9 +330,9 @@ public final class Trainer {
             let done = step + 1
             let remaining = Double(configuration.steps - done) * tokensPerStep / max(tokensPerSecond, 1e-9)
             let learningRate = Double(optimizer.learningRate)
-            display?.step(done, of: configuration.steps, loss: loss, tokensPerSecond: tokensPerSecond, learningRate: learningRate, elapsed: now, remaining: remaining)
+            try display?.step(done, of: configuration.steps, loss: loss, tokensPerSecond: tokensPerSecond, learningRate: learningRate, elapsed: now, remaining: remaining)
             if done % configuration.logEvery == 0 || done == configuration.steps {
-                metrics?.write(["step": done, "loss": loss, "lr": learningRate, "tokens_per_s": tokensPerSecond, "grad_norm": norm, "elapsed_s": now])
+                try metrics?.write(["step": done, "loss": loss, "lr": learningRate, "tokens_per_s": tokensPerSecond, "grad_norm": norm, "elapsed_s": now])
             }
             if configuration.evalEvery > 0 && done % configuration.evalEvery == 0 && done < configuration.steps {
                 // Rank 0 alone evaluates: every rank gathers the parameters first (collective under ZeRO-3).
@@ -342,8 +344,8 @@ public final class Trainer {
                 }
                 if isLeader, let validation = validationLoss(batches: configuration.evalBatches) {
                     lastValidation = validation
-                    metrics?.write(["step": done, "val_loss": validation, "elapsed_s": elapsed()])
-                    display?.message(String(format: "step %d: validation loss %.4f", done, validation))
+                    try metrics?.write(["step": done, "val_loss": validation, "elapsed_s": elapsed()])
+                    try display?.message(String(format: "step %d: validation loss %.4f", done, validation))
                 }
                 try group?.barrier()
             }
@@ -362,11 +364,11 @@ public final class Trainer {
         if isLeader {
             if let validation = validationLoss(batches: configuration.evalBatches) {
                 lastValidation = validation
-                metrics?.write(["step": configuration.steps, "val_loss": validation, "elapsed_s": seconds])
+                try metrics?.write(["step": configuration.steps, "val_loss": validation, "elapsed_s": seconds])
             }
             if let arithmetic = dataset as? ArithmeticDataset {
                 report = try ArithmeticEvaluator.evaluate(model: model, problems: arithmetic.heldOutProblems)
-                metrics?.write(["step": configuration.steps, "accuracy": report!.accuracy, "problems": report!.problems])
+                try metrics?.write(["step": configuration.steps, "accuracy": report!.accuracy, "problems": report!.problems])
             }
         }
         try saveCheckpoint(afterStep: configuration.steps, to: configuration.finalCheckpointDirectory)

@@ -125,9 +125,7 @@ public enum TrainingCheckpoint {
             throw ConvoyError.malformedFile(path: trainerPath, reason: "missing: \(directory) is not a training checkpoint (it has no trainer.json)")
         }
         let state: TrainerState
-        do { state = try JSONDecoder().decode(TrainerState.self, from: trainerData) } catch {
-            throw ConvoyError.malformedFile(path: trainerPath, reason: "not a valid trainer state (\(error))")
-        }
+        state = try TrainerState.decode(trainerData, path: trainerPath)
         guard state.formatVersion == 1 else {
             throw ConvoyError.incompatible("\(trainerPath) has format version \(state.formatVersion); this Convoy reads version 1")
         }
@@ -143,6 +141,7 @@ public enum TrainingCheckpoint {
             throw ConvoyError.incompatible("checkpoint \(directory) has no \(optimizerFile): it was saved with another data-parallel or ZeRO layout (resharding is not supported yet)")
         }
         let optimizerFile = try SafeTensors.read(contentsOf: optimizerPath)
+        for (name, tensor) in optimizerFile.tensors { try FiniteValues.check(tensor, name: name, in: optimizerPath) }
         var scalars: [String: Double] = [:]
         for (key, value) in optimizerFile.metadata where key.hasPrefix("scalar.") {
             guard let number = Double(value) else { throw ConvoyError.malformedFile(path: optimizerPath, reason: "metadata \(key) is not a number") }

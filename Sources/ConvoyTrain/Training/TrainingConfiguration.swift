@@ -94,6 +94,7 @@ public struct TrainingConfiguration: Sendable, Equatable {
         }
         switch dataset {
         case "arithmetic":
+            if let dataPath { throw Self.contradictoryDataset(dataPath) }
             let needed = ArithmeticDataset.longestLine(digits: digits)
             guard context >= needed else {
                 throw ConvoyError.invalidConfiguration("model.context \(context) is too short for \(digits)-digit additions (lines up to \(needed) tokens); use --context \(needed) or more")
@@ -124,9 +125,7 @@ public struct TrainingConfiguration: Sendable, Equatable {
         guard zeroStage <= 2 else {
             throw ConvoyError.invalidConfiguration("parallel.zero_stage \(zeroStage) does not combine with pipeline parallelism (pp = \(pipeline.stages)): stage 3 gathers each layer for every forward and backward, and a pipeline interleaves those of many micro-batches; use --zero-stage 0, 1 or 2")
         }
-        if let microBatchSize, let dp, microBatchSize * accumulateSteps * dp != batch {
-            throw ConvoyError.invalidConfiguration("micro_batch_size \(microBatchSize) × accumulate_steps \(accumulateSteps) × dp \(dp) = \(microBatchSize * accumulateSteps * dp) is not the global batch \(batch); change --micro-batch-size, --accumulate-steps or --batch")
-        }
+        if let dp { try validateMicroBatchSize(dataParallelSize: dp) }
     }
 
     /// The learning-rate schedule.

@@ -225,6 +225,9 @@ public enum TrainingSettings {
             }
         }
         flatten(table, prefix: "")
+        if entries.contains(where: { $0.0 == "data.dataset" && $0.1.string == "arithmetic" }), let path = entries.first(where: { $0.0 == "data.path" })?.1.string {
+            throw TrainingConfiguration.contradictoryDataset(path)
+        }
         for (key, value) in entries {
             let converted: SettingValue
             switch value.type {
@@ -314,6 +317,10 @@ public enum TrainingSettings {
             try apply(toml: text, source: configFile, to: &configuration)
         }
         for (flag, value) in flags { try applyFlag(flag, value, to: &configuration) }
+        // --data switches the dataset to text, so an explicit `--dataset arithmetic` beside it is a contradiction.
+        if flags.contains(where: { $0.flag == "--dataset" && $0.value == "arithmetic" }), let path = configuration.dataPath {
+            throw TrainingConfiguration.contradictoryDataset(path)
+        }
         try configuration.validate()
         return configuration
     }
