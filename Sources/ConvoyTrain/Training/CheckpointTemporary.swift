@@ -12,15 +12,15 @@ import Glibc
 /// one process apart.
 public enum CheckpointTemporary {
     /// This machine's name as it appears in temporary names (characters that could confuse a path removed).
-    static let host: String = {
+    public static let host: String = {
         var buffer = [CChar](repeating: 0, count: 256)
         guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
         let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self).filter { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "." }
         return name.isEmpty ? "localhost" : name
     }()
 
-    /// A tag for a temporary owned by process `pid` of this host; `unique` tells its saves apart.
-    public static func tag(pid: Int32 = getpid(), unique: String) -> String { "\(pid)-\(unique)@\(host)" }
+    /// A tag for a temporary owned by process `pid` of `host` (default: this one); `unique` tells its saves apart.
+    public static func tag(pid: Int32 = getpid(), unique: String, host: String = host) -> String { "\(pid)-\(unique)@\(host)" }
 
     /// The owner pid of a temporary's tag, if it was made on this host (legacy tags without a host are
     /// taken as local).

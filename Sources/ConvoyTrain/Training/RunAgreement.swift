@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// What the ranks of a run establish together at start-up, before any compute: that they all resolved the
-/// same configuration, and an identity of the run (rank 0's pid and a random nonce) that names the
+/// same configuration, and an identity of the run (rank 0's pid and host and a random nonce) that names the
 /// temporaries of sharded checkpoints, so that two runs never share one.
 ///
 /// Ranks started with different flags or config files would otherwise train different replicas without an
@@ -17,6 +17,9 @@ public struct RunAgreement: Sendable {
     public let leaderPid: Int32
     /// A random number drawn by rank 0, the same on every rank.
     public let nonce: UInt32
+    /// Rank 0's host name as temporary names carry it (``CheckpointTemporary``): the ranks of a sharded save
+    /// on other hosts must name rank 0's temporary directory, not one of their own host.
+    public let leaderHost: String
 
     /// Keys that may differ between ranks: they choose local resources, not what is trained.
     static let perRankKeys: Set<String> = ["training.threads"]
@@ -25,11 +28,21 @@ public struct RunAgreement: Sendable {
     public init() {
         leaderPid = getpid()
         nonce = UInt32.random(in: 0...UInt32.max)
+        leaderHost = CheckpointTemporary.host
     }
 
-    private init(leaderPid: Int32, nonce: UInt32) {
+    private init(leaderPid: Int32, nonce: UInt32, leaderHost: String) {
         self.leaderPid = leaderPid
         self.nonce = nonce
+        self.leaderHost = leaderHost
+    }
+
+    /// The most bytes of a host name carried (Linux's HOST_NAME_MAX).
+    static let hostBytes = 64
+
+    /// The tag of this run's sharded checkpoint temporary after `step` (the same on every rank).
+    public func shardedTemporaryTag(step: Int) -> String {
+        CheckpointTemporary.tag(pid: leaderPid, unique: "sharded-\(nonce)-step\(step)", host: leaderHost)
     }
 
     /// Agrees on the configuration over `group` (collective; nothing to do without a group of 2 or more).
@@ -41,12 +54,16 @@ public struct RunAgreement: Sendable {
         guard let group, group.size > 1 else { return mine }
         let text = comparedText(configuration)
         // FNV-1a (streamID): the same in every process, unlike Swift's per-process seeded Hasher.
-        // Each rank's record: the hash, pid and nonce as 16-bit pieces, which Float32 carries exactly.
+        // Each rank's record: the hash, pid and nonce as 16-bit pieces, which Float32 carries exactly, then
+        // the host name's bytes (zero-padded).
+        let host = Array(mine.leaderHost.utf8.prefix(Self.hostBytes))
         let record = pieces(PhiloxRandom.streamID(text), count: 4) + pieces(UInt64(UInt32(bitPattern: mine.leaderPid)), count: 2) + pieces(UInt64(mine.nonce), count: 2)
+            + host.map(Float.init) + [Float](repeating: 0, count: Self.hostBytes - host.count)
         let records = try allGather(record, group: group)
         let hashes = (0..<group.size).map { join(records[$0 * record.count..<$0 * record.count + 4]) }
         let leader = records[0..<record.count]
-        let agreement = RunAgreement(leaderPid: Int32(bitPattern: UInt32(join(leader[4..<6]))), nonce: UInt32(join(leader[6..<8])))
+        let leaderHost = String(decoding: leader.dropFirst(8).prefix { $0 != 0 }.map { UInt8($0) }, as: UTF8.self)
+        let agreement = RunAgreement(leaderPid: Int32(bitPattern: UInt32(join(leader[4..<6]))), nonce: UInt32(join(leader[6..<8])), leaderHost: leaderHost)
         guard Set(hashes).count > 1 else { return agreement }
 
         // They differ: exchange the texts (lengths first, then the bytes padded to the longest).

@@ -179,7 +179,7 @@ public final class Trainer {
             return
         }
         // Sharded optimizer state: one file per rank plus the layout index, assembled in one temporary directory.
-        let tag = CheckpointTemporary.tag(pid: agreement.leaderPid, unique: "sharded-\(agreement.nonce)-step\(step)")
+        let tag = agreement.shardedTemporaryTag(step: step)
         if isLeader { try TrainingCheckpoint.prepareTemporaryDirectory(for: directory, tag: tag) }
         try group.barrier()
         let temporary = TrainingCheckpoint.temporaryDirectoryPath(for: directory, tag: tag)
