@@ -29,7 +29,7 @@ struct BenchCommCommand: ParsableCommand {
     @Flag(help: "One JSON line per size.") var json = false
 
     func validate() throws {
-        guard ranks > 0 else { throw ValidationError("--ranks must be positive") }
+        try InputBounds.check(ranks, InputBounds.localRanks, flag: "--ranks", why: "Local ranks are threads of this process")
         guard minBytes >= 4, maxBytes >= minBytes else { throw ValidationError("need 4 ≤ --min-bytes ≤ --max-bytes") }
         guard iterations > 0 else { throw ValidationError("--iterations must be positive") }
     }

@@ -15,27 +15,40 @@ struct Convoy: ParsableCommand {
         defaultSubcommand: nil)
 
     /// Errors a person can cause (bad flags, files, checkpoints) end in one clear line and exit status 1,
-    /// never a stack trace.
+    /// never a stack trace. Under MPI the line names the rank, and the whole job is aborted (see ``fail(_:)``).
     static func main() {
+        // A closed pipe (`convoy train | head -1`) must not kill the process silently: writes then fail with
+        // EPIPE, which StandardOutput turns into an error.
+        signal(SIGPIPE, SIG_IGN)
         do {
             var command = try parseAsRoot()
             try command.run()
         } catch let error as ConvoyError {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            Foundation.exit(1)
+            fail("\(error)")
         } catch let error as CommunicationError {
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            Foundation.exit(1)
+            fail("\(error)")
         } catch let error as BackwardError {
             // A collective inside backward failed: the message names the step and the collective.
-            FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-            Foundation.exit(1)
+            fail("\(error)")
         } catch let error as CocoaError {
-            FileHandle.standardError.write(Data("error: \(error.localizedDescription)\n".utf8))
-            Foundation.exit(1)
+            fail(error.localizedDescription)
         } catch {
+            if let runtime = MPIRuntime.shared, runtime.worldSize > 1 { fail(fullMessage(for: error)) }
             exit(withError: error)
         }
+    }
+
+    /// Prints `message` as one error line and exits with status 1. Under MPI with other ranks it aborts the
+    /// job instead of exiting normally: the others are (or will be) waiting for this rank in a collective, and
+    /// a normal exit would wait for them in `MPI_Finalize`.
+    static func fail(_ message: String) -> Never {
+        if let runtime = MPIRuntime.shared, runtime.worldSize > 1 {
+            let sentence = message.hasSuffix(".") ? String(message.dropLast()) : message
+            FileHandle.standardError.write(Data("error: rank \(runtime.worldRank) of \(runtime.worldSize): \(sentence); aborting the job\n".utf8))
+            MPIRuntime.abortJob(exitCode: 1)
+        }
+        FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+        Foundation.exit(1)
     }
 }
 

@@ -34,7 +34,7 @@ struct EvalCommand: ParsableCommand {
         if let context, context <= 0 { throw ValidationError("--context must be positive") }
         guard batch > 0 else { throw ValidationError("--batch must be positive") }
         if let maxBatches, maxBatches <= 0 { throw ValidationError("--max-batches must be positive") }
-        if let threads, threads <= 0 { throw ValidationError("--threads must be positive") }
+        if let threads { try InputBounds.check(threads, InputBounds.threads, flag: "--threads") }
     }
 
     func run() throws {
@@ -94,7 +94,7 @@ struct EvalCommand: ParsableCommand {
     private func evaluateArithmetic(_ model: GPT, directory: String) throws {
         var trained = TrainingConfiguration()
         if let state = FileManager.default.contents(atPath: directory + "/" + TrainingCheckpoint.trainerFileName) {
-            let decoded = try JSONDecoder().decode(TrainerState.self, from: state)
+            let decoded = try TrainerState.decode(state, path: directory + "/" + TrainingCheckpoint.trainerFileName)
             try TrainingSettings.apply(toml: decoded.configuration, source: directory + "/trainer.json", to: &trained)
         }
         let dataset = try ArithmeticDataset(

@@ -15,7 +15,8 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Compute threads.") var threads: Int?
 
     func validate() throws {
-        guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be ≥ 0") }
+        try InputBounds.check(maxTokens, InputBounds.generatedTokens, flag: "--max-tokens", why: "each token is a forward pass; generate longer texts in several runs")
+        if let threads { try InputBounds.check(threads, InputBounds.threads, flag: "--threads") }
         guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be ≥ 0") }
         guard seed >= 0 else { throw ValidationError("--seed must be ≥ 0") }
         guard !prompt.isEmpty else { throw ValidationError("--prompt must not be empty") }
@@ -26,8 +27,12 @@ struct GenerateCommand: ParsableCommand {
         let model = try GPTCheckpoint.load(from: try TrainingCheckpoint.resolvedDirectory(checkpoint))
         model.eval()
         let tokenizer = ByteTokenizer()
-        let generated = try TextGenerator(model: model).generate(
-            prompt: tokenizer.encode(prompt), maxNewTokens: maxTokens, temperature: Float(temperature), seed: UInt64(seed))
-        print(prompt + tokenizer.decode(generated))
+        // Streamed token by token (the tokens are bytes), so a long generation shows as it goes and a closed
+        // pipe stops it at once.
+        try StandardOutput.write(prompt)
+        _ = try TextGenerator(model: model).generate(
+            prompt: tokenizer.encode(prompt), maxNewTokens: maxTokens, temperature: Float(temperature), seed: UInt64(seed),
+            onToken: { try StandardOutput.write([UInt8(truncatingIfNeeded: $0)]) })
+        try StandardOutput.write("\n")
     }
 }

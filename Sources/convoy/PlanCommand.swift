@@ -41,6 +41,28 @@ struct PlanCommand: ParsableCommand {
     @Flag(help: "Print the composition rules table (which parallel features combine, under which conditions).") var rules = false
     @Flag(help: "Print JSON lines instead of tables: the layout (or the rules), then one line per ZeRO stage.") var json = false
 
+    func validate() throws {
+        let bounds: [(Int?, ClosedRange<Int>, String)] = [(layers, InputBounds.layers, "--layers"), (dModel, InputBounds.width, "--d-model"), (heads, InputBounds.heads, "--heads"),
+                                     (context, InputBounds.context, "--context"), (vocab, InputBounds.vocabulary, "--vocab"), (dp, InputBounds.ranks, "--dp"),
+                                     (pp, InputBounds.ranks, "--pp"), (accumulateSteps, InputBounds.microBatches, "--accumulate-steps"),
+                                     (microBatchSize, InputBounds.microBatchSize, "--micro-batch-size"), (virtualStages, InputBounds.virtualStages, "--virtual-stages")]
+        for (value, range, flag) in bounds {
+            if let value { try InputBounds.check(value, range, flag: flag) }
+        }
+    }
+
+    /// Throws unless every byte count the plan computes fits in an Int: within the flags' ranges a huge
+    /// context × micro-batch × width can still exceed 2⁶³ bytes, which would trap rather than print.
+    func checkSizes(_ configuration: GPTConfiguration) throws {
+        let t = Double(configuration.contextLength), d = Double(configuration.width), a = Double(configuration.heads)
+        let b = Double(microBatchSize), v = Double(configuration.vocabularySize)
+        let activations = (Double(configuration.layers) * 2 * (34 * t * b * d + 5 * a * t * t * b) + 8 * t * b * v) * Double(accumulateSteps * virtualStages)
+        let state = 16 * (v * d + t * d + Double(configuration.layers) * (12 * d * d + 13 * d) + 2 * d)
+        guard max(activations, state) < 0x1p62 else {
+            throw ConvoyError.invalidConfiguration(String(format: "the plan's byte counts (about %.1e B) exceed what can be counted (2^62 B); use a smaller --context, --micro-batch-size, --accumulate-steps, --d-model or --layers", max(activations, state)))
+        }
+    }
+
     /// The model shape: the preset with any explicit flags applied.
     func modelConfiguration() throws -> GPTConfiguration {
         var configuration = try ZeROMemoryPlan.modelPreset(named: model)
@@ -50,6 +72,7 @@ struct PlanCommand: ParsableCommand {
         if let context { configuration.contextLength = context }
         if let vocab { configuration.vocabularySize = vocab }
         try configuration.validate()
+        try checkSizes(configuration)
         return configuration
     }
 

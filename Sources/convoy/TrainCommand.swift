@@ -26,6 +26,7 @@ struct TrainCommand: ParsableCommand {
     func run() throws {
         let flags = try TrainingSettings.parseFlags(settingFlags, otherFlags: ["--config", "--resume", "--help"])
         let configuration = try TrainingSettings.resolve(configFile: config, flags: flags)
+        if let trace = configuration.trace { try RunDirectory.checkWritableFile(trace, flag: "--trace") }
         let timeline = configuration.trace == nil ? nil : Timeline()
         // mpirun forwards output through a pseudo-terminal; a live line redrawn from rank 0 only garbles it.
         let display = CommunicationBackend.isUnderMPI() ? ProgressDisplay(plainEvery: configuration.logEvery, isTerminal: false) : ProgressDisplay(plainEvery: configuration.logEvery)
@@ -40,7 +41,7 @@ struct TrainCommand: ParsableCommand {
             if ranks == 1 {
                 ComputePool.setSharedThreadCount(threads)
                 let trainer = try Trainer(configuration: configuration, resume: resume, display: display, timeline: timeline)
-                if trainer.firstStep > 0 { display.message("resumed from \(resume!) at step \(trainer.firstStep)") }
+                if trainer.firstStep > 0 { try display.message("resumed from \(resume!) at step \(trainer.firstStep)") }
                 summary = try trainer.run()
             } else {
                 // Validate before starting any rank, so a bad configuration fails once, clearly.
@@ -48,7 +49,7 @@ struct TrainCommand: ParsableCommand {
                 let resume = self.resume
                 let summaries = try LocalWorld.run(size: ranks, threadsPerRank: max(1, threads / ranks)) { group in
                     let trainer = try Trainer(configuration: configuration, group: group, resume: resume, display: display, timeline: timeline)
-                    if trainer.firstStep > 0 && group.rank == 0 { display.message("resumed from \(resume!) at step \(trainer.firstStep)") }
+                    if trainer.firstStep > 0 && group.rank == 0 { try display.message("resumed from \(resume!) at step \(trainer.firstStep)") }
                     return try trainer.run()
                 }
                 summary = summaries[0]
@@ -66,7 +67,7 @@ struct TrainCommand: ParsableCommand {
         }
         if let timeline, let path = configuration.trace {
             try AtomicFile.write(timeline.chromeTraceJSON(), to: path)
-            display.message("trace: \(path) (open in chrome://tracing or ui.perfetto.dev)")
+            try display.message("trace: \(path) (open in chrome://tracing or ui.perfetto.dev)")
         }
         var lines = [String(format: "trained %d steps in %@ (%.0f tokens/s); final loss %.4f", summary.steps, ProgressDisplay.duration(summary.seconds), summary.tokensPerSecond, summary.finalLoss)]
         if let validation = summary.validationLoss { lines.append(String(format: "validation loss %.4f", validation)) }
@@ -74,6 +75,6 @@ struct TrainCommand: ParsableCommand {
             lines.append(String(format: "held-out arithmetic: %d/%d exact (accuracy %.1f%%)", report.correct, report.problems, report.accuracy * 100))
         }
         lines.append("checkpoint: \(summary.checkpoint); metrics: \(configuration.output)/metrics.jsonl")
-        for line in lines { display.message(line) }
+        for line in lines { try display.message(line) }
     }
 }

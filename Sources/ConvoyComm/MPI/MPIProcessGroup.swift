@@ -415,6 +415,14 @@ final class MPICommunicationEngine: @unchecked Sendable {
     /// sleeps between tests. Open MPI advances a non-blocking collective only inside MPI calls, so polling
     /// tightly while data moves keeps large transfers as fast as a blocking call (which spins as well).
     private static let spinWindow = Duration.milliseconds(20)
+    /// Microseconds to sleep between tests once `idle` has passed without progress (beyond the spin window).
+    /// Short at first, since a large transfer is still moving and Open MPI advances it only inside MPI calls;
+    /// longer once nothing has happened for a while, because then a peer is late (a pipeline bubble, a
+    /// straggler, a stopped process) and a tight poll would burn a core for nothing until the timeout.
+    static func pollInterval(afterIdling idle: Duration) -> UInt32 {
+        idle < .milliseconds(100) ? 50 : idle < .seconds(1) ? 250 : 1000
+    }
+
     /// How long an idle thread keeps looking for new work before it sleeps on the queue.
     private static let idleSpinWindow = Duration.microseconds(200)
 
@@ -478,7 +486,8 @@ final class MPICommunicationEngine: @unchecked Sendable {
             if step() {
                 lastProgress = .now
             } else if !waiting.isEmpty || !running.isEmpty {
-                if ContinuousClock.now - lastProgress < Self.spinWindow { sched_yield() } else { usleep(50) }
+                let idle = ContinuousClock.now - lastProgress
+                if idle < Self.spinWindow { sched_yield() } else { usleep(Self.pollInterval(afterIdling: idle)) }
             }
         }
     }

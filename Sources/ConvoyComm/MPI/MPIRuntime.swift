@@ -161,6 +161,23 @@ public final class MPIRuntime: @unchecked Sendable {
     /// explicitly. Operations still in flight fail; MPI cannot be used again in this process.
     public func finalize() { MPIRuntime.finalizeProcess() }
 
+    /// Ends every process of the job now, for a fatal error: `MPI_Abort` on the world, which makes `mpirun`
+    /// kill the other ranks (and report which rank aborted). Print the error first.
+    ///
+    /// A failing rank must not exit through `MPI_Finalize` (the atexit handler): that waits for every other
+    /// rank to finalize too, and they are waiting for the failed rank in a collective, so the job would sit
+    /// until their timeouts, or forever. Without MPI (or after finalisation) this simply exits.
+    public static func abortJob(exitCode: Int32) -> Never {
+        // A communication thread holds the lock only around calls that do not block; if it is somehow held
+        // for longer, abort anyway rather than hang on the way out.
+        let locked = lock.lock(before: Date(timeIntervalSinceNow: 2))
+        if current != nil, !finalized, current!.worldSize > 1 {
+            _ = MPI_Abort(convoy_mpi_comm_world(), exitCode)
+        }
+        if locked { lock.unlock() }
+        _exit(exitCode)
+    }
+
     private static func finalizeProcess() {
         lock.lock()
         defer { lock.unlock() }

@@ -133,6 +133,7 @@ public enum GPTCheckpoint {
             guard tensor.shape == parameter.shape else {
                 throw ConvoyError.incompatible("tensor '\(namePrefix + name)' in \(path) has shape \(tensor.shape), the model expects \(parameter.shape)")
             }
+            try FiniteValues.check(tensor, name: namePrefix + name, in: path)
             staged.append((parameter, tensor.converted(to: .float32)))
         }
         if let unexpected = byName.keys.sorted().first {

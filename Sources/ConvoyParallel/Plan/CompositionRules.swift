@@ -12,6 +12,8 @@ public struct PlanFacts: Sendable {
     public var tp: Int
     /// Whether dp was given (by `--dp` or placements) rather than derived from the world.
     public var dataParallelSizeIsExplicit: Bool
+    /// Whether the world size is known (dp is then final even when derived).
+    public var worldSizeIsKnown: Bool
 }
 
 /// One row of the composition table: a feature alone or a pair of features, and whether they compose.
@@ -68,7 +70,7 @@ public enum CompositionRules {
             return nil
         }),
         CompositionRule([.microBatchSize], .conditional("micro_batch_size × micro-batches × dp = the global batch"), violation: { facts in
-            guard let size = facts.settings.microBatchSize, let batch = facts.settings.globalBatch, facts.dataParallelSizeIsExplicit || facts.pp > 1 || facts.dp > 1 else { return nil }
+            guard let size = facts.settings.microBatchSize, let batch = facts.settings.globalBatch, facts.dataParallelSizeIsExplicit || facts.worldSizeIsKnown else { return nil }
             let micro = facts.settings.microBatches
             let (product, overflow) = size.multipliedReportingOverflow(by: micro * facts.dp)
             guard overflow || product != batch else { return nil }

@@ -87,7 +87,7 @@ public struct ParallelPlan: Sendable {
         if settings.dataParallel.overlapParamGather { features.insert(.overlapParamGather) }
         if settings.dataParallel.findUnusedParameters { features.insert(.findUnusedParameters) }
         if settings.microBatchSize != nil { features.insert(.microBatchSize) }
-        let facts = PlanFacts(settings: settings, model: model, dp: dp, pp: pp, tp: tp, dataParallelSizeIsExplicit: explicitDP)
+        let facts = PlanFacts(settings: settings, model: model, dp: dp, pp: pp, tp: tp, dataParallelSizeIsExplicit: explicitDP, worldSizeIsKnown: worldSize != nil)
         try CompositionRules.check(features, facts: facts)
         if let worldSize {
             guard mesh.size == worldSize else {

@@ -36,11 +36,16 @@ public struct TextDataset: TrainingDataset {
         guard !isDirectory.boolValue else {
             throw ConvoyError.io("text dataset \(path) is a directory; give the path of one text file")
         }
+        // A FIFO, socket or device would block or never end; only a regular file has a length to split.
+        var status = stat()
+        if stat(path, &status) == 0, status.st_mode & S_IFMT != S_IFREG {
+            throw ConvoyError.io("text dataset \(path) is not a regular file (it is a \(Self.fileKind(status.st_mode))); give the path of one text file")
+        }
         let contents: Data
         do {
             contents = try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
-            throw ConvoyError.io("cannot read text dataset \(path) (\(error.localizedDescription)); check its permissions")
+            throw ConvoyError.io("cannot read text dataset \(path): \(RunDirectory.reason(error))")
         }
         try self.init(bytes: [UInt8](contents), name: path, contextLength: contextLength, seed: seed,
                       validationFraction: validationFraction)
@@ -137,5 +142,18 @@ public struct TextDataset: TrainingDataset {
         if count >= 1_000_000 { return (1e6, "MB") }
         if count >= 1_000 { return (1e3, "KB") }
         return (1, "B")
+    }
+}
+
+extension TextDataset {
+    /// The kind of a file that is not a regular one, in words (from `stat`'s mode).
+    static func fileKind(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFIFO: return "FIFO (named pipe)"
+        case S_IFCHR: return "character device"
+        case S_IFBLK: return "block device"
+        case S_IFSOCK: return "socket"
+        default: return "special file"
+        }
     }
 }

@@ -32,15 +32,18 @@ public struct TextGenerator {
     ///     from softmax(logits / temperature).
     ///   - seed: Seed of the sampling stream (unused when `temperature` is 0).
     ///   - stopToken: A token that ends a row; it is not included in that row's output.
+    ///   - onToken: Called with (row, token) for each token as soon as it is generated, so that output can be
+    ///     streamed; an error it throws stops generation.
     /// - Throws: ``ConvoyTensor/ConvoyError/invalidArgument(_:)`` for an empty prompt, a token id outside the
-    ///   vocabulary, a negative `maxNewTokens`, or a negative or non-finite `temperature`.
-    public func generate(prompts: [[Int32]], maxNewTokens: Int, temperature: Float, seed: UInt64, stopToken: Int32? = nil) throws -> [[Int32]] {
+    ///   vocabulary, a negative `maxNewTokens`, or a negative or non-finite `temperature`; or `onToken`'s error.
+    public func generate(prompts: [[Int32]], maxNewTokens: Int, temperature: Float, seed: UInt64, stopToken: Int32? = nil,
+                         onToken: ((_ row: Int, _ token: Int32) throws -> Void)? = nil) throws -> [[Int32]] {
         try validate(prompts: prompts, maxNewTokens: maxNewTokens, temperature: temperature, stopToken: stopToken)
         var sequences = prompts
         var outputs = [[Int32]](repeating: [], count: prompts.count)
         var active = Array(prompts.indices)
         let contextLength = model.shape.contextLength
-        return withNoGrad {
+        return try withNoGrad {
             for step in 0..<maxNewTokens {
                 if active.isEmpty { break }
                 // Rows longer than the context all crop to `contextLength`, so they share one batch.
@@ -54,6 +57,7 @@ public struct TextGenerator {
                         } else {
                             sequences[row].append(token)
                             outputs[row].append(token)
+                            try onToken?(row, token)
                         }
                     }
                 }
@@ -65,8 +69,10 @@ public struct TextGenerator {
 
     /// Generates up to `maxNewTokens` tokens after one prompt; see ``generate(prompts:maxNewTokens:temperature:seed:stopToken:)``
     /// (the prompt is row 0 of the sampling stream).
-    public func generate(prompt: [Int32], maxNewTokens: Int, temperature: Float, seed: UInt64, stopToken: Int32? = nil) throws -> [Int32] {
-        try generate(prompts: [prompt], maxNewTokens: maxNewTokens, temperature: temperature, seed: seed, stopToken: stopToken)[0]
+    public func generate(prompt: [Int32], maxNewTokens: Int, temperature: Float, seed: UInt64, stopToken: Int32? = nil,
+                         onToken: ((_ token: Int32) throws -> Void)? = nil) throws -> [Int32] {
+        try generate(prompts: [prompt], maxNewTokens: maxNewTokens, temperature: temperature, seed: seed, stopToken: stopToken,
+                     onToken: onToken.map { callback in { _, token in try callback(token) } })[0]
     }
 
     private func validate(prompts: [[Int32]], maxNewTokens: Int, temperature: Float, stopToken: Int32?) throws {

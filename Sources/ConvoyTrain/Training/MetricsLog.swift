@@ -22,10 +22,16 @@ public final class MetricsLog {
     deinit { try? handle.close() }
 
     /// Writes one record.
-    public func write(_ record: [String: Any]) {
+    ///
+    /// - Throws: ``ConvoyError/io(_:)`` naming the file when it cannot be written (a full disk, say): an
+    ///   error for the run to stop on, rather than the trap `FileHandle.write(_:)` raises.
+    public func write(_ record: [String: Any]) throws {
         guard let data = try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]) else { return }
-        handle.write(data)
-        handle.write(Data("\n".utf8))
+        do {
+            try handle.write(contentsOf: data + Data("\n".utf8))
+        } catch {
+            throw ConvoyError.io("cannot write \(path): \(RunDirectory.reason(error)); free some space or choose another --output (the checkpoints written so far are intact)")
+        }
     }
 }
 

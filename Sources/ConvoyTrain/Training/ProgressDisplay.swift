@@ -10,7 +10,6 @@ public final class ProgressDisplay: @unchecked Sendable {
     public let isTerminal: Bool
     private let plainEvery: Int
     private var lastDraw: Double = 0
-    private let output = FileHandle.standardOutput
 
     /// `isTerminal` defaults to whether standard output is a terminal.
     public init(plainEvery: Int, isTerminal: Bool = isatty(STDOUT_FILENO) == 1) {
@@ -19,27 +18,29 @@ public final class ProgressDisplay: @unchecked Sendable {
     }
 
     /// Reports a finished step.
-    public func step(_ step: Int, of total: Int, loss: Double, tokensPerSecond: Double, learningRate: Double, elapsed: Double, remaining: Double) {
+    ///
+    /// - Throws: ``ConvoyError/io(_:)`` when standard output cannot be written (closed pipe, full disk).
+    public func step(_ step: Int, of total: Int, loss: Double, tokensPerSecond: Double, learningRate: Double, elapsed: Double, remaining: Double) throws {
         let line = String(format: "step %d/%d | loss %.4f | %.0f tok/s | lr %.2e | elapsed %@ | ETA %@",
                           step, total, loss, tokensPerSecond, learningRate, Self.duration(elapsed), Self.duration(remaining))
         if isTerminal {
             // Redraw at most 10 times a second, and always on the last step.
             guard elapsed - lastDraw >= 0.1 || step == total else { return }
             lastDraw = elapsed
-            write("\r\u{1B}[2K" + line + (step == total ? "\n" : ""))
+            try write("\r\u{1B}[2K" + line + (step == total ? "\n" : ""))
         } else if step % plainEvery == 0 || step == total {
-            write(line + "\n")
+            try write(line + "\n")
         }
     }
 
     /// Prints a message on its own line (clearing a live line first).
-    public func message(_ text: String) {
-        write((isTerminal ? "\r\u{1B}[2K" : "") + text + "\n")
+    public func message(_ text: String) throws {
+        try write((isTerminal ? "\r\u{1B}[2K" : "") + text + "\n")
     }
 
     /// Unbuffered, so the live line and messages appear in order and at once.
-    private func write(_ text: String) {
-        output.write(Data(text.utf8))
+    private func write(_ text: String) throws {
+        try StandardOutput.write(Array(text.utf8))
     }
 
     /// "1h02m", "3m05s", "12s".

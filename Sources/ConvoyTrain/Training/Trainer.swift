@@ -38,6 +38,8 @@ public final class Trainer {
     private let display: ProgressDisplay?
     private let timeline: Timeline?
     private var startStep = 0
+    /// The ranks' agreed configuration and run identity (RunAgreement.swift).
+    private let agreement: RunAgreement
 
     /// The optimizer the synchronizer steps.
     public var optimizer: any Optimizer { runtime.optimizer }
@@ -51,6 +53,7 @@ public final class Trainer {
     public init(configuration: TrainingConfiguration, group: (any ProcessGroup)? = nil, resume: String? = nil,
                 display: ProgressDisplay? = nil, timeline: Timeline? = nil) throws {
         try configuration.validate()
+        agreement = try RunAgreement.establish(configuration, group: group)
         self.configuration = configuration
         self.group = group
         // Every refusal happens here, before the model or the data exist.
@@ -82,6 +85,7 @@ public final class Trainer {
         let state = contents.state
         var saved = TrainingConfiguration()
         try? TrainingSettings.apply(toml: state.configuration, source: directory + "/trainer.json", to: &saved)
+        try configuration.checkSameDataset(as: saved, checkpoint: directory)
         let runningStage = runtime.synchronizer.zeroStage
         guard saved.zeroStage == runningStage else {
             throw ConvoyError.incompatible("checkpoint \(directory) was written under ZeRO stage \(saved.zeroStage), the run uses --zero-stage \(runningStage); resume with the same stage (resharding is not supported yet)")
@@ -117,7 +121,7 @@ public final class Trainer {
             return
         }
         // Sharded optimizer state: one file per rank plus the layout index, assembled in one temporary directory.
-        let tag = "sharded-step\(step)"
+        let tag = agreement.shardedTemporaryTag(step: step)
         if isLeader { try TrainingCheckpoint.prepareTemporaryDirectory(for: directory, tag: tag) }
         try group.barrier()
         let temporary = TrainingCheckpoint.temporaryDirectoryPath(for: directory, tag: tag)
@@ -183,8 +187,10 @@ public final class Trainer {
     public func run() throws -> TrainingSummary {
         let output = configuration.output
         var metrics: MetricsLog?
+        // Checks every output path and locks the output directory for the whole run (RunDirectory.swift).
+        let outputLock = isLeader ? try RunDirectory.claim(for: configuration, resuming: startStep > 0) : nil
+        defer { withExtendedLifetime(outputLock) {} }
         if isLeader {
-            try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
             try AtomicFile.write(Data(TrainingSettings.tomlText(configuration).utf8), to: output + "/config.toml")
             metrics = try MetricsLog(directory: output)
         }
@@ -194,7 +200,7 @@ public final class Trainer {
         var windowStart = 0.0, windowSteps = 0
         var tokensPerSecond = 0.0
         var lastLoss = Double.nan, lastValidation: Double?
-        display?.message("training \(model.parameterCount) parameters on \(dataset.summary); \(configuration.steps - startStep) steps of \(configuration.batch) × \(configuration.context) tokens; \(runtime.synchronizer.summary); \(runtime.schedule.summary)")
+        try display?.message("training \(model.parameterCount) parameters on \(dataset.summary); \(configuration.steps - startStep) steps of \(configuration.batch) × \(configuration.context) tokens; \(runtime.synchronizer.summary); \(runtime.schedule.summary)")
 
         for step in startStep..<configuration.steps {
             let (loss, norm) = try trainStep(step)
@@ -209,9 +215,9 @@ public final class Trainer {
             let done = step + 1
             let remaining = Double(configuration.steps - done) * tokensPerStep / max(tokensPerSecond, 1e-9)
             let learningRate = Double(optimizer.learningRate)
-            display?.step(done, of: configuration.steps, loss: loss, tokensPerSecond: tokensPerSecond, learningRate: learningRate, elapsed: now, remaining: remaining)
+            try display?.step(done, of: configuration.steps, loss: loss, tokensPerSecond: tokensPerSecond, learningRate: learningRate, elapsed: now, remaining: remaining)
             if done % configuration.logEvery == 0 || done == configuration.steps {
-                metrics?.write(["step": done, "loss": loss, "lr": learningRate, "tokens_per_s": tokensPerSecond, "grad_norm": norm, "elapsed_s": now])
+                try metrics?.write(["step": done, "loss": loss, "lr": learningRate, "tokens_per_s": tokensPerSecond, "grad_norm": norm, "elapsed_s": now])
             }
             if configuration.evalEvery > 0 && done % configuration.evalEvery == 0 && done < configuration.steps {
                 // Rank 0 alone evaluates: every rank gathers the parameters first (collective under ZeRO-3 and pipelines).
@@ -219,8 +225,8 @@ public final class Trainer {
                 defer { runtime.releaseFullModel() }
                 if isLeader, let validation = validationLoss(batches: configuration.evalBatches) {
                     lastValidation = validation
-                    metrics?.write(["step": done, "val_loss": validation, "elapsed_s": elapsed()])
-                    display?.message(String(format: "step %d: validation loss %.4f", done, validation))
+                    try metrics?.write(["step": done, "val_loss": validation, "elapsed_s": elapsed()])
+                    try display?.message(String(format: "step %d: validation loss %.4f", done, validation))
                 }
                 try group?.barrier()
             }
@@ -237,11 +243,11 @@ public final class Trainer {
         if isLeader {
             if let validation = validationLoss(batches: configuration.evalBatches) {
                 lastValidation = validation
-                metrics?.write(["step": configuration.steps, "val_loss": validation, "elapsed_s": seconds])
+                try metrics?.write(["step": configuration.steps, "val_loss": validation, "elapsed_s": seconds])
             }
             if let arithmetic = dataset as? ArithmeticDataset {
                 report = try ArithmeticEvaluator.evaluate(model: model, problems: arithmetic.heldOutProblems)
-                metrics?.write(["step": configuration.steps, "accuracy": report!.accuracy, "problems": report!.problems])
+                try metrics?.write(["step": configuration.steps, "accuracy": report!.accuracy, "problems": report!.problems])
             }
         }
         try saveCheckpoint(afterStep: configuration.steps, to: configuration.finalCheckpointDirectory)

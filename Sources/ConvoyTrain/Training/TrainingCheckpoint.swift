@@ -43,7 +43,7 @@ public enum TrainingCheckpoint {
                             extraFiles: [String: Data] = [:], failingAt failure: SaveStage? = nil) throws {
         let target = URL(fileURLWithPath: directory).standardizedFileURL
         let parent = target.deletingLastPathComponent().path
-        let temporary = try prepared ?? prepareTemporaryDirectory(for: directory, tag: "\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        let temporary = try prepared ?? prepareTemporaryDirectory(for: directory, tag: CheckpointTemporary.tag(unique: String(UInt32.random(in: 0...UInt32.max))))
         var published = false
         defer { if !published { try? FileManager.default.removeItem(atPath: temporary) } }
 
@@ -57,7 +57,10 @@ public enum TrainingCheckpoint {
         try AtomicFile.syncDirectory(temporary)
         if failure == .beforeRename { throw ConvoyError.io("simulated failure while saving \(directory)") }
 
+        // Only a Convoy checkpoint (or nothing) is ever replaced, and only a checkpoint's aside copy removed.
+        try RunDirectory.checkReplaceable(checkpoint: target.path)
         let aside = asidePath(target.path)
+        try RunDirectory.checkReplaceable(checkpoint: aside)
         try? FileManager.default.removeItem(atPath: aside)
         let hadPrevious = FileManager.default.fileExists(atPath: target.path)
         if hadPrevious, rename(target.path, aside) != 0 {
@@ -73,13 +76,15 @@ public enum TrainingCheckpoint {
         if hadPrevious { try? FileManager.default.removeItem(atPath: aside) }
     }
 
-    /// Creates (empty) the temporary sibling directory a checkpoint of `directory` is assembled in. The name
-    /// depends only on `tag`, so every rank of a sharded save can compute it.
+    /// Creates (empty) the temporary sibling directory a checkpoint of `directory` is assembled in, after
+    /// removing the temporaries dead processes left (``CheckpointTemporary``). The name depends only on
+    /// `tag` (see ``CheckpointTemporary/tag(pid:unique:)``), so every rank of a sharded save can compute it.
     @discardableResult
     public static func prepareTemporaryDirectory(for directory: String, tag: String) throws -> String {
         let target = URL(fileURLWithPath: directory).standardizedFileURL
         let parent = target.deletingLastPathComponent().path
         try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
+        CheckpointTemporary.removeStale(for: directory)
         let temporary = temporaryDirectoryPath(for: directory, tag: tag)
         try? FileManager.default.removeItem(atPath: temporary)
         try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false)
@@ -120,9 +125,7 @@ public enum TrainingCheckpoint {
             throw ConvoyError.malformedFile(path: trainerPath, reason: "missing: \(directory) is not a training checkpoint (it has no trainer.json)")
         }
         let state: TrainerState
-        do { state = try JSONDecoder().decode(TrainerState.self, from: trainerData) } catch {
-            throw ConvoyError.malformedFile(path: trainerPath, reason: "not a valid trainer state (\(error))")
-        }
+        state = try TrainerState.decode(trainerData, path: trainerPath)
         guard state.formatVersion == 1 else {
             throw ConvoyError.incompatible("\(trainerPath) has format version \(state.formatVersion); this Convoy reads version 1")
         }
@@ -132,6 +135,7 @@ public enum TrainingCheckpoint {
             throw ConvoyError.incompatible("checkpoint \(directory) has no \(optimizerFile): it was saved with another data-parallel or ZeRO layout (resharding is not supported yet)")
         }
         let optimizerFile = try SafeTensors.read(contentsOf: optimizerPath)
+        for (name, tensor) in optimizerFile.tensors { try FiniteValues.check(tensor, name: name, in: optimizerPath) }
         var scalars: [String: Double] = [:]
         for (key, value) in optimizerFile.metadata where key.hasPrefix("scalar.") {
             guard let number = Double(value) else { throw ConvoyError.malformedFile(path: optimizerPath, reason: "metadata \(key) is not a number") }

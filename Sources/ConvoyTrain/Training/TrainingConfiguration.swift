@@ -52,6 +52,8 @@ public struct TrainingConfiguration: Sendable, Equatable {
     public var output = "runs/train"
     /// Where the final checkpoint goes (nil: `<output>/final`).
     public var save: String?
+    /// Replace the outputs of an earlier run in `output` and `save` (otherwise refused; RunDirectory.swift).
+    public var overwrite = false
 
     // [parallel]
     /// Data-parallel ranks (nil: 1 on the Local backend, the world size under MPI).
@@ -99,6 +101,7 @@ public struct TrainingConfiguration: Sendable, Equatable {
         }
         switch dataset {
         case "arithmetic":
+            if let dataPath { throw Self.contradictoryDataset(dataPath) }
             let needed = ArithmeticDataset.longestLine(digits: digits)
             guard context >= needed else {
                 throw ConvoyError.invalidConfiguration("model.context \(context) is too short for \(digits)-digit additions (lines up to \(needed) tokens); use --context \(needed) or more")

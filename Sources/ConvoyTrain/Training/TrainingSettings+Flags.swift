@@ -25,6 +25,12 @@ extension TrainingSettings {
             } else {
                 flag = argument
                 guard let setting = byFlag[flag] else { throw unknownFlag(flag, otherFlags: otherFlags) }
+                // A boolean flag alone means true (`--overwrite`); it takes the next argument only when that is a
+                // boolean word (`--bucketing false`).
+                if setting.type == .boolean, index == arguments.endIndex || !Self.booleanWords.contains(arguments[index].lowercased()) {
+                    flags.append((flag, "true"))
+                    continue
+                }
                 guard index < arguments.endIndex else {
                     throw ConvoyError.invalidConfiguration("\(flag) needs a value: \(setting.type)")
                 }
@@ -36,6 +42,9 @@ extension TrainingSettings {
         }
         return flags
     }
+
+    /// The words a boolean setting accepts as its value.
+    static let booleanWords: Set<String> = ["true", "false", "on", "off", "yes", "no", "1", "0"]
 
     /// "unknown flag --x; did you mean --y?"
     static func unknownFlag(_ flag: String, otherFlags: [String] = []) -> ConvoyError {

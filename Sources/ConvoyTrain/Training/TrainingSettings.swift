@@ -166,6 +166,7 @@ public enum TrainingSettings {
         optionalInteger("training.threads", "--threads", \.threads, 1...1024, "Compute threads (default: CONVOY_THREADS or all cores); with --dp on Local ranks, shared among the ranks."),
         path("training.output", "--output", \.output, "Directory of the run's outputs (config.toml, metrics.jsonl, periodic checkpoint)."),
         optionalPath("training.save", "--save", \.save, "Directory of the final checkpoint (default: <output>/final)."),
+        boolean("training.overwrite", "--overwrite", \.overwrite, "Replace the metrics and checkpoints of an earlier run in --output/--save (without it they are refused; nothing Convoy did not write is ever replaced)."),
         optionalPath("training.trace", "--trace", \.trace, "Write a Chrome trace (chrome://tracing, Perfetto) of forward, backward, all-reduces and optimizer steps."),
         optionalInteger("parallel.dp", "--dp", \.dp, 1...4096, "Data-parallel ranks (Local: threads of this process; under mpirun: the world size)."),
         Setting(key: "parallel.backend", flag: "--backend", type: .choice(["local", "mpi"]), help: "Communication backend (default: mpi under mpirun, else local).", apply: { configuration, value throws(SettingProblem) in
@@ -249,6 +250,9 @@ public enum TrainingSettings {
             }
         }
         flatten(table, prefix: "")
+        if entries.contains(where: { $0.0 == "data.dataset" && $0.1.string == "arithmetic" }), let path = entries.first(where: { $0.0 == "data.path" })?.1.string {
+            throw TrainingConfiguration.contradictoryDataset(path)
+        }
         for (key, value) in entries {
             let converted: SettingValue
             switch value.type {
@@ -339,6 +343,10 @@ public enum TrainingSettings {
             try apply(toml: text, source: configFile, to: &configuration)
         }
         for (flag, value) in flags { try applyFlag(flag, value, to: &configuration) }
+        // --data switches the dataset to text, so an explicit `--dataset arithmetic` beside it is a contradiction.
+        if flags.contains(where: { $0.flag == "--dataset" && $0.value == "arithmetic" }), let path = configuration.dataPath {
+            throw TrainingConfiguration.contradictoryDataset(path)
+        }
         try configuration.validate()
         return configuration
     }
