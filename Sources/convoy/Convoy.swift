@@ -18,6 +18,8 @@ struct Convoy: ParsableCommand {
     /// never a stack trace.
     static func main() {
         do {
+            // A mistyped CONVOY_GEMM is refused before any work rather than discovered at the first GEMM.
+            _ = try GEMMLibrary.fromEnvironment()
             var command = try parseAsRoot()
             try command.run()
         } catch let error as ConvoyError {
@@ -37,10 +39,12 @@ struct Convoy: ParsableCommand {
 
 /// `convoy info`: what this build links against.
 struct InfoCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "info", abstract: "Show the BLAS and MPI libraries this build uses.")
+    static let configuration = CommandConfiguration(commandName: "info", abstract: "Show the GEMM and MPI libraries this build uses.")
 
     func run() throws {
-        print("BLAS: OpenBLAS \(BLAS.configuration)")
+        let gemm = GEMMLibrary.active
+        print("GEMM: \(gemm.name) \(gemm.version), ISA \(gemm.isa); bf16: \(gemm.bf16Kernel) (\(GEMMLibrary.environmentVariable)=\(GEMMLibrary.allCases.map(\.rawValue).joined(separator: "|")) overrides)")
+        print("GEMM fallback: OpenBLAS \(BLAS.configuration), core \(GEMMLibrary.openBLAS.isa)")
         var major: Int32 = 0, minor: Int32 = 0
         _ = convoy_mpi_version(&major, &minor)
         var buffer = [CChar](repeating: 0, count: Int(convoy_mpi_max_library_version_string()) + 1)
