@@ -21,12 +21,13 @@ struct BenchGEMMCommand: ParsableCommand {
     }
 
     /// GPT-mini (d 384, batch 8 × 256 tokens): the attention projection forward, its weight and input
-    /// gradients, and the MLP's first layer.
+    /// gradients, the MLP's first layer, and one head's attention scores (small: per-call overhead shows).
     static let shapes: [(name: String, shape: SgemmPeak.Shape)] = [
         ("qkv forward", .init(m: 2048, n: 1152, k: 384)),
         ("qkv weight grad", .init(m: 384, n: 1152, k: 2048, transposeA: true)),
         ("qkv input grad", .init(m: 2048, n: 384, k: 1152, transposeB: true)),
         ("mlp forward", .init(m: 2048, n: 1536, k: 384)),
+        ("attention scores", .init(m: 256, n: 256, k: 64, transposeB: true)),
     ]
 
     /// The variants compared, OpenBLAS fp32 first (the baseline of the ratios).

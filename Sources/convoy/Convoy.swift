@@ -43,8 +43,12 @@ struct InfoCommand: ParsableCommand {
 
     func run() throws {
         let gemm = GEMMLibrary.active
-        print("GEMM: \(gemm.name) \(gemm.version), ISA \(gemm.isa); bf16: \(gemm.bf16Kernel) (\(GEMMLibrary.environmentVariable)=\(GEMMLibrary.allCases.map(\.rawValue).joined(separator: "|")) overrides)")
-        print("GEMM fallback: OpenBLAS \(BLAS.configuration), core \(GEMMLibrary.openBLAS.isa)")
+        let variable = GEMMLibrary.environmentVariable
+        let chosen = ProcessInfo.processInfo.environment[variable].map { "\(variable)=\($0)" }
+            ?? "this CPU's default; \(variable)=\(GEMMLibrary.allCases.map(\.rawValue).joined(separator: "|")) overrides"
+        print("GEMM: \(gemm.name) \(gemm.version), ISA \(gemm.isa); bf16: \(gemm.bf16Kernel) (\(chosen))")
+        print("  oneDNN \(GEMMLibrary.oneDNN.version): ISA \(GEMMLibrary.oneDNN.isa), bf16: \(GEMMLibrary.oneDNN.bf16Kernel)")
+        print("  \(BLAS.configuration)")
         var major: Int32 = 0, minor: Int32 = 0
         _ = convoy_mpi_version(&major, &minor)
         var buffer = [CChar](repeating: 0, count: Int(convoy_mpi_max_library_version_string()) + 1)

@@ -100,6 +100,12 @@ enum OneDNN {
         }
     }
 
+    /// Whether oneDNN's kernels use AVX-512 here (the ISA values are bit sets: each includes the ones below).
+    static var hasAVX512: Bool {
+        let core = dnnl_cpu_isa_avx512_core.rawValue
+        return dnnl_get_effective_cpu_isa().rawValue & core == core
+    }
+
     /// The implementation oneDNN picks for a bf16 matmul of GPT-mini's size on this thread.
     static var bf16Implementation: String {
         let key = MatmulKey(m: 256, n: 1152, k: 384, transposeA: false, transposeB: false, lda: 384, ldb: 1152, ldc: 1152,
