@@ -196,6 +196,28 @@ import Testing
         #expect(firstBF16.map(\.bitPattern) == secondBF16.map(\.bitPattern))
     }
 
+    /// The fp32-input entry point at bf16 precision is the bf16 GEMM of the rounded operands, bit for bit;
+    /// at fp32 precision it is sgemm.
+    @Test(arguments: cases(threads: [2]).filter { $0.m == 70 || $0.m == 5 })
+    func gemmAtAPrecisionRoundsItsOperands(_ c: Case) {
+        let (a, b) = Self.operands(c)
+        let initial = TestData.uniform([c.m * c.ldc], seed: 606).toArray()
+        for precision in DType.allCases {
+            var output = initial
+            a.withUnsafeBufferPointer { pa in
+                b.withUnsafeBufferPointer { pb in
+                    output.withUnsafeMutableBufferPointer { pc in
+                        BLAS.gemm(precision: precision, transposeA: c.transposeA, transposeB: c.transposeB, m: c.m, n: c.n, k: c.k,
+                                  alpha: 0.5, a: pa.baseAddress!, lda: c.lda, b: pb.baseAddress!, ldb: c.ldb, beta: 0.75,
+                                  c: pc.baseAddress!, ldc: c.ldc, library: c.library, pool: TestPools.two)
+                    }
+                }
+            }
+            let expected = Self.run(c, a: a, b: b, bf16: precision == .bfloat16, alpha: 0.5, beta: 0.75, initial: initial)
+            #expect(output.map(\.bitPattern) == expected.map(\.bitPattern), "\(precision)")
+        }
+    }
+
     @Test func environmentChoosesTheLibrary() throws {
         #expect(try GEMMLibrary.fromEnvironment([:]) == GEMMLibrary.preferred)
         #expect(try GEMMLibrary.fromEnvironment(["CONVOY_GEMM": ""]) == GEMMLibrary.preferred)

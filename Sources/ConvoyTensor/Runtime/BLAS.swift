@@ -72,8 +72,12 @@ public enum BLAS {
             return
         }
         // Widening bf16 to fp32 is exact, so this differs from oneDNN's bf16 result only by summation order.
-        let wideA = widened(a, rows: transposeA ? k : m, columns: transposeA ? m : k, leadingDimension: lda, pool: pool)
-        let wideB = widened(b, rows: transposeB ? n : k, columns: transposeB ? k : n, leadingDimension: ldb, pool: pool)
+        let wideA = converted(a, rows: transposeA ? k : m, columns: transposeA ? m : k, leadingDimension: lda, zero: Float(0), pool: pool) {
+            BFloat16.widen($0, to: $1, count: $2, pool: $3)
+        }
+        let wideB = converted(b, rows: transposeB ? n : k, columns: transposeB ? k : n, leadingDimension: ldb, zero: Float(0), pool: pool) {
+            BFloat16.widen($0, to: $1, count: $2, pool: $3)
+        }
         wideA.withUnsafeBufferPointer { pa in
             wideB.withUnsafeBufferPointer { pb in
                 sgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha,
@@ -83,13 +87,54 @@ public enum BLAS {
         }
     }
 
-    /// A stored rows × columns matrix (leading dimension ≥ columns) widened to fp32, same layout; the
-    /// elements after the last row's end are not read.
-    private static func widened(_ source: UnsafePointer<BFloat16>, rows: Int, columns: Int, leadingDimension: Int, pool: ComputePool?) -> [Float] {
+    /// Row-major C = alpha · op(A) · op(B) + beta · C from fp32 A and B at the given compute precision:
+    /// fp32 runs ``sgemm(transposeA:transposeB:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:library:pool:)``; bf16 rounds
+    /// A and B to bf16 (ties to even) and runs ``gemmBF16(transposeA:transposeB:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:library:pool:)``,
+    /// accumulating in fp32. Rounding costs O(M·K + K·N) against the product's O(M·N·K); an operand used many
+    /// times (a weight) is better rounded once and passed to `gemmBF16` directly.
+    public static func gemm(
+        precision: DType,
+        transposeA: Bool, transposeB: Bool,
+        m: Int, n: Int, k: Int,
+        alpha: Float = 1,
+        a: UnsafePointer<Float>, lda: Int,
+        b: UnsafePointer<Float>, ldb: Int,
+        beta: Float = 0,
+        c: UnsafeMutablePointer<Float>, ldc: Int,
+        library: GEMMLibrary = GEMMLibrary.active,
+        pool: ComputePool? = ComputePool.current
+    ) {
+        guard precision == .bfloat16 else {
+            sgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                  beta: beta, c: c, ldc: ldc, library: library, pool: pool)
+            return
+        }
+        let zero = BFloat16(bitPattern: 0)
+        let narrowA = converted(a, rows: transposeA ? k : m, columns: transposeA ? m : k, leadingDimension: lda, zero: zero, pool: pool) {
+            BFloat16.round($0, to: $1, count: $2, pool: $3)
+        }
+        let narrowB = converted(b, rows: transposeB ? n : k, columns: transposeB ? k : n, leadingDimension: ldb, zero: zero, pool: pool) {
+            BFloat16.round($0, to: $1, count: $2, pool: $3)
+        }
+        narrowA.withUnsafeBufferPointer { pa in
+            narrowB.withUnsafeBufferPointer { pb in
+                gemmBF16(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha,
+                         a: pa.baseAddress!, lda: lda, b: pb.baseAddress!, ldb: ldb, beta: beta, c: c, ldc: ldc,
+                         library: library, pool: pool)
+            }
+        }
+    }
+
+    /// A stored rows × columns matrix (leading dimension ≥ columns) converted element by element, same
+    /// layout; the elements after the last row's end are not read.
+    private static func converted<Source, Target>(
+        _ source: UnsafePointer<Source>, rows: Int, columns: Int, leadingDimension: Int, zero: Target, pool: ComputePool?,
+        _ convert: (UnsafePointer<Source>, UnsafeMutablePointer<Target>, Int, ComputePool?) -> Void
+    ) -> [Target] {
         let count = rows == 0 || columns == 0 ? 0 : (rows - 1) * leadingDimension + columns
-        return [Float](unsafeUninitializedCapacity: max(count, 1)) { buffer, initialized in
-            buffer.initialize(repeating: 0)
-            BFloat16.widen(source, to: buffer.baseAddress!, count: count, pool: pool)
+        return [Target](unsafeUninitializedCapacity: max(count, 1)) { buffer, initialized in
+            buffer.initialize(repeating: zero)
+            convert(source, buffer.baseAddress!, count, pool)
             initialized = buffer.count
         }
     }
