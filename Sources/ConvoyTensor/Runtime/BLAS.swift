@@ -5,9 +5,6 @@
 /// output element is computed by one single-threaded kernel call whose blocking depends only on the shape:
 /// results are bit-identical run to run for a given library and thread count.
 public enum BLAS {
-    /// The library GEMMs use unless a call names another (``GEMMLibrary/active``).
-    public static var library: GEMMLibrary { GEMMLibrary.active }
-
     /// The OpenBLAS build configuration string.
     public static var configuration: String { OpenBLAS.configuration }
 
