@@ -19,7 +19,8 @@ public enum GEMMLibrary: String, Sendable, CaseIterable {
 
     /// The library chosen when `CONVOY_GEMM` is unset: oneDNN where its kernels use AVX-512 (measured
     /// 2.0–2.3× OpenBLAS in fp32 on Zen 5, and the only bf16 GEMM); OpenBLAS on AVX2-only CPUs, where the two
-    /// measure level (`convoy bench gemm` on an AVX2-only Zen VM: oneDNN fp32 0.85–1.26× OpenBLAS) and oneDNN 2.x has no bf16 matmul anyway.
+    /// measure level (`convoy bench gemm` on an AVX2-only Zen VM: oneDNN fp32 0.85–1.26× OpenBLAS) and
+    /// oneDNN 2.x has no bf16 matmul anyway.
     public static var preferred: GEMMLibrary { OneDNN.isAvailable && OneDNN.hasAVX512 ? .oneDNN : .openBLAS }
 
     /// The library named by `CONVOY_GEMM`, or ``preferred`` when it is unset or empty.
