@@ -22,6 +22,12 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
+        // oneDNN, the default GEMM library: Debian's libdnnl-dev ships no pkg-config file, so the module map
+        // links it by name.
+        .systemLibrary(
+            name: "COneDNN",
+            providers: [.apt(["libdnnl-dev"])]
+        ),
         .systemLibrary(
             name: "CMPI",
             pkgConfig: "ompi-c",
@@ -29,7 +35,7 @@ let package = Package(
         ),
         .target(
             name: "ConvoyTensor",
-            dependencies: ["COpenBLAS"]
+            dependencies: ["COpenBLAS", "COneDNN"]
         ),
         .target(
             name: "ConvoyNN",

@@ -3,12 +3,12 @@ import ConvoyNN
 import ConvoyTensor
 import Foundation
 
-/// `convoy bench train`: full AdamW training steps of a GPT on random tokens, against this machine's
-/// sgemm peak measured in the same run.
+/// `convoy bench train`: full AdamW training steps of a GPT on random tokens, against this machine's fp32
+/// GEMM peak measured in the same run through the same GEMM library.
 struct BenchTrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
-        abstract: "Time GPT training steps; report tokens/s, model FLOP/s and MFU against the measured sgemm peak.")
+        abstract: "Time GPT training steps; report tokens/s, model FLOP/s and MFU against the fp32 GEMM peak measured in the same run.")
 
     @OptionGroup var shape: ModelShapeOptions
     @Option(help: "Sequences per step.") var batch: Int = 8
@@ -36,6 +36,7 @@ struct BenchTrainCommand: ParsableCommand {
             func randomTokens(_ step: Int) -> [Int32] {
                 (0..<tokenCount).map { Int32(generator.block(UInt64(step * tokenCount + $0)).0 % UInt32(configuration.vocabularySize)) }
             }
+            let library = GEMMLibrary.active
             let peak = SgemmPeak.measure(pool: pool)
 
             var stepTimes: [Double] = []
@@ -66,7 +67,8 @@ struct BenchTrainCommand: ParsableCommand {
                 ("tokens/s", String(format: "%.0f", tokensPerSecond)),
                 ("model FLOP/token", String(format: "%.1f M (6N + 12·L·d·T)", flopsPerToken / 1e6)),
                 ("model FLOP/s", String(format: "%.1f GFLOP/s", modelFLOPs / 1e9)),
-                ("sgemm peak", String(format: "%.1f GFLOP/s (%@, %d threads, same run)", peak.gflops, peak.shape, threads)),
+                ("GEMM library", "\(library.name) \(library.version), \(library.isa)"),
+                ("fp32 GEMM peak", String(format: "%.1f GFLOP/s (%@, %d threads, same run)", peak.gflops, peak.shape, threads)),
                 ("MFU", String(format: "%.3f", mfu)),
                 ("peak RSS", String(format: "%.1f MiB", Double(peakRSS) / 1048576)),
             ]
@@ -75,7 +77,8 @@ struct BenchTrainCommand: ParsableCommand {
             if json {
                 let object: [String: Any] = [
                     "tokens_per_s": tokensPerSecond, "step_ms": meanStep * 1e3, "mfu": mfu,
-                    "sgemm_peak_gflops": peak.gflops, "peak_rss_bytes": peakRSS,
+                    "peak_gflops": peak.gflops, "peak_rss_bytes": peakRSS,
+                    "gemm_library": library.rawValue, "gemm_version": library.version, "gemm_isa": library.isa,
                     "model_gflops": modelFLOPs / 1e9, "parameters": configuration.parameterCount, "threads": threads,
                 ]
                 let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])

@@ -21,6 +21,8 @@ struct Convoy: ParsableCommand {
         // EPIPE, which StandardOutput turns into an error.
         signal(SIGPIPE, SIG_IGN)
         do {
+            // A mistyped CONVOY_GEMM is refused before any work rather than discovered at the first GEMM.
+            _ = try GEMMLibrary.fromEnvironment()
             var command = try parseAsRoot()
             try command.run()
         } catch let error as ConvoyError {
@@ -54,10 +56,16 @@ struct Convoy: ParsableCommand {
 
 /// `convoy info`: what this build links against.
 struct InfoCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "info", abstract: "Show the BLAS and MPI libraries this build uses.")
+    static let configuration = CommandConfiguration(commandName: "info", abstract: "Show the GEMM and MPI libraries this build uses.")
 
     func run() throws {
-        print("BLAS: OpenBLAS \(BLAS.configuration)")
+        let gemm = GEMMLibrary.active
+        let variable = GEMMLibrary.environmentVariable
+        let chosen = ProcessInfo.processInfo.environment[variable].map { "\(variable)=\($0)" }
+            ?? "this CPU's default; \(variable)=\(GEMMLibrary.allCases.map(\.rawValue).joined(separator: "|")) overrides"
+        print("GEMM: \(gemm.name) \(gemm.version), ISA \(gemm.isa); bf16: \(gemm.bf16Kernel) (\(chosen))")
+        print("  oneDNN \(GEMMLibrary.oneDNN.version): ISA \(GEMMLibrary.oneDNN.isa), bf16: \(GEMMLibrary.oneDNN.bf16Kernel)")
+        print("  \(BLAS.configuration)")
         var major: Int32 = 0, minor: Int32 = 0
         _ = convoy_mpi_version(&major, &minor)
         var buffer = [CChar](repeating: 0, count: Int(convoy_mpi_max_library_version_string()) + 1)

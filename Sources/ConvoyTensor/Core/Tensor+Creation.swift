@@ -54,13 +54,9 @@ extension Tensor {
         let n = count
         switch (source.dtype, target) {
         case (.float32, .bfloat16):
-            let input = source.storage.floats + source.offset
-            let output = result.storage.pointer.assumingMemoryBound(to: UInt16.self)
-            for i in 0..<n { output[i] = BFloat16(input[i]).bitPattern }
+            BFloat16.round(source.storage.floats + source.offset, to: result.storage.pointer.assumingMemoryBound(to: BFloat16.self), count: n)
         case (.bfloat16, .float32):
-            let input = source.storage.pointer.assumingMemoryBound(to: UInt16.self) + source.offset
-            let output = result.storage.floats
-            for i in 0..<n { output[i] = Float(bitPattern: UInt32(input[i]) << 16) }
+            BFloat16.widen(source.storage.pointer.assumingMemoryBound(to: BFloat16.self) + source.offset, to: result.storage.floats, count: n)
         default:
             preconditionFailure("unsupported conversion \(source.dtype) -> \(target)")
         }

@@ -1,30 +1,20 @@
-import COpenBLAS
-
-/// Matrix multiplication through OpenBLAS's `cblas_sgemm`, parallelised by Convoy.
+/// Matrix multiplication for the rest of Convoy, on the ``GEMMLibrary`` in use, parallelised by Convoy.
 ///
-/// OpenBLAS is set to one thread once, process-wide; each GEMM is cut into row (or column) blocks that the
-/// caller's ``ComputePool`` runs, so several ranks in one process each use their own share of the cores.
+/// The library runs single-threaded; each GEMM is cut into row (or column) blocks that the caller's
+/// ``ComputePool`` runs, so several ranks in one process each use their own share of the cores, and every
+/// output element is computed by one single-threaded kernel call whose blocking depends only on the shape:
+/// results are bit-identical run to run for a given library and thread count.
 public enum BLAS {
-    private static let singleThreaded: Bool = {
-        openblas_set_num_threads(1)
-        return true
-    }()
-
-    /// Makes sure OpenBLAS runs single-threaded (idempotent; called before every GEMM).
-    @inline(__always)
-    public static func ensureConfigured() { _ = singleThreaded }
-
     /// The OpenBLAS build configuration string.
-    public static var configuration: String {
-        guard let text = openblas_get_config() else { return "unknown" }
-        return String(cString: text)
-    }
+    public static var configuration: String { OpenBLAS.configuration }
 
-    /// Row-major C = alpha · op(A) · op(B) + beta · C, where op(A) is M×K and op(B) is K×N.
+    /// Row-major C = alpha · op(A) · op(B) + beta · C, where op(A) is M×K and op(B) is K×N. With beta = 0,
+    /// C is only written (NaNs in it do not propagate).
     ///
     /// - Parameters:
     ///   - transposeA: A is stored K×M (row-major) and used transposed.
     ///   - transposeB: B is stored N×K (row-major) and used transposed.
+    ///   - library: the GEMM library (tests and benchmarks compare them).
     ///   - pool: the pool that runs the blocks; nil runs on the calling thread only.
     public static func sgemm(
         transposeA: Bool, transposeB: Bool,
@@ -34,9 +24,126 @@ public enum BLAS {
         b: UnsafePointer<Float>, ldb: Int,
         beta: Float = 0,
         c: UnsafeMutablePointer<Float>, ldc: Int,
+        library: GEMMLibrary = GEMMLibrary.active,
         pool: ComputePool? = ComputePool.current
     ) {
-        ensureConfigured()
+        forEachBlock(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, lda: lda, ldb: ldb, beta: beta,
+                     c: c, ldc: ldc, pool: pool) { rows, columns, aOffset, bOffset, cOffset in
+            serialSgemm(library, transposeA, transposeB, rows, columns, k, alpha, a + aOffset, lda, b + bOffset, ldb, beta, c + cOffset, ldc)
+        }
+    }
+
+    /// Runs one single-threaded sgemm on the calling thread (for kernels that parallelise at a higher level,
+    /// such as attention over (batch, head) pairs).
+    @inline(__always)
+    public static func sgemmSerial(
+        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
+        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int,
+        library: GEMMLibrary = GEMMLibrary.active
+    ) {
+        sgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+              beta: beta, c: c, ldc: ldc, library: library, pool: nil)
+    }
+
+    /// Row-major C = alpha · op(A) · op(B) + beta · C with bf16 A and B, fp32 accumulation and fp32 C
+    /// (oneDNN's bf16 matmul primitive; on OpenBLAS the operands are widened to fp32, which is exact).
+    ///
+    /// Parameters as for ``sgemm(transposeA:transposeB:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:library:pool:)``.
+    public static func gemmBF16(
+        transposeA: Bool, transposeB: Bool,
+        m: Int, n: Int, k: Int,
+        alpha: Float = 1,
+        a: UnsafePointer<BFloat16>, lda: Int,
+        b: UnsafePointer<BFloat16>, ldb: Int,
+        beta: Float = 0,
+        c: UnsafeMutablePointer<Float>, ldc: Int,
+        library: GEMMLibrary = GEMMLibrary.active,
+        pool: ComputePool? = ComputePool.current
+    ) {
+        if library == .oneDNN && OneDNN.supportsBF16 {
+            forEachBlock(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, lda: lda, ldb: ldb, beta: beta,
+                         c: c, ldc: ldc, pool: pool) { rows, columns, aOffset, bOffset, cOffset in
+                OneDNN.gemmBF16(transposeA, transposeB, rows, columns, k, alpha, a + aOffset, lda, b + bOffset, ldb, beta, c + cOffset, ldc)
+            }
+            return
+        }
+        // Widening bf16 to fp32 is exact, so this differs from oneDNN's bf16 result only by summation order.
+        let wideA = converted(a, rows: transposeA ? k : m, columns: transposeA ? m : k, leadingDimension: lda, zero: Float(0), pool: pool) {
+            BFloat16.widen($0, to: $1, count: $2, pool: $3)
+        }
+        let wideB = converted(b, rows: transposeB ? n : k, columns: transposeB ? k : n, leadingDimension: ldb, zero: Float(0), pool: pool) {
+            BFloat16.widen($0, to: $1, count: $2, pool: $3)
+        }
+        wideA.withUnsafeBufferPointer { pa in
+            wideB.withUnsafeBufferPointer { pb in
+                sgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha,
+                      a: pa.baseAddress!, lda: lda, b: pb.baseAddress!, ldb: ldb, beta: beta, c: c, ldc: ldc,
+                      library: library, pool: pool)
+            }
+        }
+    }
+
+    /// Row-major C = alpha · op(A) · op(B) + beta · C from fp32 A and B at the given compute precision:
+    /// fp32 runs ``sgemm(transposeA:transposeB:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:library:pool:)``; bf16 rounds
+    /// A and B to bf16 (ties to even) and runs ``gemmBF16(transposeA:transposeB:m:n:k:alpha:a:lda:b:ldb:beta:c:ldc:library:pool:)``,
+    /// accumulating in fp32. Rounding costs O(M·K + K·N) against the product's O(M·N·K); an operand used many
+    /// times (a weight) is better rounded once and passed to `gemmBF16` directly.
+    public static func gemm(
+        precision: DType,
+        transposeA: Bool, transposeB: Bool,
+        m: Int, n: Int, k: Int,
+        alpha: Float = 1,
+        a: UnsafePointer<Float>, lda: Int,
+        b: UnsafePointer<Float>, ldb: Int,
+        beta: Float = 0,
+        c: UnsafeMutablePointer<Float>, ldc: Int,
+        library: GEMMLibrary = GEMMLibrary.active,
+        pool: ComputePool? = ComputePool.current
+    ) {
+        guard precision == .bfloat16 else {
+            sgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                  beta: beta, c: c, ldc: ldc, library: library, pool: pool)
+            return
+        }
+        let zero = BFloat16(bitPattern: 0)
+        let narrowA = converted(a, rows: transposeA ? k : m, columns: transposeA ? m : k, leadingDimension: lda, zero: zero, pool: pool) {
+            BFloat16.round($0, to: $1, count: $2, pool: $3)
+        }
+        let narrowB = converted(b, rows: transposeB ? n : k, columns: transposeB ? k : n, leadingDimension: ldb, zero: zero, pool: pool) {
+            BFloat16.round($0, to: $1, count: $2, pool: $3)
+        }
+        narrowA.withUnsafeBufferPointer { pa in
+            narrowB.withUnsafeBufferPointer { pb in
+                gemmBF16(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha,
+                         a: pa.baseAddress!, lda: lda, b: pb.baseAddress!, ldb: ldb, beta: beta, c: c, ldc: ldc,
+                         library: library, pool: pool)
+            }
+        }
+    }
+
+    /// A stored rows × columns matrix (leading dimension ≥ columns) converted element by element, same
+    /// layout; the elements after the last row's end are not read.
+    private static func converted<Source, Target>(
+        _ source: UnsafePointer<Source>, rows: Int, columns: Int, leadingDimension: Int, zero: Target, pool: ComputePool?,
+        _ convert: (UnsafePointer<Source>, UnsafeMutablePointer<Target>, Int, ComputePool?) -> Void
+    ) -> [Target] {
+        let count = rows == 0 || columns == 0 ? 0 : (rows - 1) * leadingDimension + columns
+        return [Target](unsafeUninitializedCapacity: max(count, 1)) { buffer, initialized in
+            buffer.initialize(repeating: zero)
+            convert(source, buffer.baseAddress!, count, pool)
+            initialized = buffer.count
+        }
+    }
+
+    /// Cuts C into row (or column) blocks, one per pool thread, and calls
+    /// `body(rows, columns, aOffset, bOffset, cOffset)` for each (element offsets into A, B and C).
+    /// Handles the empty cases itself: nothing for an empty C, C = beta · C for an empty inner dimension.
+    private static func forEachBlock(
+        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, lda: Int, ldb: Int, beta: Float,
+        c: UnsafeMutablePointer<Float>, ldc: Int, pool: ComputePool?,
+        _ body: (_ rows: Int, _ columns: Int, _ aOffset: Int, _ bOffset: Int, _ cOffset: Int) -> Void
+    ) {
         guard m > 0, n > 0 else { return }
         if k == 0 {
             for row in 0..<m {
@@ -49,7 +156,7 @@ public enum BLAS {
         // Small products are not worth a dispatch.
         let flops = 2 * m * n * k
         guard let pool, threads > 1, flops >= 1 << 18 else {
-            callSgemm(transposeA, transposeB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+            body(m, n, 0, 0, 0)
             return
         }
         if m >= n || m >= 16 * threads {
@@ -59,8 +166,7 @@ public enum BLAS {
                 guard part < blocks.count - 1 else { return }
                 let start = blocks[part], end = blocks[part + 1]
                 guard end > start else { return }
-                let aBlock = transposeA ? a + start : a + start * lda
-                callSgemm(transposeA, transposeB, end - start, n, k, alpha, aBlock, lda, b, ldb, beta, c + start * ldc, ldc)
+                body(end - start, n, transposeA ? start : start * lda, 0, start * ldc)
             }
         } else {
             let blocks = blockBounds(total: n, parts: threads, granularity: 16)
@@ -68,22 +174,9 @@ public enum BLAS {
                 guard part < blocks.count - 1 else { return }
                 let start = blocks[part], end = blocks[part + 1]
                 guard end > start else { return }
-                let bBlock = transposeB ? b + start * ldb : b + start
-                callSgemm(transposeA, transposeB, m, end - start, k, alpha, a, lda, bBlock, ldb, beta, c + start, ldc)
+                body(m, end - start, 0, transposeB ? start * ldb : start, start)
             }
         }
-    }
-
-    /// Runs one single-threaded sgemm on the calling thread (for kernels that parallelise at a higher level,
-    /// such as attention over (batch, head) pairs).
-    @inline(__always)
-    public static func sgemmSerial(
-        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
-        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
-    ) {
-        ensureConfigured()
-        callSgemm(transposeA, transposeB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
     }
 
     private static func blockBounds(total: Int, parts: Int, granularity: Int) -> [Int] {
@@ -92,13 +185,14 @@ public enum BLAS {
     }
 
     @inline(__always)
-    private static func callSgemm(
-        _ transposeA: Bool, _ transposeB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
+    private static func serialSgemm(
+        _ library: GEMMLibrary, _ transposeA: Bool, _ transposeB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
         _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
         _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int
     ) {
-        cblas_sgemm(
-            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
-            Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+        switch library {
+        case .oneDNN: OneDNN.sgemm(transposeA, transposeB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        case .openBLAS: OpenBLAS.sgemm(transposeA, transposeB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+        }
     }
 }
