@@ -57,15 +57,30 @@ public final class FlatParameterBuffer {
     public let gradientLayout: GradientLayout
     /// Where the parameter values live.
     public let placement: Placement
-    /// Where each parameter must stay (storage and element offset): its slice of ``values``, or with
-    /// ``Placement/inPlace`` where it was at construction.
-    private let homes: [(storage: TensorStorage, offset: Int)]
+    /// Where a parameter must stay. The storage is held weakly: with ``Placement/inPlace`` it belongs to
+    /// someone else, who may move the parameter and free it (ZeRO-3 shards, a packing optimizer), and this
+    /// record must not keep that memory alive.
+    private struct Home {
+        weak var storage: TensorStorage?
+        let offset: Int
+    }
+
+    /// Where each parameter must stay: its slice of ``values``, or with ``Placement/inPlace`` where it was at
+    /// construction.
+    private let homes: [Home]
 
     /// Packs `parameters` (distinct Float32 leaf tensors) and rebinds each one to its slice, preserving its
     /// values — or, with `placement` ``Placement/inPlace``, leaves them where they are (each must then be
     /// contiguous, and no two may overlap). With `gradientLayout` ``GradientLayout/flat`` each parameter's
     /// gradient also becomes a view into ``gradients`` (keeping its current value, zero if it had none).
-    public init(_ parameters: [Parameter], gradientLayout: GradientLayout = .flat, placement: Placement = .packed) {
+    ///
+    /// `layout` places the slices at given element offsets in buffers of a given total (increasing, not
+    /// overlapping; the gaps stay zero and belong to no parameter) — ZeRO's buckets padded to a multiple of the
+    /// data-parallel size. Without it the slices follow one another with no gaps. This is the one packing of
+    /// parameters and gradients into flat buffers: ``ConvoyParallel/ParamAndGradBuffer`` lays its buckets out
+    /// through it.
+    public init(_ parameters: [Parameter], gradientLayout: GradientLayout = .flat, placement: Placement = .packed,
+                layout: (offsets: [Int], totalCount: Int)? = nil) {
         var seen = Set<ObjectIdentifier>()
         for parameter in parameters {
             precondition(seen.insert(ObjectIdentifier(parameter)).inserted,
@@ -75,9 +90,21 @@ public final class FlatParameterBuffer {
         self.parameters = parameters
         self.counts = parameters.map(\.count)
         var offsets: [Int] = [], total = 0
-        for count in counts {
-            offsets.append(total)
-            total += count
+        if let layout {
+            precondition(layout.offsets.count == parameters.count, "a flat-buffer layout needs one offset per parameter")
+            var end = 0
+            for (offset, count) in zip(layout.offsets, counts) {
+                precondition(offset >= end, "flat-buffer slices must be in increasing order and must not overlap (offset \(offset) < \(end))")
+                end = offset + count
+            }
+            precondition(end <= layout.totalCount, "flat-buffer slices end at \(end), beyond the total \(layout.totalCount)")
+            offsets = layout.offsets
+            total = layout.totalCount
+        } else {
+            for count in counts {
+                offsets.append(total)
+                total += count
+            }
         }
         self.offsets = offsets
         self.totalCount = total
@@ -88,10 +115,10 @@ public final class FlatParameterBuffer {
         case .packed:
             let values = TensorAllocator.withCategory(.parameters) { Tensor.zeros([total]) }
             self.values = values
-            homes = offsets.map { (values.storage, values.offset + $0) }
+            homes = offsets.map { Home(storage: values.storage, offset: values.offset + $0) }
         case .inPlace:
             values = nil
-            homes = parameters.map { (storage: $0.storage, offset: $0.offset) }
+            homes = parameters.map { Home(storage: $0.storage, offset: $0.offset) }
             Self.checkInPlace(parameters)
         }
 
@@ -143,7 +170,8 @@ public final class FlatParameterBuffer {
     /// place at construction with ``Placement/inPlace``): nothing rebound it elsewhere.
     public func parameterIsView(_ index: Int) -> Bool {
         let parameter = parameters[index]
-        return parameter.storage === homes[index].storage && parameter.offset == homes[index].offset && parameter.isContiguous
+        guard let home = homes[index].storage else { return false }
+        return parameter.storage === home && parameter.offset == homes[index].offset && parameter.isContiguous
     }
 
     /// Whether parameter `index`'s gradient is the view into ``gradients`` this buffer installed (false for

@@ -19,8 +19,9 @@ import ConvoyTensor
 ///
 /// Construction copies every parameter's values into its slice of ``parameterBuffer`` and rebinds the
 /// parameter to that slice (``ConvoyTensor/Tensor/rebind(to:)``: identity, name and hooks are kept), and
-/// gives it a zero gradient that is a view into ``gradientBuffer``; a gradient it already had is discarded.
-/// Backward accumulates into `grad` in place, so after backward the group's gradient is already contiguous
+/// gives it a gradient that is a view into ``gradientBuffer`` (holding the gradient it already had, or zero) —
+/// through ``ConvoyNN/FlatParameterBuffer``, the one packing of parameters into flat buffers, at the buckets'
+/// padded offsets. Backward accumulates into `grad` in place, so after backward the group's gradient is already contiguous
 /// in bucket order. A parameter must belong to at most one such buffer (or ``ConvoyNN/FlatParameterBuffer``):
 /// rebinding it again moves it out of this one.
 public final class ParamAndGradBuffer {
@@ -162,27 +163,21 @@ public final class ParamAndGradBuffer {
             Array($0..<min($0 + bucketsPerGroup, bucketLayouts.count))
         }
 
-        // Zero-filled, so the padding starts (and, never being viewed, stays) zero.
-        let parameterCount = keepsFullParameters ? total : 0
-        parameterBuffer = TensorAllocator.withCategory(.parameters) { Tensor(storage: TensorStorage(zeroedDType: parameterDType, count: parameterCount), shape: [parameterCount]) }
-        // ZeRO-2/3 keep only a shard of the gradients; they pass `keepsFullGradients: false` and get an empty
-        // gradient buffer (and no gradient views).
-        let gradientCount = keepsFullGradients ? total : 0
-        gradientBuffer = TensorAllocator.withCategory(.gradients) { Tensor(storage: TensorStorage(zeroedDType: gradientDType, count: gradientCount), shape: [gradientCount]) }
+        // The one flat-buffer packing (ConvoyNN's FlatParameterBuffer) copies and rebinds the parameters and
+        // makes the gradients views, at the bucket layout's offsets. Its buffers are zero-filled, so the padding
+        // starts (and, never being viewed, stays) zero.
+        packing = FlatParameterBuffer(ordered.map(\.parameter), gradientLayout: keepsFullGradients ? .flat : .external,
+                                      placement: keepsFullParameters ? .packed : .inPlace, layout: (ranges.map(\.lowerBound), total))
+        // ZeRO-2/3 keep only a shard of the gradients and ZeRO-3 only a shard of the parameters: their full
+        // buffers are empty.
+        parameterBuffer = packing.values ?? TensorAllocator.withCategory(.parameters) { Tensor(storage: TensorStorage(zeroedDType: parameterDType, count: 0), shape: [0]) }
+        gradientBuffer = packing.gradients ?? TensorAllocator.withCategory(.gradients) { Tensor(storage: TensorStorage(zeroedDType: gradientDType, count: 0), shape: [0]) }
         self.keepsFullGradients = keepsFullGradients
         self.keepsFullParameters = keepsFullParameters
-        for (index, entry) in ordered.enumerated() {
-            let parameter = entry.parameter
-            if keepsFullParameters {
-                let source = parameter.contiguous()
-                withExtendedLifetime(source) {
-                    (parameterBuffer.floatPointer + ranges[index].lowerBound).update(from: source.floatPointer, count: ranges[index].count)
-                }
-                parameter.rebind(to: view(of: parameterBuffer, index))
-            }
-            if keepsFullGradients { parameter.grad = view(of: gradientBuffer, index) }
-        }
     }
+
+    /// The packing of the parameters and gradients into ``parameterBuffer`` and ``gradientBuffer``.
+    private let packing: FlatParameterBuffer
 
     /// Whether ``gradientBuffer`` holds full gradients (false for ZeRO stages that keep only a shard).
     public let keepsFullGradients: Bool
@@ -246,36 +241,18 @@ public final class ParamAndGradBuffer {
         return slices
     }
 
-    /// Whether parameter `index` (in ``parameters``) still views its slice of ``parameterBuffer``.
-    public func parameterIsView(_ index: Int) -> Bool {
-        isView(parameters[index].parameter, of: parameterBuffer, index)
-    }
+    /// Whether parameter `index` (in ``parameters``) still views its slice of ``parameterBuffer`` (or, when the
+    /// buffer keeps no parameters, is still where it was found).
+    public func parameterIsView(_ index: Int) -> Bool { packing.parameterIsView(index) }
 
     /// Whether parameter `index`'s gradient is still the view into ``gradientBuffer`` installed here (false
     /// if it was dropped or replaced).
-    public func gradientIsView(_ index: Int) -> Bool {
-        guard let grad = parameters[index].parameter.grad else { return false }
-        return isView(grad, of: gradientBuffer, index)
-    }
+    public func gradientIsView(_ index: Int) -> Bool { packing.gradientIsView(index) }
 
     /// Zeroes every gradient (the whole buffer, padding included) and makes any gradient that was dropped or
     /// replaced a view into ``gradientBuffer`` again.
     public func zeroGradients() {
         guard keepsFullGradients else { return }
-        gradientBuffer.fill(0)
-        for index in parameters.indices where !gradientIsView(index) {
-            parameters[index].parameter.grad = view(of: gradientBuffer, index)
-        }
-    }
-
-    /// A view of parameter `index`'s slice of `buffer`, shaped like the parameter. Built directly rather than
-    /// with `slice`/`reshaped`, which would record the view on the autograd tape.
-    private func view(of buffer: Tensor, _ index: Int) -> Tensor {
-        Tensor(storage: buffer.storage, shape: parameters[index].parameter.shape, offset: buffer.offset + parameterRanges[index].lowerBound)
-    }
-
-    private func isView(_ tensor: Tensor, of buffer: Tensor, _ index: Int) -> Bool {
-        tensor.storage === buffer.storage && tensor.offset == buffer.offset + parameterRanges[index].lowerBound
-            && tensor.isContiguous && tensor.shape == parameters[index].parameter.shape
+        packing.zeroGradients()
     }
 }
