@@ -1,4 +1,6 @@
+import ConvoyComm
 import ConvoyNN
+import ConvoyParallel
 import ConvoyTensor
 import ConvoyTrain
 import Foundation
@@ -145,5 +147,39 @@ func weights(_ model: Module) -> [[Float]] { model.parameters.map { $0.toArray()
         #expect(throws: ConvoyError.self) { try Trainer(configuration: configuration, resume: final) }
         try Data("{not json".utf8).write(to: URL(fileURLWithPath: final + "/trainer.json"))
         #expect(throws: ConvoyError.self) { try Trainer(configuration: configuration, resume: final) }
+    }
+}
+
+@Suite struct PlacementManifestTests {
+    /// Every checkpoint records the mesh and each parameter's placement; a resume reads it and refuses a
+    /// checkpoint whose parameters were placed differently (naming the parameter), before touching the model.
+    @Test func checkpointsRecordPlacementsAndResumeReadsThem() throws {
+        let output = scratchDirectory("placement")
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        var configuration = try tinyConfiguration(output: output, steps: 2)
+        configuration.dp = 2
+        let frozen = configuration
+        _ = try LocalWorld.run(size: 2, threadsPerRank: 1) { group in try Trainer(configuration: frozen, group: group).run() }
+        let final = configuration.finalCheckpointDirectory
+        let manifest = try #require(try PlacementManifest.read(from: final))
+        #expect(manifest.order == "tp-dp-pp" && manifest.sizes == ["tp": 1, "dp": 2, "pp": 1])
+        #expect(Set(manifest.parameters.keys) == Set(try GPT(configuration.modelConfiguration, seed: 1).namedParameters().map(\.name)))
+        #expect(manifest.parameters.values.allSatisfy { $0.axes.isEmpty })
+
+        // The same layout resumes; a parameter saved as a tensor-parallel shard does not.
+        var resumed = configuration
+        resumed.steps = 3
+        resumed.output = output + "/resumed"
+        resumed.dp = nil  // the whole optimizer state was saved: one rank can continue a dp 2 run
+        _ = try Trainer(configuration: resumed, resume: final)
+        var tampered = manifest
+        tampered.parameters["h.0.attn.c_attn.weight"]?.axes = ["tp": "Shard(1)"]
+        try tampered.encoded().write(to: URL(fileURLWithPath: final + "/" + PlacementManifest.fileName))
+        do {
+            _ = try Trainer(configuration: resumed, resume: final)
+            Issue.record("a checkpoint with another placement must be refused")
+        } catch {
+            #expect("\(error)".contains("h.0.attn.c_attn.weight") && "\(error)".contains("tp: Shard(1)"), "\(error)")
+        }
     }
 }

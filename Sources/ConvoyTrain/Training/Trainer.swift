@@ -75,6 +75,9 @@ public final class Trainer {
 
     private func restore(from directory: String) throws {
         var optimizerFile = TrainingCheckpoint.optimizerFileName
+        // The placement each parameter was saved with tells what each rank held; another placement cannot load.
+        try PlacementManifest.read(from: try TrainingCheckpoint.resolvedDirectory(directory))?
+            .checkLoadable(into: PlacementManifest(model: model, mesh: plan.mesh), checkpoint: directory)
         if try runtime.checkpointLayoutIndex() != nil, let group {
             try runtime.checkCheckpointLayout(in: try TrainingCheckpoint.resolvedDirectory(directory))
             optimizerFile = TrainingCheckpoint.shardFileName(rank: group.rank, of: group.size)
@@ -115,8 +118,11 @@ public final class Trainer {
     /// is left gathered (the caller releases it when training goes on).
     private func saveCheckpoint(afterStep step: Int, to directory: String) throws {
         try runtime.gatherFullModel()
+        let manifest = (PlacementManifest.fileName, try PlacementManifest(model: model, mesh: plan.mesh).encoded())
         guard let index = try runtime.checkpointLayoutIndex(), let group else {
-            if isLeader { try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state(afterStep: step), to: directory) }
+            if isLeader {
+                try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state(afterStep: step), to: directory, extraFiles: [manifest.0: manifest.1])
+            }
             try group?.barrier()
             return
         }
@@ -130,7 +136,7 @@ public final class Trainer {
         try group.barrier()
         if isLeader {
             try TrainingCheckpoint.save(model: model, optimizer: nil, state: state(afterStep: step), to: directory, temporary: temporary,
-                                        extraFiles: [index.name: index.contents])
+                                        extraFiles: [index.name: index.contents, manifest.0: manifest.1])
         }
         try group.barrier()
     }
