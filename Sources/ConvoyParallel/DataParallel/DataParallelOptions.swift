@@ -24,7 +24,8 @@ public struct DataParallelOptions: Sendable, Equatable {
     public var bucketCapMB: Double = 25
     /// Launch each bucket's all-reduce as soon as it is complete, overlapping the rest of backward.
     public var overlapGradReduce = true
-    /// Keep all gradients of a dtype in one contiguous buffer (grads are views; buckets are slices).
+    /// Reduce each bucket group with one all-reduce (on), or each parameter with its own (off, PaddlePaddle's
+    /// unfused all-reduce). Gradients are views into one contiguous buffer either way (the bucket engine).
     public var fuseAllReduce: FusionChoice = .automatic
     /// Use the flat-buffer optimizers.
     public var fuseOptimizer: FusionChoice = .automatic

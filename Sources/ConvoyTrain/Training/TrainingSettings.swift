@@ -184,7 +184,7 @@ public enum TrainingSettings {
         real("parallel.ddp.first_bucket_cap_mb", "--first-bucket-cap-mb", \.ddp.firstBucketCapMB, 1e-6...1e6, "Cap of the first gradient bucket in MiB."),
         real("parallel.ddp.bucket_cap_mb", "--bucket-cap-mb", \.ddp.bucketCapMB, 1e-6...1e6, "Cap of the other gradient buckets in MiB."),
         boolean("parallel.ddp.overlap_grad_reduce", "--overlap-grad-reduce", \.ddp.overlapGradReduce, "Overlap bucket all-reduces with backward."),
-        fusion("parallel.ddp.fuse_all_reduce", "--fuse-all-reduce", \.ddp.fuseAllReduce, "One contiguous gradient buffer."),
+        fusion("parallel.ddp.fuse_all_reduce", "--fuse-all-reduce", \.ddp.fuseAllReduce, "One all-reduce per bucket group (on) or per parameter (off); gradients always live in one contiguous buffer."),
         fusion("parallel.ddp.fuse_optimizer", "--fuse-optimizer", \.ddp.fuseOptimizer, "Flat-buffer optimizer."),
         boolean("parallel.ddp.find_unused_parameters", "--find-unused-parameters", \.ddp.findUnusedParameters, "Allow parameters without gradients."),
         boolean("parallel.ddp.overlap_param_gather", "--overlap-param-gather", \.ddp.overlapParamGather, "ZeRO: gather updated parameters in the background, each layer waiting for its own."),
