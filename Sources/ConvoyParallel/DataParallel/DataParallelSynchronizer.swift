@@ -5,7 +5,7 @@ import Foundation
 
 /// DDP as a ``GradientSynchronizer``: ``DataParallel`` reduces the gradients (bucketed all-reduces overlapping
 /// backward) and a replicated optimizer updates every replica identically.
-public final class DataParallelSynchronizer: GradientSynchronizer {
+public final class DataParallelSynchronizer: ReplicatedGradients {
     public let parallel: DataParallel
     public let module: Module
     public let optimizer: any Optimizer
@@ -23,8 +23,6 @@ public final class DataParallelSynchronizer: GradientSynchronizer {
     }
 
     public var dataParallelGroup: (any ProcessGroup)? { parallel.group }
-    public var zeroStage: Int { 0 }
-    public var gradientPlacementAlongDataParallel: Placement { .replicate }
     public var summary: String { "data parallel over \(parallel.group.size) ranks, \(parallel.bucketCount) buckets" }
 
     public func backward(synchronizing: Bool, _ body: () throws -> Void) throws {
@@ -43,23 +41,5 @@ public final class DataParallelSynchronizer: GradientSynchronizer {
         if synchronizedThisStep { try parallel.finishGradientSynchronization() } else { try parallel.reduceAccumulatedGradients() }
     }
 
-    public func accumulatedGradient(of parameter: Parameter) -> Tensor {
-        if parameter.grad == nil { parameter.grad = Tensor.zeros(parameter.shape) }
-        return parameter.grad!
-    }
-
-    public func squaredNorm(counting counts: (Parameter) -> Bool) -> Double {
-        Self.sumOfSquares(ofGradients: module.parameters.filter(counts))
-    }
-
-    public func scaleGradients(by factor: Float) {
-        for parameter in module.parameters { parameter.grad?.scaleInPlace(factor) }
-    }
-
-    public func step() throws { optimizer.step() }
     public func zeroGradients() { parallel.zeroGradients() }
-    public func gatherFullParameters() throws {}
-    public func releaseFullParameters(copyingBack: Bool) {}
-    public func checkpointLayoutIndex() throws -> Data? { nil }
-    public func checkLayout(_ index: Data, source: String) throws {}
 }

@@ -1,0 +1,36 @@
+import ConvoyComm
+import ConvoyNN
+import ConvoyTensor
+import Foundation
+
+/// A synchronizer whose final gradients are whole on every replica, in the module's parameters' `grad` (no
+/// synchronizer at all, and DDP): the norm, scaling, step and checkpoint layout are the same for both and are
+/// written here once.
+public protocol ReplicatedGradients: GradientSynchronizer {
+    /// The module whose parameters the optimizer updates.
+    var module: Module { get }
+}
+
+extension ReplicatedGradients {
+    public var gradientPlacementAlongDataParallel: Placement { .replicate }
+    public var zeroStage: Int { 0 }
+
+    public func accumulatedGradient(of parameter: Parameter) -> Tensor {
+        if parameter.grad == nil { parameter.grad = Tensor.zeros(parameter.shape) }
+        return parameter.grad!
+    }
+
+    public func squaredNorm(counting counts: (Parameter) -> Bool) -> Double {
+        Self.sumOfSquares(ofGradients: module.parameters.filter(counts))
+    }
+
+    public func scaleGradients(by factor: Float) {
+        for parameter in module.parameters { parameter.grad?.scaleInPlace(factor) }
+    }
+
+    public func step() throws { optimizer.step() }
+    public func gatherFullParameters() throws {}
+    public func releaseFullParameters(copyingBack: Bool) {}
+    public func checkpointLayoutIndex() throws -> Data? { nil }
+    public func checkLayout(_ index: Data, source: String) throws {}
+}
