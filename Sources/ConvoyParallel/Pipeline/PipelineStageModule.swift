@@ -6,7 +6,7 @@ import ConvoyTensor
 ///
 /// Virtual stage 0 owns the embeddings (`wte`, `wpe`); the last virtual stage owns the final norm and the head,
 /// whose weight is the token embedding (tied): when those are different ranks, each holds a copy of `wte`, and
-/// ``PipelineParallel`` keeps the copies equal by summing their gradients. Every rank builds the whole GPT from
+/// ``PipelineParallel`` keeps the copies equal by summing their gradients. Every rank builds the whole model from
 /// the same seed (so shared initial values agree) and then gives back the memory of the parameters it does not
 /// own (``ConvoyTensor/TensorStorage/releaseMemory()``): touching one traps instead of computing with stale
 /// values. ``restoreUnownedParameters()`` brings that memory back, e.g. to collect the whole model on one rank.
