@@ -62,9 +62,6 @@ public final class PipelineParallel: StepSchedule {
                             dataParallelOptions: DataParallelOptions = DataParallelOptions(), weightDecay: Float, timeline: Timeline? = nil,
                             makeOptimizer: (Module, _ externalGradients: Bool) -> any Optimizer,
                             makeShardOptimizer: ([ParameterGroup]) -> any Optimizer) throws {
-        guard world.size % options.stages == 0 else {
-            throw ConvoyError.invalidConfiguration("world size \(world.size) is not a multiple of pp = \(options.stages); run pp·dp ranks")
-        }
         var settings = ParallelSettings()
         settings.pipeline = options
         settings.zeroStage = zeroStage

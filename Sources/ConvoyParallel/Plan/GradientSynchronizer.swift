@@ -57,21 +57,3 @@ public protocol GradientSynchronizer: AnyObject {
     /// Throws unless `index` (from ``checkpointLayoutIndex()``) describes this synchronizer's layout.
     func checkLayout(_ index: Data, source: String) throws
 }
-
-extension GradientSynchronizer {
-    /// Σ g² over `tensors`' gradients, accumulated in Double in order (deterministic).
-    static func sumOfSquares<S: Sequence>(ofGradients tensors: S) -> Double where S.Element == Tensor {
-        var total = 0.0
-        for tensor in tensors {
-            guard let gradient = tensor.grad else { continue }
-            let values = gradient.contiguous()
-            total += withExtendedLifetime(values) {
-                let pointer = values.floatPointer
-                var sum = 0.0
-                for i in 0..<values.count { sum += Double(pointer[i]) * Double(pointer[i]) }
-                return sum
-            }
-        }
-        return total
-    }
-}

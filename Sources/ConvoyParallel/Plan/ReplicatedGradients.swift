@@ -21,7 +21,7 @@ extension ReplicatedGradients {
     }
 
     public func squaredNorm(counting counts: (Parameter) -> Bool) -> Double {
-        Self.sumOfSquares(ofGradients: module.parameters.filter(counts))
+        GradientClipping.sumOfSquaredGradients(module.parameters.filter(counts))
     }
 
     public func scaleGradients(by factor: Float) {

@@ -384,10 +384,9 @@ public final class DistributedOptimizer {
         try squaredGradientNorm().squareRoot()
     }
 
-    /// The squared L2 norm of the averaged gradient over all ranks' shards, leaving out the parameters in
-    /// `excluded` (a pipeline counts a tied weight held by two stages once).
-    public func squaredGradientNorm(excluding excluded: Set<ObjectIdentifier> = []) throws -> Double {
-        let squares = Tensor(shape: [1], values: [Float(squaredShardNorm { !excluded.contains(ObjectIdentifier($0)) })])
+    /// The squared L2 norm of the averaged gradient over all ranks' shards.
+    public func squaredGradientNorm() throws -> Double {
+        let squares = Tensor(shape: [1], values: [Float(squaredShardNorm { _ in true })])
         try group.allReduce(squares, operation: .sum)
         return Double(squares.floatPointer[0])
     }
@@ -398,23 +397,13 @@ public final class DistributedOptimizer {
         var local = 0.0
         let excluded = Set(buffer.parameters.map(\.parameter).filter { !counts($0) }.map(ObjectIdentifier.init))
         if excluded.isEmpty {
-            for index in buffer.buckets.indices { local += Self.sumOfSquares(shardGradient(of: index)) }
+            for index in buffer.buckets.indices { local += GradientClipping.sumOfSquares(shardGradient(of: index)) }
         } else {
             for (values, owner) in shardSlices where !excluded.contains(owner) {
-                if let gradient = values.grad { local += Self.sumOfSquares(gradient) }
+                if let gradient = values.grad { local += GradientClipping.sumOfSquares(gradient) }
             }
         }
         return local
-    }
-
-    private static func sumOfSquares(_ tensor: Tensor) -> Double {
-        let values = tensor.contiguous()
-        return withExtendedLifetime(values) {
-            let pointer = values.floatPointer
-            var sum = 0.0
-            for i in 0..<values.count { sum += Double(pointer[i]) * Double(pointer[i]) }
-            return sum
-        }
     }
 
     /// Multiplies this rank's averaged gradient shard by `factor`.
