@@ -3,6 +3,7 @@ import CMPI
 import ConvoyComm
 import ConvoyTensor
 import Foundation
+import Synchronization
 
 /// The `convoy` command line.
 @main
@@ -20,6 +21,8 @@ struct Convoy: ParsableCommand {
         // A closed pipe (`convoy train | head -1`) must not kill the process silently: writes then fail with
         // EPIPE, which StandardOutput turns into an error.
         signal(SIGPIPE, SIG_IGN)
+        // Memory the system refuses mid-run ends in one error line (and the whole job under MPI), not a trap.
+        TensorAllocator.allocationFailureHandler.withLock { $0 = { message in fail(message) } }
         do {
             // A mistyped CONVOY_GEMM is refused before any work rather than discovered at the first GEMM.
             _ = try GEMMLibrary.fromEnvironment()

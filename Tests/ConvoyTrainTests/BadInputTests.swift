@@ -1,4 +1,5 @@
 import ConvoyNN
+import ConvoyParallel
 import ConvoyTensor
 import ConvoyTrain
 import Foundation
@@ -23,6 +24,39 @@ import Glibc
         let log = try MetricsLog(directory: output)
         let text = message { try log.write(["step": 1, "loss": 2.0]) }
         #expect(text.contains(output + "/metrics.jsonl") && text.contains("No space left"), "\(text)")
+    }
+
+    @Test(arguments: [
+        [("--layers", "256"), ("--d-model", "65536"), ("--heads", "64")],
+        [("--context", "1048576"), ("--batch", "8")],
+    ])
+    func aRunThatCannotFitInMemoryIsRefusedBeforeAllocating(_ flags: [(String, String)]) throws {
+        let output = scratchDirectory("too-big")
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        let configuration = try TrainingSettings.resolve(configFile: nil, flags: flags + [("--output", output), ("--steps", "1")])
+        let live = TensorAllocator.shared.liveBytes
+        let text = message { _ = try Trainer(configuration: configuration) }
+        #expect(text.contains("needs at least") && text.contains("GiB") && text.contains("--batch"), "\(text)")
+        // Refused from the plan: the model was never built.
+        #expect(TensorAllocator.shared.liveBytes - live < 1 << 20)
+        #expect(!FileManager.default.fileExists(atPath: output))
+    }
+
+    @Test func theMemoryEstimateCountsZeROShardingAndLocalRanks() throws {
+        let shape = ModelShape(layers: 4, width: 256, heads: 4, contextLength: 64, vocabularySize: 256, layerSequenceName: "h",
+                               inputModuleNames: ["wte", "wpe"], outputModuleNames: ["ln_f"])
+        func estimate(dp: Int, stage: Int, ranks: Int) throws -> MemoryEstimate {
+            var settings = ParallelSettings()
+            settings.dataParallelSize = dp
+            settings.zeroStage = stage
+            let plan = try ParallelPlan(settings: settings, worldSize: dp, model: shape)
+            return MemoryEstimate(plan: plan, optimizerStateBytesPerParameter: 8, microBatchSize: 2, ranksInProcess: ranks)
+        }
+        let whole = try estimate(dp: 1, stage: 0, ranks: 1), sharded = try estimate(dp: 4, stage: 3, ranks: 1)
+        #expect(abs(sharded.stateBytesPerRank * 4 - whole.stateBytesPerRank) < 1)
+        #expect(try estimate(dp: 4, stage: 3, ranks: 4).bytesPerProcess == 4 * sharded.bytesPerProcess)
+        #expect(throws: ConvoyError.self) { try whole.check(limit: whole.bytesPerProcess - 1) }
+        try whole.check(limit: whole.bytesPerProcess)
     }
 
     @Test func nonFiniteWeightsInACheckpointAreRefusedNamingTheTensor() throws {

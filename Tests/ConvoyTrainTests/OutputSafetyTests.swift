@@ -17,6 +17,15 @@ import Testing
         }
     }
 
+    /// A pid that existed and is gone: a finished child's.
+    func deadProcessIdentifier() throws -> Int32 {
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: "/bin/true")
+        try child.run()
+        child.waitUntilExit()
+        return child.processIdentifier
+    }
+
     func write(_ text: String, to path: String) throws {
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         try Data(text.utf8).write(to: URL(fileURLWithPath: path))
@@ -92,12 +101,7 @@ import Testing
     @Test func staleTemporariesOfDeadProcessesAreRemovedWhenASaveStarts() throws {
         let scratch = scratchDirectory("stale")
         defer { try? FileManager.default.removeItem(atPath: scratch) }
-        // A pid that existed and is gone: a finished child's.
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: "/bin/true")
-        try child.run()
-        child.waitUntilExit()
-        let dead = child.processIdentifier
+        let dead = try deadProcessIdentifier()
         let deadTemporary = TrainingCheckpoint.temporaryDirectoryPath(for: scratch + "/ck", tag: CheckpointTemporary.tag(pid: dead, unique: "7"))
         let liveTemporary = TrainingCheckpoint.temporaryDirectoryPath(for: scratch + "/ck", tag: CheckpointTemporary.tag(pid: 1, unique: "7"))
         let foreign = scratch + "/.ck.tmp-keep"
@@ -109,6 +113,51 @@ import Testing
         #expect(FileManager.default.fileExists(atPath: liveTemporary))
         #expect(FileManager.default.fileExists(atPath: foreign))
         #expect(RunDirectory.isCheckpoint(scratch + "/ck"))
+    }
+
+    @Test func overwriteKeepsTheEarlierCheckpointUntilThisRunReplacesIt() throws {
+        let output = scratchDirectory("overwrite-keeps")
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        var configuration = try tinyConfiguration(output: output, steps: 2)
+        _ = try Trainer(configuration: configuration).run()
+        configuration.overwrite = true
+        // A run that claims the directory and then fails before its first save leaves the old checkpoint loadable.
+        let locks = try RunDirectory.claim(for: configuration, resuming: false)
+        #expect(RunDirectory.isCheckpoint(output + "/final"))
+        #expect(!FileManager.default.fileExists(atPath: output + "/metrics.jsonl"))
+        withExtendedLifetime(locks) {}
+    }
+
+    @Test func aSaveDirectoryOutsideTheOutputIsLockedToo() throws {
+        let scratch = scratchDirectory("save-lock")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        var first = try tinyConfiguration(output: scratch + "/run-a", steps: 1)
+        first.save = scratch + "/shared-checkpoint"
+        let held = try RunDirectory.claim(for: first, resuming: false)
+        var second = first
+        second.output = scratch + "/run-b"
+        expectRefusal({ _ = try RunDirectory.claim(for: second, resuming: false) }, mentioning: ["--save", scratch + "/shared-checkpoint", "in use", "pid \(getpid())"])
+        #expect(!FileManager.default.fileExists(atPath: second.output), "a refused run creates no output directory")
+        withExtendedLifetime(held) {}
+        // Released with the first run: the second may go now.
+        _ = try RunDirectory.claim(for: second, resuming: false)
+    }
+
+    @Test func temporaryFilesOfDeadWritersAreRemovedWhenARunStarts() throws {
+        let output = scratchDirectory("stale-files")
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        let dead = output + "/.config.toml.tmp-" + TemporaryOwner.tag(pid: try deadProcessIdentifier(), unique: "9")
+        let live = output + "/.config.toml.tmp-" + TemporaryOwner.tag(pid: 1, unique: "9")
+        let foreign = output + "/.notes.tmp-keep"
+        for path in [dead, live, foreign] { try write("partial", to: path) }
+        try write("", to: output + "/" + OutputLock.fileName)  // an earlier run's directory
+        var configuration = try tinyConfiguration(output: output, steps: 1)
+        configuration.overwrite = true
+        let locks = try RunDirectory.claim(for: configuration, resuming: false)
+        #expect(!FileManager.default.fileExists(atPath: dead))
+        #expect(FileManager.default.fileExists(atPath: live))
+        #expect(FileManager.default.fileExists(atPath: foreign))
+        withExtendedLifetime(locks) {}
     }
 
     @Test func ranksWithDifferentFlagsRefuseToTrainNamingTheKey() throws {

@@ -8,7 +8,8 @@ import Glibc
 public enum AtomicFile {
     /// Writes `bytes` to `path` so that a crash at any moment leaves either the old file or the new one:
     /// a temporary file in the same directory, fsync, rename over `path`, fsync of the directory. On failure
-    /// the old file is untouched and the temporary file removed.
+    /// the old file is untouched and the temporary file removed. The temporary's name carries this process's
+    /// ``TemporaryOwner`` tag, so what a killed writer leaves is recognised and removed by a later run.
     ///
     /// - Throws: ``ConvoyError/io(_:)`` naming the step that failed.
     public static func write(_ bytes: Data, to path: String) throws {
@@ -18,7 +19,7 @@ public enum AtomicFile {
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
         let fileName = URL(fileURLWithPath: path).lastPathComponent
         let temporaryPath = URL(fileURLWithPath: directory)
-            .appendingPathComponent(".\(fileName).tmp-\(getpid())-\(UInt64.random(in: 0...UInt64.max))").path
+            .appendingPathComponent(".\(fileName).tmp-\(TemporaryOwner.tag(unique: String(UInt64.random(in: 0...UInt64.max))))").path
 
         let descriptor = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard descriptor >= 0 else { throw failure("creating temporary file", temporaryPath) }

@@ -69,6 +69,12 @@ public final class TensorAllocator: Sendable {
     }
 
     private let state = Mutex(State())
+
+    /// Called with a one-line message when the system refuses memory, before the process stops. An allocation
+    /// deep inside an operator cannot throw to its caller, so the program installs a handler that reports the
+    /// message as an error and ends the run (the CLI prints it and, under MPI, aborts the whole job); without
+    /// one the process traps. Runs that cannot fit are normally refused earlier, by the plan's memory estimate.
+    public static let allocationFailureHandler = Mutex<(@Sendable (String) -> Void)?>(nil)
     /// Cached free bytes beyond this are returned to the system.
     private let cacheLimitBytes: Int
 
@@ -102,7 +108,9 @@ public final class TensorAllocator: Sendable {
         var raw: UnsafeMutableRawPointer?
         let status = posix_memalign(&raw, 64, size)
         guard status == 0, let raw else {
-            fatalError("Convoy could not allocate \(size) bytes for a tensor (posix_memalign returned \(status))")
+            let message = "Convoy could not allocate \(size) bytes for a tensor (\(String(cString: strerror(status)))); the machine is out of memory for this run: make the model or --batch smaller, or shard it (--zero-stage, --pp)"
+            Self.allocationFailureHandler.withLock { $0 }?(message)
+            fatalError(message)
         }
         return (raw, size)
     }

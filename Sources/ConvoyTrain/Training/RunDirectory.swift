@@ -42,12 +42,15 @@ public enum RunDirectory {
     }
 
     /// Checks every path a run will write, before anything is written; then creates the output directory,
-    /// locks it and, with `overwrite`, removes the previous run's outputs. Keep the returned lock for the
-    /// whole run.
+    /// locks it (and a `--save` directory outside it), removes what writers killed mid-write left there and,
+    /// with `overwrite`, the previous run's metrics. Keep the returned locks for the whole run.
+    ///
+    /// A previous run's checkpoints are not removed by `--overwrite`: each is replaced atomically when this
+    /// run saves to the same path, so a run that fails early still leaves the earlier checkpoint loadable.
     ///
     /// - Parameter resuming: the run continues from a checkpoint, so the outputs of the run it continues
     ///   are its own (metrics are appended, checkpoints replaced) without `--overwrite`.
-    public static func claim(for configuration: TrainingConfiguration, resuming: Bool) throws -> OutputLock {
+    public static func claim(for configuration: TrainingConfiguration, resuming: Bool) throws -> [OutputLock] {
         let output = standardized(configuration.output)
         let final = standardized(configuration.finalCheckpointDirectory)
         let periodic = standardized(configuration.periodicCheckpointDirectory)
@@ -69,8 +72,15 @@ public enum RunDirectory {
                 throw ConvoyError.io("--output \(configuration.output) exists and is not a Convoy run directory (it holds \(listing(contents))); Convoy will not write into it. Choose a new or empty directory")
             }
         }
+        // A --save outside the output directory is locked first, so a run refused for it creates no output.
+        var locks: [OutputLock] = []
+        if final != output && !final.hasPrefix(output + "/") {
+            try makeDirectories(URL(fileURLWithPath: final).deletingLastPathComponent().path, flag: "--save")
+            locks.append(try OutputLock(checkpoint: final))
+        }
         try makeDirectories(output, flag: "--output")
-        let lock = try OutputLock(directory: output)
+        locks.append(try OutputLock(directory: output))
+        CheckpointTemporary.removeStaleFiles(in: output)
 
         let checkpoints = [(final, configuration.save == nil ? "--output" : "--save"), (periodic, "--output")]
         for (path, flag) in checkpoints { try checkReplaceable(checkpoint: path, flag: flag) }
@@ -84,13 +94,10 @@ public enum RunDirectory {
             }
         }
         if configuration.overwrite && !resuming {
-            // Only what a run writes: anything else in the directory is left as it is.
-            for path in earlier + earlier.map(TrainingCheckpoint.asidePath) where isCheckpoint(path) {
-                try remove(path)
-            }
+            // The metrics would otherwise mix two runs; checkpoints are replaced by this run's saves.
             try remove(output + "/" + metricsFileName, onlyIfExists: true)
         }
-        return lock
+        return locks
     }
 
     /// Throws unless a file can be written at `path` later (its directory exists and is writable, and `path`

@@ -59,6 +59,10 @@ public final class Trainer {
         // Every refusal happens here, before the model or the data exist.
         plan = try ParallelPlan(settings: try configuration.parallelSettings(), worldSize: group?.size ?? 1, model: configuration.modelConfiguration.shape)
         let dataParallelRank = plan.mesh.position(along: .dp, of: group?.rank ?? 0)
+        // A run that cannot fit is refused now, not by a failed allocation (or the kernel) minutes from now.
+        try MemoryEstimate(plan: plan, optimizerStateBytesPerParameter: try ZeROMemoryPlan.OptimizerKind(name: configuration.optimizer).stateBytesPerParameter,
+                           microBatchSize: configuration.microBatchSize ?? max(configuration.batch / (plan.dataParallelSize * configuration.accumulateSteps), 1),
+                           ranksInProcess: group is LocalProcessGroup ? group?.size ?? 1 : 1).check()
         dataset = try configuration.makeDataset()
         sampler = try DistributedSampler(globalBatch: configuration.batch, worldSize: plan.dataParallelSize, rank: dataParallelRank,
                                          microBatches: configuration.accumulateSteps)
@@ -194,8 +198,8 @@ public final class Trainer {
         let output = configuration.output
         var metrics: MetricsLog?
         // Checks every output path and locks the output directory for the whole run (RunDirectory.swift).
-        let outputLock = isLeader ? try RunDirectory.claim(for: configuration, resuming: startStep > 0) : nil
-        defer { withExtendedLifetime(outputLock) {} }
+        let outputLocks = isLeader ? try RunDirectory.claim(for: configuration, resuming: startStep > 0) : []
+        defer { withExtendedLifetime(outputLocks) {} }
         if isLeader {
             try AtomicFile.write(Data(TrainingSettings.tomlText(configuration).utf8), to: output + "/config.toml")
             metrics = try MetricsLog(directory: output)
