@@ -13,7 +13,7 @@ struct BenchCommCommand: ParsableCommand {
         Bus bandwidth = algorithm bandwidth × 2(n−1)/n for all-reduce, × (n−1)/n for reduce-scatter and \
         all-gather, × 1 for broadcast and send/receive. Local backend: also the memory-traffic rate of an \
         all-reduce (2·n·bytes per operation) against a plain parallel copy with one thread per rank, measured \
-        in the same run. MPI backend (under mpirun): also the same MPI_Allreduce called directly; only rank 0 prints.
+        in the same run. MPI backend (under mpirun): also the same all-reduce through MPI_Allreduce called         directly, by default with the algorithm Convoy's non-blocking path uses (Rabenseifner), so the ratio is         Convoy's own cost; the two are timed in alternating rounds and the best round of each is kept, so load on         a shared machine affects both alike. Only rank 0 prints.
         """)
 
     enum Operation: String, ExpressibleByArgument, CaseIterable {
@@ -26,12 +26,20 @@ struct BenchCommCommand: ParsableCommand {
     @Option(name: .customLong("min-bytes"), help: "Smallest message in bytes.") var minBytes: Int = 1 << 20
     @Option(name: .customLong("max-bytes"), help: "Largest message in bytes (sizes double from min to max).") var maxBytes: Int = 64 << 20
     @Option(help: "Timed iterations per size.") var iterations: Int = 10
+    @Option(help: "Rounds per size, alternating Convoy and direct MPI (MPI backend); the best round of each is reported.") var rounds: Int = 5
+    @Option(name: .customLong("direct-algorithm"), help: "Algorithm of the direct MPI_Allreduce: rabenseifner (Convoy's, default) or default (Open MPI's own choice).")
+    var directAlgorithm: DirectAlgorithm = .rabenseifner
+
+    enum DirectAlgorithm: String, ExpressibleByArgument, CaseIterable {
+        case rabenseifner, `default`
+    }
     @Flag(help: "One JSON line per size.") var json = false
 
     func validate() throws {
         try InputBounds.check(ranks, InputBounds.localRanks, flag: "--ranks", why: "Local ranks are threads of this process")
         guard minBytes >= 4, maxBytes >= minBytes else { throw ValidationError("need 4 ≤ --min-bytes ≤ --max-bytes") }
         guard iterations > 0 else { throw ValidationError("--iterations must be positive") }
+        guard (1...100).contains(rounds) else { throw ValidationError("--rounds must be in 1...100, got \(rounds)") }
     }
 
     /// One measured size.
@@ -62,6 +70,11 @@ struct BenchCommCommand: ParsableCommand {
             }
             report(rows, backend: chosen)
         case .mpi:
+            if op == .allreduce && directAlgorithm == .rabenseifner {
+                // Open MPI reads MCA parameters at MPI_Init; the user's own choice (environment) wins.
+                setenv("OMPI_MCA_coll_tuned_use_dynamic_rules", "1", 0)
+                setenv("OMPI_MCA_coll_tuned_allreduce_algorithm", "6", 0)
+            }
             let runtime = try MPIRuntime.initialize()
             let world = runtime.worldGroup()
             if op == .sendrecv && world.size < 2 { throw ConvoyError.invalidArgument("sendrecv needs at least 2 ranks") }
@@ -79,10 +92,12 @@ struct BenchCommCommand: ParsableCommand {
     }
 
     private func measure(group: any ProcessGroup, bytes: Int, direct: Bool) throws -> Row {
-        let seconds = try Self.timeOperation(op, group: group, bytes: bytes, iterations: iterations)
-        var row = Row(bytes: bytes, seconds: seconds, ranks: group.size)
-        if direct { row.directSeconds = try Self.timeDirectMPIAllreduce(bytes: bytes, iterations: iterations) }
-        return row
+        var seconds = Double.infinity, directSeconds = Double.infinity
+        for _ in 0..<rounds {
+            seconds = min(seconds, try Self.timeOperation(op, group: group, bytes: bytes, iterations: iterations))
+            if direct { directSeconds = min(directSeconds, try Self.timeDirectMPIAllreduce(bytes: bytes, iterations: iterations)) }
+        }
+        return Row(bytes: bytes, seconds: seconds, ranks: group.size, directSeconds: direct ? directSeconds : nil)
     }
 
     /// Mean seconds per operation on this rank after a warm-up, bracketed by barriers.
@@ -167,7 +182,8 @@ struct BenchCommCommand: ParsableCommand {
             var header = [column("bytes", 12), column("time (us)", 12), column("algbw GB/s", 12), column("busbw GB/s", 12)].joined(separator: " ")
             if backend == .local { header += " " + [column("traffic GB/s", 14), column("memcpy GB/s", 14), column("ratio", 10)].joined(separator: " ") }
             if backend == .mpi && op == .allreduce { header += " " + [column("MPI direct (us)", 16), column("ratio", 10)].joined(separator: " ") }
-            print("# \(op.rawValue), \(backend.rawValue) backend, \(rows.first?.ranks ?? 0) ranks, \(iterations) iterations")
+            let direct = backend == .mpi && op == .allreduce ? ", direct MPI_Allreduce: \(ProcessInfo.processInfo.environment["OMPI_MCA_coll_tuned_allreduce_algorithm"].map { "tuned algorithm \($0)" } ?? "Open MPI's default algorithm"), best of \(rounds) alternating rounds" : ""
+            print("# \(op.rawValue), \(backend.rawValue) backend, \(rows.first?.ranks ?? 0) ranks, \(iterations) iterations\(direct)")
             print(header)
         }
         for row in rows {
@@ -180,7 +196,11 @@ struct BenchCommCommand: ParsableCommand {
                                              "time_us": row.seconds * 1e6, "algbw_gbps": algbw, "busbw_gbps": busbw]
                 if let rate = row.copyRate { object["memcpy_gbps"] = rate / 1e9 }
                 if let traffic { object["traffic_gbps"] = traffic }
-                if let direct = row.directSeconds { object["mpi_direct_us"] = direct * 1e6 }
+                if let direct = row.directSeconds {
+                    object["mpi_direct_us"] = direct * 1e6
+                    object["overhead_ratio"] = row.seconds / direct
+                    object["mpi_direct_algorithm"] = ProcessInfo.processInfo.environment["OMPI_MCA_coll_tuned_allreduce_algorithm"] ?? "default"
+                }
                 let data = try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
             } else {
