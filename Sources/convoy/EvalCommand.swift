@@ -40,7 +40,7 @@ struct EvalCommand: ParsableCommand {
     func run() throws {
         if let threads { ComputePool.setSharedThreadCount(threads) }
         let directory = try TrainingCheckpoint.resolvedDirectory(checkpoint)
-        let model = try GPTCheckpoint.load(from: directory)
+        let model = try TrainingCheckpoint.loadModel(from: directory)
         model.eval()
         guard let data, let context else {
             try evaluateArithmetic(model, directory: directory)

@@ -24,7 +24,7 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         if let threads { ComputePool.setSharedThreadCount(threads) }
-        let model = try GPTCheckpoint.load(from: try TrainingCheckpoint.resolvedDirectory(checkpoint))
+        let model = try TrainingCheckpoint.loadModel(from: checkpoint)
         model.eval()
         let tokenizer = ByteTokenizer()
         // Streamed token by token (the tokens are bytes), so a long generation shows as it goes and a closed

@@ -13,16 +13,21 @@ struct LaunchCommand: ParsableCommand {
     @Option(name: .shortAndLong, help: "Number of ranks.") var n: Int
     @Option(help: "Open MPI hostfile for multi-host runs.") var hostfile: String?
     @Flag(help: "Print the mpirun command instead of running it.") var dryRun = false
+    @Flag(help: "Restart a failed `convoy train` job from its last complete checkpoint, with the ranks that are left and a plan made anew for them.") var elastic = false
+    @Option(name: .customLong("max-restarts"), help: "With --elastic: restarts allowed.") var maxRestarts: Int = 3
+    @Option(name: .customLong("min-ranks"), help: "With --elastic: never restart with fewer ranks.") var minRanks: Int = 1
     @Argument(parsing: .captureForPassthrough, help: "The command each rank runs (after --).") var command: [String] = []
 
     func validate() throws {
         guard n > 0 else { throw ValidationError("-n must be positive") }
+        guard maxRestarts >= 0, minRanks >= 1, minRanks <= n else { throw ValidationError("--max-restarts must be ≥ 0 and --min-ranks between 1 and -n") }
         guard !command.filter({ $0 != "--" }).isEmpty else { throw ValidationError("give the command to run after --, e.g. convoy launch -n 2 -- convoy train") }
     }
 
-    /// The full mpirun argument list.
-    func mpirunArguments() -> [String] {
-        var words = command.first == "--" ? Array(command.dropFirst()) : command
+    /// The full mpirun argument list: `n` ranks (or `ranks`) running the command (or `words`).
+    func mpirunArguments(ranks: Int? = nil, words given: [String]? = nil) -> [String] {
+        let n = ranks ?? self.n
+        var words = given ?? (command.first == "--" ? Array(command.dropFirst()) : command)
         if words.first == "convoy" { words[0] = CommandLine.arguments[0].hasPrefix("/") ? CommandLine.arguments[0] : FileManager.default.currentDirectoryPath + "/" + CommandLine.arguments[0] }
         var arguments = ["mpirun", "-np", String(n)]
         if getuid() == 0 { arguments.append("--allow-run-as-root") }
@@ -35,6 +40,11 @@ struct LaunchCommand: ParsableCommand {
     func run() throws {
         if let hostfile, !FileManager.default.fileExists(atPath: hostfile) {
             throw ConvoyError.io("hostfile \(hostfile) does not exist")
+        }
+        if elastic && !dryRun {
+            try ElasticLaunch(ranks: n, maximumRestarts: maxRestarts, minimumRanks: minRanks, command: command,
+                              mpirun: { mpirunArguments(ranks: $0, words: $1) }).run()
+            return
         }
         let arguments = mpirunArguments()
         if dryRun {

@@ -45,7 +45,9 @@ struct TrainCommand: ParsableCommand {
                 summary = try trainer.run()
             } else {
                 // Validate before starting any rank, so a bad configuration fails once, clearly.
-                _ = try DistributedSampler(globalBatch: configuration.batch, worldSize: plan.dataParallelSize, rank: 0, microBatches: configuration.accumulateSteps)
+                // (A resume keeps the checkpoint's global batch and fits the accumulation steps to this world.)
+                let checked = resume == nil ? configuration : try Trainer.fittingAccumulation(configuration, worldSize: ranks)
+                _ = try DistributedSampler(globalBatch: checked.batch, worldSize: plan.dataParallelSize, rank: 0, microBatches: checked.accumulateSteps)
                 let resume = self.resume
                 let summaries = try LocalWorld.run(size: ranks, threadsPerRank: max(1, threads / ranks)) { group in
                     let trainer = try Trainer(configuration: configuration, group: group, resume: resume, display: display, timeline: timeline)

@@ -72,16 +72,16 @@ import Glibc
                                     to: scratch + "/ck")
         let loading = message { _ = try GPTCheckpoint.load(from: scratch + "/ck") }
         #expect(loading.contains(name) && loading.contains("nan") && loading.contains("element 3"), "\(loading)")
-        // Resume: a trained run's checkpoint with one weight turned into infinity.
+        // Resume: a trained run's checkpoint saved again with one weight turned into infinity.
         let run = try tinyConfiguration(output: scratch + "/run", steps: 1)
-        _ = try Trainer(configuration: run).run()
-        let weightsPath = scratch + "/run/final/" + GPTCheckpoint.weightsFileName
-        var file = try SafeTensors.read(contentsOf: weightsPath)
-        let (tensorName, tensor) = file.tensors.sorted { $0.key < $1.key }.first { $0.key.hasSuffix(".weight") && !$0.key.contains("lm_head") }!
-        var broken = tensor.converted(to: .float32).toArray()
+        let trainer = try Trainer(configuration: run)
+        _ = try trainer.run()
+        let (tensorName, tensor) = trainer.model.namedParameters().first { $0.name.hasSuffix(".weight") }!
+        var broken = tensor.toArray()
         broken[0] = .infinity
-        file = SafeTensors(tensors: file.tensors.merging([tensorName: Tensor(shape: tensor.shape, values: broken)]) { $1 }, metadata: file.metadata)
-        try file.write(to: weightsPath)
+        withNoGrad { tensor.assign(Tensor(shape: tensor.shape, values: broken)) }
+        let saved = try TrainingCheckpoint.load(from: scratch + "/run/final", into: try GPT(run.modelConfiguration, seed: 1)).state
+        try TrainingCheckpoint.save(model: trainer.model, optimizer: trainer.optimizer, state: saved, to: scratch + "/run/final")
         var resumed = run
         resumed.output = scratch + "/resumed"
         resumed.steps = 2

@@ -65,10 +65,10 @@ func weights(_ model: Module) -> [[Float]] { model.parameters.map { $0.toArray()
         _ = try second.run()
         #expect(weights(second.model) == weights(full.model))
         // The optimizer state resumed too: the saved final states agree.
-        let a = try SafeTensors.read(contentsOf: straight + "/final/optimizer.safetensors")
-        let b = try SafeTensors.read(contentsOf: split + "/final/optimizer.safetensors")
-        #expect(a.tensors.keys.sorted() == b.tensors.keys.sorted())
-        for key in a.tensors.keys { #expect(a.tensors[key]!.toArray() == b.tensors[key]!.toArray()) }
+        let a = try ShardedCheckpointReader(directory: straight + "/final"), b = try ShardedCheckpointReader(directory: split + "/final")
+        #expect(a.index.names(of: .optimizer) == b.index.names(of: .optimizer) && !a.index.names(of: .optimizer).isEmpty)
+        for key in a.index.names(of: .optimizer) { #expect(try a.readWhole(key).toArray() == b.readWhole(key).toArray()) }
+        #expect(a.index.optimizerScalars == b.index.optimizerScalars)
     }
 
     @Test func gradientAccumulationMatchesOneBigBatch() throws {
@@ -106,7 +106,7 @@ func weights(_ model: Module) -> [[Float]] { model.parameters.map { $0.toArray()
         let saved = weights(trainer.model)
         _ = try trainer.trainStep(1)
         #expect(weights(trainer.model) != saved)
-        for stage in [TrainingCheckpoint.SaveStage.afterModel, .beforeRename] {
+        for stage in [TrainingCheckpoint.SaveStage.afterPieces, .beforeRename] {
             var laterState = goodState
             laterState.step = 2
             #expect(throws: ConvoyError.self) {
@@ -141,7 +141,7 @@ func weights(_ model: Module) -> [[Float]] { model.parameters.map { $0.toArray()
         #expect(throws: ConvoyError.self) { try Trainer(configuration: otherSeed, resume: final) }
         #expect(throws: ConvoyError.self) { try Trainer(configuration: configuration, resume: output + "/does-not-exist") }
 
-        let weightsPath = final + "/model.safetensors"
+        let weightsPath = final + "/" + CheckpointIndex.rankFileName(rank: 0, of: 1)
         let bytes = try Data(contentsOf: URL(fileURLWithPath: weightsPath))
         try bytes.prefix(bytes.count - 10).write(to: URL(fileURLWithPath: weightsPath))
         #expect(throws: ConvoyError.self) { try Trainer(configuration: configuration, resume: final) }
@@ -151,8 +151,8 @@ func weights(_ model: Module) -> [[Float]] { model.parameters.map { $0.toArray()
 }
 
 @Suite struct PlacementManifestTests {
-    /// Every checkpoint records the mesh and each parameter's placement; a resume reads it and refuses a
-    /// checkpoint whose parameters were placed differently (naming the parameter), before touching the model.
+    /// Every checkpoint records the mesh and each parameter's placement, for people and tools; a resume does not
+    /// depend on it (the index's pieces are boxes of the global tensors).
     @Test func checkpointsRecordPlacementsAndResumeReadsThem() throws {
         let output = scratchDirectory("placement")
         defer { try? FileManager.default.removeItem(atPath: output) }
@@ -166,7 +166,7 @@ func weights(_ model: Module) -> [[Float]] { model.parameters.map { $0.toArray()
         #expect(Set(manifest.parameters.keys) == Set(try GPT(configuration.modelConfiguration, seed: 1).namedParameters().map(\.name)))
         #expect(manifest.parameters.values.allSatisfy { $0.axes.isEmpty })
 
-        // The same layout resumes; a parameter saved as a tensor-parallel shard does not.
+        // One rank resumes the dp 2 run, whatever the manifest says.
         var resumed = configuration
         resumed.steps = 3
         resumed.output = output + "/resumed"
@@ -175,11 +175,6 @@ func weights(_ model: Module) -> [[Float]] { model.parameters.map { $0.toArray()
         var tampered = manifest
         tampered.parameters["h.0.attn.c_attn.weight"]?.axes = ["tp": "Shard(1)"]
         try tampered.encoded().write(to: URL(fileURLWithPath: final + "/" + PlacementManifest.fileName))
-        do {
-            _ = try Trainer(configuration: resumed, resume: final)
-            Issue.record("a checkpoint with another placement must be refused")
-        } catch {
-            #expect("\(error)".contains("h.0.attn.c_attn.weight") && "\(error)".contains("tp: Shard(1)"), "\(error)")
-        }
+        #expect(try Trainer(configuration: resumed, resume: final).firstStep == 2)
     }
 }

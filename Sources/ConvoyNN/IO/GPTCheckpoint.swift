@@ -1,5 +1,8 @@
 import ConvoyTensor
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A GPT checkpoint directory in Hugging Face GPT-2 form: `model.safetensors` + `config.json`, loadable by
 /// `transformers.GPT2LMHeadModel.from_pretrained(dir)` with no missing or unexpected keys.
@@ -15,12 +18,25 @@ public enum GPTCheckpoint {
 
     /// Writes the model into `directory` (created if missing). Each file is replaced atomically.
     public static func save(_ model: GPT, to directory: String) throws {
+        let named = Dictionary(uniqueKeysWithValues: model.namedParameters())
+        try export(model.configuration, parameters: model.namedParameters().map { ($0.name, $0.parameter.shape, $0.parameter.dtype) }, to: directory) { named[$0]!.detached() }
+    }
+
+    /// Writes a GPT of `configuration` whose parameters (Convoy names and shapes) take their values from
+    /// `tensor(name)`, one at a time, into `directory` (created if missing): tensors in name order, as
+    /// ``save(_:to:)`` always wrote them. Each file is replaced atomically.
+    public static func export(_ configuration: GPTConfiguration, parameters: [(name: String, shape: [Int], dtype: DType)], to directory: String,
+                              tensor: (String) throws -> Tensor) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        var tensors: [String: Tensor] = [:]
-        for (name, parameter) in model.namedParameters() { tensors[namePrefix + name] = parameter.detached() }
-        let weights = SafeTensors(tensors: tensors, metadata: ["format": "pt"])
-        try weights.write(to: directory + "/" + weightsFileName)
-        try AtomicFile.write(try configJSON(model.configuration), to: directory + "/" + configFileName)
+        let ordered = parameters.sorted { namePrefix + $0.name < namePrefix + $1.name }
+        let path = directory + "/" + weightsFileName
+        let temporary = directory + "/.\(weightsFileName).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { unlink(temporary) }
+        try SafeTensorsFileWriter.write(ordered.map { SafeTensorsFileWriter.Entry(name: namePrefix + $0.name, dtype: $0.dtype, shape: $0.shape) },
+                                        metadata: ["format": "pt"], to: temporary) { try tensor(ordered[$0].name).converted(to: ordered[$0].dtype) }
+        guard rename(temporary, path) == 0 else { throw ConvoyError.io("renaming \(temporary) to \(path) failed: \(String(cString: strerror(errno)))") }
+        try AtomicFile.syncDirectory(directory)
+        try AtomicFile.write(try configJSON(configuration), to: directory + "/" + configFileName)
     }
 
     /// GPT-2's `config.json` for a configuration.

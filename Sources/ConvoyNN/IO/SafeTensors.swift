@@ -270,45 +270,53 @@ public struct SafeTensors: Sendable {
     /// spaces so the data section starts at a multiple of 8 bytes; tensor data follows in name order with no gaps.
     public func encode(float32As: SafeTensorsStorageType = .f32) -> Data {
         let names = tensors.keys.sorted()
-        var layout: [(name: String, storage: SafeTensorsStorageType, begin: Int, end: Int)] = []
-        layout.reserveCapacity(names.count)
+        let storages = names.map { tensors[$0]!.dtype == .bfloat16 ? SafeTensorsStorageType.bf16 : float32As }
+        let header = Self.header(for: zip(names, storages).map { (name: $0, storage: $1, shape: tensors[$0]!.shape) }, metadata: metadata)
+        let dataLength = header.dataRanges.last?.upperBound ?? 0
+
+        var output = Data(count: header.bytes.count + dataLength)
+        output.withUnsafeMutableBytes { (raw: UnsafeMutableRawBufferPointer) in
+            let base = raw.baseAddress!
+            header.bytes.withUnsafeBytes { base.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            let dataStart = base + header.bytes.count
+            for (index, name) in names.enumerated() {
+                Self.writeElements(of: tensors[name]!, as: storages[index], to: dataStart + header.dataRanges[index].lowerBound)
+            }
+        }
+        return output
+    }
+
+    /// The start of a file holding `entries` in the given order, packed with no gaps: the 8-byte length, the
+    /// JSON header (`__metadata__` first, omitted when empty) padded with spaces so the data section starts at
+    /// a multiple of 8 bytes; and each entry's byte range relative to the data section.
+    public static func header(for entries: [(name: String, storage: SafeTensorsStorageType, shape: [Int])], metadata: [String: String]) -> (bytes: [UInt8], dataRanges: [Range<Int>]) {
+        var ranges: [Range<Int>] = []
+        ranges.reserveCapacity(entries.count)
         var dataLength = 0
-        for name in names {
-            let tensor = tensors[name]!
-            let storage: SafeTensorsStorageType = tensor.dtype == .bfloat16 ? .bf16 : float32As
-            let length = tensor.count * storage.byteSize
-            layout.append((name, storage, dataLength, dataLength + length))
+        for entry in entries {
+            let length = entry.shape.reduce(1, *) * entry.storage.byteSize
+            ranges.append(dataLength..<(dataLength + length))
             dataLength += length
         }
-
         var header = "{"
         var separator = ""
         if !metadata.isEmpty {
-            let pairs = metadata.keys.sorted().map { "\(Self.jsonString($0)):\(Self.jsonString(metadata[$0]!))" }
+            let pairs = metadata.keys.sorted().map { "\(jsonString($0)):\(jsonString(metadata[$0]!))" }
             header += "\"__metadata__\":{\(pairs.joined(separator: ","))}"
             separator = ","
         }
-        for item in layout {
-            let shape = tensors[item.name]!.shape.map(String.init).joined(separator: ",")
-            header += "\(separator)\(Self.jsonString(item.name)):{\"dtype\":\"\(item.storage.rawValue)\",\"shape\":[\(shape)],\"data_offsets\":[\(item.begin),\(item.end)]}"
+        for (entry, range) in zip(entries, ranges) {
+            let shape = entry.shape.map(String.init).joined(separator: ",")
+            header += "\(separator)\(jsonString(entry.name)):{\"dtype\":\"\(entry.storage.rawValue)\",\"shape\":[\(shape)],\"data_offsets\":[\(range.lowerBound),\(range.upperBound)]}"
             separator = ","
         }
         header += "}"
         var headerBytes = Array(header.utf8)
         // Pad so 8 + header length is a multiple of 8: the data section, and so every F32 tensor, stays aligned.
         headerBytes.append(contentsOf: repeatElement(UInt8(ascii: " "), count: (8 - headerBytes.count % 8) % 8))
-
-        var output = Data(count: 8 + headerBytes.count + dataLength)
-        output.withUnsafeMutableBytes { (raw: UnsafeMutableRawBufferPointer) in
-            let base = raw.baseAddress!
-            base.storeBytes(of: UInt64(headerBytes.count).littleEndian, as: UInt64.self)
-            headerBytes.withUnsafeBytes { base.advanced(by: 8).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            let dataStart = base + 8 + headerBytes.count
-            for item in layout {
-                Self.writeElements(of: tensors[item.name]!, as: item.storage, to: dataStart + item.begin)
-            }
-        }
-        return output
+        var bytes = [UInt8](repeating: 0, count: 8)
+        withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { for i in 0..<8 { bytes[i] = $0[i] } }
+        return (bytes + headerBytes, ranges)
     }
 
     /// Writes one tensor's elements, little-endian, in row-major order.

@@ -57,13 +57,13 @@ public final class Adam: Optimizer {
         }
     }
 
-    public func state() -> OptimizerState {
+    public func stateViews() -> OptimizerState {
         var state = OptimizerState(scalars: ["step": Double(stepCount)])
         for (index, parameter) in parameters.enumerated() {
             guard let moment = moments[ObjectIdentifier(parameter)] else { continue }
             let name = stateName(parameter, index: index)
-            state.tensors[name + ".exp_avg"] = moment.first.copy()
-            state.tensors[name + ".exp_avg_sq"] = moment.second.copy()
+            state.tensors[name + ".exp_avg"] = moment.first
+            state.tensors[name + ".exp_avg_sq"] = moment.second
         }
         return state
     }

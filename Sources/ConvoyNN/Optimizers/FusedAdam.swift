@@ -95,15 +95,15 @@ public final class FusedAdam: Optimizer {
         for flat in flatBuffers { flat.zeroGradients() }
     }
 
-    public func state() -> OptimizerState {
+    public func stateViews() -> OptimizerState {
         var state = OptimizerState(scalars: ["step": Double(stepCount)])
         let all = parameters
         for (groupIndex, flat) in flatBuffers.enumerated() {
             for slot in flat.parameters.indices where hasMoments[groupIndex][slot] {
                 let index = stateIndices[groupIndex][slot]
                 let name = stateName(all[index], index: index)
-                state.tensors[name + ".exp_avg"] = flat.slice(of: firstMoments[groupIndex], slot).copy()
-                state.tensors[name + ".exp_avg_sq"] = flat.slice(of: secondMoments[groupIndex], slot).copy()
+                state.tensors[name + ".exp_avg"] = flat.slice(of: firstMoments[groupIndex], slot)
+                state.tensors[name + ".exp_avg_sq"] = flat.slice(of: secondMoments[groupIndex], slot)
             }
         }
         return state

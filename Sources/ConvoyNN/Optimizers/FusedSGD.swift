@@ -83,12 +83,12 @@ public final class FusedSGD: Optimizer {
         for flat in flatBuffers { flat.zeroGradients() }
     }
 
-    public func state() -> OptimizerState {
+    public func stateViews() -> OptimizerState {
         var entries: [(index: Int, tensor: Tensor)] = []
         for (groupIndex, flat) in flatBuffers.enumerated() {
             guard let buffer = momentumBuffers[groupIndex] else { continue }
             for slot in flat.parameters.indices where hasMomentum[groupIndex][slot] {
-                entries.append((stateIndices[groupIndex][slot], flat.slice(of: buffer, slot).copy()))
+                entries.append((stateIndices[groupIndex][slot], flat.slice(of: buffer, slot)))
             }
         }
         var state = OptimizerState()

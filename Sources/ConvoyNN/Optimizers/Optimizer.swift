@@ -38,8 +38,10 @@ public protocol Optimizer: AnyObject {
     var groups: [ParameterGroup] { get }
     /// Applies one update to every parameter that has a gradient.
     func step()
-    /// The state needed to resume bit-identically.
-    func state() -> OptimizerState
+    /// The state needed to resume bit-identically, as views of the optimizer's own buffers (no copy): valid
+    /// until the next ``step()`` or ``load(_:)``. A checkpoint writes these without a second copy in memory;
+    /// ``state()`` copies them.
+    func stateViews() -> OptimizerState
     /// Restores a state from ``state()``; throws if it does not match these parameters.
     func load(_ state: OptimizerState) throws
     /// Clears the gradients before the next accumulation. The default drops them (`grad = nil`); fused
@@ -48,6 +50,13 @@ public protocol Optimizer: AnyObject {
 }
 
 extension Optimizer {
+    /// The state needed to resume bit-identically (a copy: later steps do not change it).
+    public func state() -> OptimizerState {
+        var state = stateViews()
+        state.tensors = state.tensors.mapValues { $0.copy() }
+        return state
+    }
+
     /// Every parameter of every group.
     public var parameters: [Parameter] { groups.flatMap(\.parameters) }
 

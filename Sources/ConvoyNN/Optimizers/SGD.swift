@@ -52,11 +52,11 @@ public final class SGD: Optimizer {
         }
     }
 
-    public func state() -> OptimizerState {
+    public func stateViews() -> OptimizerState {
         var state = OptimizerState()
         for (index, parameter) in parameters.enumerated() {
             if let buffer = momentumBuffers[ObjectIdentifier(parameter)] {
-                state.tensors[stateName(parameter, index: index) + ".momentum_buffer"] = buffer.copy()
+                state.tensors[stateName(parameter, index: index) + ".momentum_buffer"] = buffer
             }
         }
         return state

@@ -113,8 +113,6 @@ public final class PipelineParallel: StepSchedule {
 
     public func gatherFullModel() throws { try collectModel() }
     public func releaseFullModel() { releaseCollectedModel() }
-    public func restoreWholeModelMemory() { stage.restoreUnownedParameters() }
-    public func releaseUnownedModelMemory() { stage.releaseUnownedParameters() }
 
     /// Collects the whole model on world rank 0 (collective over the world): every other pipeline stage of
     /// pipeline 0 sends the parameters it owns and rank 0 does not. Other ranks keep only their own. Undo with
@@ -141,11 +139,5 @@ public final class PipelineParallel: StepSchedule {
     /// Gives back, on rank 0, the memory of the parameters ``collectModel()`` brought in.
     public func releaseCollectedModel() {
         if groups.dp.rank == 0 && groups.pp.rank == 0 && groups.pp.size > 1 { stage.releaseUnownedParameters() }
-    }
-
-    /// A description of the layout the optimizer state belongs to (pp, dp, partition, ZeRO stage); a checkpoint
-    /// saved under one layout loads only under the same.
-    public func layoutDescription(zeroStage: Int) -> String? {
-        "pp \(mesh.pp); dp \(mesh.dp); virtual stages \(stage.partition.virtualStages); layers per virtual stage \(stage.partition.stageLayers.map(String.init).joined(separator: ",")); zero stage \(zeroStage)"
     }
 }

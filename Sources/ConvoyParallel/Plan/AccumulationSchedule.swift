@@ -40,11 +40,8 @@ public final class AccumulationSchedule: StepSchedule {
         return (loss, 1)
     }
 
-    public func layoutDescription(zeroStage: Int) -> String? { nil }
     public func gatherFullModel() throws {}
     public func releaseFullModel() {}
-    public func restoreWholeModelMemory() {}
-    public func releaseUnownedModelMemory() {}
 
     private func measure<Result>(_ name: String, _ body: () throws -> Result) rethrows -> Result {
         guard let timeline else { return try body() }

@@ -51,9 +51,13 @@ public protocol GradientSynchronizer: AnyObject {
     /// Undoes ``gatherFullParameters()``; with `copyingBack`, first takes this rank's part from the full
     /// parameters (after the same values were loaded into the model on every rank).
     func releaseFullParameters(copyingBack: Bool)
-    /// The optimizer-state layout index saved beside per-rank optimizer shards (nil: the state is not
-    /// sharded, and one rank writes it whole).
-    func checkpointLayoutIndex() throws -> Data?
-    /// Throws unless `index` (from ``checkpointLayoutIndex()``) describes this synchronizer's layout.
-    func checkLayout(_ index: Data, source: String) throws
+    /// Waits for parameter updates still in flight (ZeRO's overlapped all-gathers), so the values this rank
+    /// holds are final: before a checkpoint reads or writes them.
+    func finishPendingUpdates() throws
+    /// The slices of parameters the optimizer updates on this rank, each with the name its optimizer state is
+    /// saved under: what a sharded checkpoint stores of this rank and what it loads back into the optimizer.
+    var checkpointSlices: [CheckpointSlice] { get }
+    /// Where this rank keeps parameter values at rest, as slices of the global parameters: whole parameters,
+    /// or (ZeRO-3) the rank's shards. A checkpoint loads parameter values into these.
+    var residentParameterSlices: [CheckpointSlice] { get }
 }

@@ -99,49 +99,9 @@ public final class ParallelRuntime {
         schedule.releaseFullModel()
     }
 
-    /// Runs `body`, which writes the same values into the whole model on every rank (loading a checkpoint),
-    /// with every parameter present; afterwards each rank keeps only its part (its ZeRO-3 shard, its stage's
-    /// parameters) of what was written (collective).
-    public func loadingWholeModel<Result>(_ body: () throws -> Result) throws -> Result {
-        try synchronizer.gatherFullParameters()
-        schedule.restoreWholeModelMemory()
-        defer { schedule.releaseUnownedModelMemory() }
-        let result = try body()
-        synchronizer.releaseFullParameters(copyingBack: true)
-        return result
+    /// The layout in words, for people (recorded in a checkpoint's index): the mesh, the synchronizer and the
+    /// step schedule.
+    public var layoutSummary: String {
+        "mesh " + zip(mesh.axes, mesh.sizes).map { "\($0.rawValue) \($1)" }.joined(separator: " × ") + "; \(synchronizer.summary); \(schedule.summary)"
     }
-
-    /// How the optimizer state of a checkpoint is laid out: nil when one rank writes it whole, else the index file
-    /// (name and contents) saved beside one optimizer shard per rank.
-    public func checkpointLayoutIndex() throws -> (name: String, contents: Data)? {
-        if let layout = schedule.layoutDescription(zeroStage: synchronizer.zeroStage) {
-            return (Self.pipelineIndexFileName, try JSONSerialization.data(withJSONObject: ["layout": layout], options: [.sortedKeys]))
-        }
-        return try synchronizer.checkpointLayoutIndex().map { (Self.zeroIndexFileName, $0) }
-    }
-
-    /// Throws unless the checkpoint in `directory` was saved under this runtime's optimizer-state layout.
-    public func checkCheckpointLayout(in directory: String) throws {
-        if let layout = schedule.layoutDescription(zeroStage: synchronizer.zeroStage) {
-            let indexPath = directory + "/" + Self.pipelineIndexFileName
-            guard let index = FileManager.default.contents(atPath: indexPath),
-                  let saved = try? JSONSerialization.jsonObject(with: index) as? [String: String], let savedLayout = saved["layout"] else {
-                throw ConvoyError.incompatible("checkpoint \(directory) was not written by a pipeline run (no readable \(Self.pipelineIndexFileName)); resume it with the parallel layout it was saved with")
-            }
-            guard savedLayout == layout else {
-                throw ConvoyError.incompatible("checkpoint \(directory) was saved with \(savedLayout); this run uses \(layout). Resume with the same --pp, --dp, --virtual-stages, --stage-layers and --zero-stage (resharding is not supported yet)")
-            }
-        } else if synchronizer.zeroStage > 0 {
-            let indexPath = directory + "/" + Self.zeroIndexFileName
-            guard let index = FileManager.default.contents(atPath: indexPath) else {
-                throw ConvoyError.incompatible("checkpoint \(directory) was not written under ZeRO (no \(Self.zeroIndexFileName)); resume it with --zero-stage 0")
-            }
-            try synchronizer.checkLayout(index, source: indexPath)
-        }
-    }
-
-    /// Name of the ZeRO layout index in a checkpoint.
-    public static let zeroIndexFileName = "zero.json"
-    /// Name of the pipeline layout index in a checkpoint.
-    public static let pipelineIndexFileName = "pipeline.json"
 }

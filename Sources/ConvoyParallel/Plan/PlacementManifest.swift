@@ -4,9 +4,9 @@ import ConvoyTensor
 import Foundation
 
 /// What a checkpoint records of the layout it was saved under (`placement.json`): the mesh, and every
-/// parameter's placement per mesh axis and whether it is shared. A loader reads it to know what each rank
-/// held and refuses a checkpoint whose parameters were placed differently from the running plan's, since
-/// moving a tensor between placements (resharding) is not implemented yet.
+/// parameter's placement per mesh axis and whether it is shared — for people and tools (`convoy checkpoint
+/// info`). Loading does not need it: the index's pieces are boxes of the global tensors, which any placement
+/// can intersect with what it holds.
 public struct PlacementManifest: Codable, Equatable, Sendable {
     /// One parameter's placement: axis name → `Replicate`, `Shard(d)` or `Partial` (axes not listed replicate).
     public struct Entry: Codable, Equatable, Sendable {
@@ -46,20 +46,6 @@ public struct PlacementManifest: Codable, Equatable, Sendable {
         guard let data = FileManager.default.contents(atPath: path) else { return nil }
         do { return try JSONDecoder().decode(PlacementManifest.self, from: data) } catch {
             throw ConvoyError.malformedFile(path: path, reason: "not a placement manifest (\(error))")
-        }
-    }
-
-    /// Throws unless every parameter this run holds was saved with the same placement.
-    public func checkLoadable(into running: PlacementManifest, checkpoint: String) throws {
-        for name in running.parameters.keys.sorted() {
-            guard let saved = parameters[name] else {
-                throw ConvoyError.incompatible("checkpoint \(checkpoint) has no placement for parameter \(name); it was saved from another model")
-            }
-            let wanted = running.parameters[name]!
-            guard saved.axes == wanted.axes else {
-                func text(_ entry: Entry) -> String { entry.axes.isEmpty ? "Replicate" : entry.axes.keys.sorted().map { "\($0): \(entry.axes[$0]!)" }.joined(separator: ", ") }
-                throw ConvoyError.incompatible("checkpoint \(checkpoint) holds parameter \(name) placed \(text(saved)); this run places it \(text(wanted)). Resume with the layout it was saved with (moving tensors between placements is not supported yet)")
-            }
         }
     }
 }

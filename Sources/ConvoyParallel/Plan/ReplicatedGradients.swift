@@ -31,6 +31,7 @@ extension ReplicatedGradients {
     public func step() throws { optimizer.step() }
     public func gatherFullParameters() throws {}
     public func releaseFullParameters(copyingBack: Bool) {}
-    public func checkpointLayoutIndex() throws -> Data? { nil }
-    public func checkLayout(_ index: Data, source: String) throws {}
+    public func finishPendingUpdates() throws {}
+    public var checkpointSlices: [CheckpointSlice] { module.namedParameters().map { CheckpointSlice(whole: $0.parameter, name: $0.name) } }
+    public var residentParameterSlices: [CheckpointSlice] { checkpointSlices }
 }

@@ -15,9 +15,6 @@ public protocol StepSchedule: AnyObject {
     var module: Module { get }
     /// One line for people.
     var summary: String { get }
-    /// What the optimizer state's layout depends on beyond the synchronizer (a pipeline's stages and
-    /// partition), or nil; a checkpoint stores it and resumes only under the same.
-    func layoutDescription(zeroStage: Int) -> String?
 
     /// Runs one step. `load` supplies micro-batch i of this rank's data-parallel slice. Returns Σ loss × weight
     /// over the micro-batches whose loss this rank computed and counts (summed over the world, every micro-batch
@@ -29,9 +26,4 @@ public protocol StepSchedule: AnyObject {
     func gatherFullModel() throws
     /// Undoes ``gatherFullModel()``.
     func releaseFullModel()
-    /// Gives this rank memory for every parameter of the model (contents undefined for those it does not
-    /// own until written), so the whole model can be loaded on every rank.
-    func restoreWholeModelMemory()
-    /// Releases again the memory of the parameters this rank does not own.
-    func releaseUnownedModelMemory()
 }

@@ -24,5 +24,18 @@ extension DistributedOptimizer: GradientSynchronizer {
         squaredShardNorm(counting: counts)
     }
 
-    public func checkpointLayoutIndex() throws -> Data? { try layoutIndex() }
+    public func finishPendingUpdates() throws { try waitForParameters() }
+
+    public var checkpointSlices: [CheckpointSlice] {
+        shardSlices.map { slice in
+            CheckpointSlice(parameter: slice.name, globalShape: slice.parameter.shape,
+                            boxes: TensorBox.boxes(coveringFlat: slice.range, of: slice.parameter.shape), values: slice.values,
+                            optimizerKey: slice.values.name!, isPrimaryCopy: slice.parameter.placement.isPrimaryCopy, distinctAlongDataParallel: true)
+        }
+    }
+
+    /// Stages 1 and 2 keep whole parameters on every rank; stage 3 only the rank's shards.
+    public var residentParameterSlices: [CheckpointSlice] {
+        stage == 3 ? checkpointSlices : buffer.parameters.map { CheckpointSlice(whole: $0.parameter, name: $0.name) }
+    }
 }

@@ -60,8 +60,9 @@ public final class DistributedOptimizer {
     private var gatherError: Error?
     private let overlapParamGather: Bool
     private var forwardHooks: [(Module, Int)] = []
-    /// The optimizer's shard slices, each with the parameter it belongs to.
-    private var shardSlices: [(values: Tensor, owner: ObjectIdentifier)] = []
+    /// The optimizer's shard slices: the values (a view), the parameter and its name, the elements of the
+    /// flattened parameter they hold.
+    private(set) var shardSlices: [(values: Tensor, parameter: Parameter, name: String, range: Range<Int>)] = []
     /// Stage 3: the sharded parameters and their per-layer gathering.
     private let sharded: ShardedParameters?
 
@@ -105,7 +106,7 @@ public final class DistributedOptimizer {
         // in the gradient shard.
         let names = Dictionary(uniqueKeysWithValues: parameters.map { (ObjectIdentifier($0.parameter), $0.name) })
         var decaying: [Parameter] = [], plain: [Parameter] = []
-        var slices: [(Tensor, ObjectIdentifier)] = []
+        var slices: [(Tensor, Parameter, String, Range<Int>)] = []
         for slice in buffer.ownedSlices(rank: group.rank) {
             let bucket = buffer.bucketIndex(of: slice.parameter)!
             let shardStart = buffer.shardRange(of: bucket, rank: group.rank).lowerBound
@@ -114,9 +115,10 @@ public final class DistributedOptimizer {
             values.grad = stage >= 2
                 ? Tensor(storage: gradientShard.storage, shape: [slice.bufferRange.count], offset: offsets[bucket] + slice.bufferRange.lowerBound - shardStart)
                 : Tensor(storage: buffer.gradientBuffer.storage, shape: [slice.bufferRange.count], offset: buffer.gradientBuffer.offset + slice.bufferRange.lowerBound)
-            values.name = "\(names[ObjectIdentifier(slice.parameter)] ?? "?")[\(slice.parameterRange.lowerBound)..<\(slice.parameterRange.upperBound)]"
+            let name = names[ObjectIdentifier(slice.parameter)] ?? "?"
+            values.name = "\(name)[\(slice.parameterRange.lowerBound)..<\(slice.parameterRange.upperBound)]"
             if slice.parameter.rank >= 2 { decaying.append(values) } else { plain.append(values) }
-            slices.append((values, ObjectIdentifier(slice.parameter)))
+            slices.append((values, slice.parameter, name, slice.parameterRange))
         }
         shardSlices = slices
         shardOptimizer = makeOptimizer([ParameterGroup(decaying, weightDecay: weightDecay), ParameterGroup(plain, weightDecay: 0)])
@@ -352,33 +354,6 @@ public final class DistributedOptimizer {
         gradientShard.fill(0)
     }
 
-    /// The layout a sharded optimizer state belongs to: stage, data-parallel size, buckets and where every
-    /// parameter sits. A checkpoint stores it beside the shards; a different layout cannot load them.
-    public var layoutDescription: String {
-        let buckets = buffer.buckets.map { "\($0.range.lowerBound)..<\($0.range.upperBound)" }.joined(separator: ",")
-        let parameters = zip(buffer.parameters, buffer.parameterRanges).map { "\($0.name)@\($1.lowerBound)..<\($1.upperBound)" }.joined(separator: ",")
-        return "stage \(stage); dp \(group.size); buckets \(buckets); parameters \(parameters)"
-    }
-
-    /// ``layoutDescription`` as the JSON index file of a checkpoint.
-    public func layoutIndex() throws -> Data {
-        try JSONSerialization.data(withJSONObject: ["stage": stage, "dp": group.size, "layout": layoutDescription], options: [.sortedKeys, .prettyPrinted])
-    }
-
-    /// Throws unless `index` (from ``layoutIndex()``) describes this optimizer's layout.
-    public func checkLayout(_ index: Data, source: String) throws {
-        guard let object = try? JSONSerialization.jsonObject(with: index) as? [String: Any],
-              let savedStage = object["stage"] as? Int, let savedRanks = object["dp"] as? Int, let layout = object["layout"] as? String else {
-            throw ConvoyError.malformedFile(path: source, reason: "not a ZeRO layout index")
-        }
-        guard savedStage == stage, savedRanks == group.size else {
-            throw ConvoyError.incompatible("\(source) was saved under ZeRO stage \(savedStage) with dp \(savedRanks); this run uses stage \(stage) with dp \(group.size). Resume with the same --zero-stage and --dp (resharding is not supported yet)")
-        }
-        guard layout == layoutDescription else {
-            throw ConvoyError.incompatible("\(source) describes another bucket layout (different model or bucket caps); resume with the same model and parallel.ddp bucket caps")
-        }
-    }
-
     /// The L2 norm of the averaged gradient over all ranks' shards (padding is zero and adds nothing).
     public func globalGradientNorm() throws -> Double {
         try squaredGradientNorm().squareRoot()
@@ -399,7 +374,7 @@ public final class DistributedOptimizer {
         if excluded.isEmpty {
             for index in buffer.buckets.indices { local += GradientClipping.sumOfSquares(shardGradient(of: index)) }
         } else {
-            for (values, owner) in shardSlices where !excluded.contains(owner) {
+            for (values, parameter, _, _) in shardSlices where !excluded.contains(ObjectIdentifier(parameter)) {
                 if let gradient = values.grad { local += GradientClipping.sumOfSquares(gradient) }
             }
         }

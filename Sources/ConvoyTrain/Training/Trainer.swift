@@ -50,9 +50,11 @@ public final class Trainer {
     /// Builds the plan, model, optimizer and data for a configuration; with `resume`, restores a checkpoint.
     /// With a `group`, this rank trains its part of every step as the plan says (collective: every rank of the
     /// group must construct its trainer).
-    public init(configuration: TrainingConfiguration, group: (any ProcessGroup)? = nil, resume: String? = nil,
+    public init(configuration requested: TrainingConfiguration, group: (any ProcessGroup)? = nil, resume: String? = nil,
                 display: ProgressDisplay? = nil, timeline: Timeline? = nil) throws {
-        try configuration.validate()
+        try requested.validate()
+        // A resume keeps the global batch; the accumulation steps follow the data-parallel size.
+        let configuration = resume == nil ? requested : try Trainer.fittingAccumulation(requested, worldSize: group?.size ?? 1)
         agreement = try RunAgreement.establish(configuration, group: group)
         self.configuration = configuration
         self.group = group
@@ -77,72 +79,99 @@ public final class Trainer {
         if let resume { try restore(from: resume) }
     }
 
-    private func restore(from directory: String) throws {
-        var optimizerFile = TrainingCheckpoint.optimizerFileName
-        // The placement each parameter was saved with tells what each rank held; another placement cannot load.
-        try PlacementManifest.read(from: try TrainingCheckpoint.resolvedDirectory(directory))?
-            .checkLoadable(into: PlacementManifest(model: model, mesh: plan.mesh), checkpoint: directory)
-        if try runtime.checkpointLayoutIndex() != nil, let group {
-            try runtime.checkCheckpointLayout(in: try TrainingCheckpoint.resolvedDirectory(directory))
-            optimizerFile = TrainingCheckpoint.shardFileName(rank: group.rank, of: group.size)
+    /// `configuration` with accumulation steps that split the global batch evenly over the data-parallel
+    /// ranks the plan for `worldSize` has: unchanged when they already do, else the count nearest to the
+    /// configured one that does. Refused, saying what to change, when the data-parallel size does not divide
+    /// the batch at all.
+    public static func fittingAccumulation(_ configuration: TrainingConfiguration, worldSize: Int) throws -> TrainingConfiguration {
+        let plan = try ParallelPlan(settings: try configuration.parallelSettings(), worldSize: worldSize, model: configuration.modelConfiguration.shape)
+        let dp = plan.dataParallelSize, batch = configuration.batch
+        guard batch % (dp * configuration.accumulateSteps) != 0 else { return configuration }
+        guard batch % dp == 0 else {
+            throw ConvoyError.invalidConfiguration("the checkpoint's global batch \(batch) cannot be split over \(dp) data-parallel ranks; resume with a --dp (or world size) that divides \(batch)")
         }
-        // Sharded parameters (ZeRO-3) and pipeline stages hold only parts of the model: the loaded weights are
-        // written into the whole model on every rank, and each rank takes its part back from them.
-        let contents = try runtime.loadingWholeModel { try TrainingCheckpoint.load(from: directory, into: model, optimizerFile: optimizerFile) }
-        let state = contents.state
+        let perRank = batch / dp
+        var adjusted = configuration
+        adjusted.accumulateSteps = (1...perRank).filter { perRank % $0 == 0 }.min { abs($0 - configuration.accumulateSteps) < abs($1 - configuration.accumulateSteps) }!
+        return adjusted
+    }
+
+    /// Restores a sharded checkpoint saved under any layout: each rank reads the pieces of what it holds.
+    private func restore(from requested: String) throws {
+        let directory = try TrainingCheckpoint.resolvedDirectory(requested)
+        let state = try TrainingCheckpoint.readState(from: directory)
         var saved = TrainingConfiguration()
         try? TrainingSettings.apply(toml: state.configuration, source: directory + "/trainer.json", to: &saved)
-        try configuration.checkSameDataset(as: saved, checkpoint: directory)
-        let runningStage = runtime.synchronizer.zeroStage
-        guard saved.zeroStage == runningStage else {
-            throw ConvoyError.incompatible("checkpoint \(directory) was written under ZeRO stage \(saved.zeroStage), the run uses --zero-stage \(runningStage); resume with the same stage (resharding is not supported yet)")
+        if state.optimizer == TrainerState.weightsOnly {
+            // Imported weights: nothing trained yet under any run's data, seed or optimizer.
+            try runtime.loadCheckpoint(from: try ShardedCheckpointReader(directory: directory))
+            return
         }
+        try configuration.checkSameDataset(as: saved, checkpoint: directory)
         guard state.seed == configuration.seed else {
             throw ConvoyError.incompatible("checkpoint \(directory) was trained with seed \(state.seed), the run uses --seed \(configuration.seed); resume with the same seed")
         }
         guard state.optimizer == configuration.optimizer else {
             throw ConvoyError.incompatible("checkpoint \(directory) holds \(state.optimizer) state, the run uses --optimizer \(configuration.optimizer)")
         }
-        guard state.dataPosition == state.step * configuration.batch else {
-            throw ConvoyError.incompatible("checkpoint \(directory) was trained with a global batch of \(state.dataPosition / max(state.step, 1)), the run uses --batch \(configuration.batch)")
+        // One global sample cursor: the step (and with it the LR schedule) is where the cursor stands in
+        // batches of the run's global batch, which must be the checkpoint's.
+        guard state.step > 0 ? state.dataPosition == state.step * configuration.batch : true else {
+            throw ConvoyError.incompatible("checkpoint \(directory) was trained with a global batch of \(state.dataPosition / max(state.step, 1)), the run uses --batch \(configuration.batch); resume with --batch \(state.dataPosition / max(state.step, 1)) (the number of data-parallel ranks may change: the accumulation steps adjust)")
         }
-        guard state.step <= configuration.steps else {
-            throw ConvoyError.incompatible("checkpoint \(directory) is at step \(state.step), beyond --steps \(configuration.steps)")
+        let step = state.dataPosition / configuration.batch
+        guard step <= configuration.steps else {
+            throw ConvoyError.incompatible("checkpoint \(directory) is at step \(step), beyond --steps \(configuration.steps)")
         }
-        try optimizer.load(contents.optimizerState)
-        startStep = state.step
+        let reader = try ShardedCheckpointReader(directory: directory)
+        try runtime.loadCheckpoint(from: reader)
+        startStep = step
     }
 
     /// The step training continues from (0, or the resumed checkpoint's step).
     public var firstStep: Int { startStep }
 
-    /// Saves a checkpoint (collective). Rank 0 writes the model and the trainer state; the optimizer state is
-    /// written whole by rank 0, or — when the plan shards it (ZeRO, pipelines) — as one shard file per rank plus
-    /// a layout index, all assembled in one temporary directory before it is renamed into place. The whole model
-    /// is left gathered (the caller releases it when training goes on).
-    private func saveCheckpoint(afterStep step: Int, to directory: String) throws {
-        try runtime.gatherFullModel()
-        let manifest = (PlacementManifest.fileName, try PlacementManifest(model: model, mesh: plan.mesh).encoded())
-        guard let index = try runtime.checkpointLayoutIndex(), let group else {
-            if isLeader {
-                try TrainingCheckpoint.save(model: model, optimizer: optimizer, state: state(afterStep: step), to: directory, extraFiles: [manifest.0: manifest.1])
-            }
-            try group?.barrier()
-            return
-        }
-        // Sharded optimizer state: one file per rank plus the layout index, assembled in one temporary directory.
+    /// Saves a checkpoint after `step` steps to `directory` (collective): every rank writes its own pieces —
+    /// parameter values and optimizer state of what it owns, replicated tensors spread over the replicas —
+    /// into one temporary directory; then rank 0 merges the index, writes the trainer state (and, with
+    /// `exportWeights`, the Hugging Face export read back from the pieces one tensor at a time) and renames
+    /// the directory into place. No rank gathers the model.
+    public func saveCheckpoint(afterStep step: Int, to directory: String, exportWeights: Bool = false,
+                               failingAt failure: TrainingCheckpoint.SaveStage? = nil) throws {
         let tag = agreement.shardedTemporaryTag(step: step)
-        if isLeader { try TrainingCheckpoint.prepareTemporaryDirectory(for: directory, tag: tag) }
-        try group.barrier()
         let temporary = TrainingCheckpoint.temporaryDirectoryPath(for: directory, tag: tag)
-        try TrainingCheckpoint.writeOptimizerState(optimizer.state(), kind: configuration.optimizer,
-                                                   to: temporary + "/" + TrainingCheckpoint.shardFileName(rank: group.rank, of: group.size))
-        try group.barrier()
-        if isLeader {
-            try TrainingCheckpoint.save(model: model, optimizer: nil, state: state(afterStep: step), to: directory, temporary: temporary,
-                                        extraFiles: [index.name: index.contents, manifest.0: manifest.1])
+        try everyRankSucceeds(directory) {
+            if isLeader { try TrainingCheckpoint.prepareTemporaryDirectory(for: directory, tag: tag) }
         }
-        try group.barrier()
+        do {
+            try everyRankSucceeds(directory) { try runtime.writeCheckpointShard(into: temporary) }
+        } catch {
+            if isLeader { try? FileManager.default.removeItem(atPath: temporary) }
+            throw error
+        }
+        try everyRankSucceeds(directory) {
+            guard isLeader else { return }
+            let manifest = try PlacementManifest(model: model, mesh: plan.mesh).encoded()
+            try TrainingCheckpoint.publish(temporary: temporary, ranks: group?.size ?? 1, state: state(afterStep: step), layout: runtime.layoutSummary,
+                                           model: model, exportWeights: exportWeights, extraFiles: [PlacementManifest.fileName: manifest],
+                                           to: directory, failingAt: failure)
+        }
+    }
+
+    /// Runs `body` on this rank, then agrees with every rank on whether all succeeded (collective): a rank whose
+    /// part of saving `directory` failed rethrows its error, the others throw one saying so, and none waits
+    /// for a rank that gave up.
+    private func everyRankSucceeds(_ directory: String, _ body: () throws -> Void) throws {
+        var failure: Error?
+        do { try body() } catch { failure = error }
+        if let group, group.size > 1 {
+            let failed = Tensor(shape: [1], values: [failure == nil ? 0 : 1])
+            try group.allReduce(failed, operation: .max)
+            if failure == nil && failed.scalarValue > 0 {
+                throw ConvoyError.io("another rank could not write its part of the checkpoint \(directory) (its error is reported there); the previous checkpoint is untouched")
+            }
+        }
+        if let failure { throw failure }
     }
 
     /// The trainer state after `step` completed steps.
@@ -242,7 +271,6 @@ public final class Trainer {
             }
             if configuration.checkpointEvery > 0 && done % configuration.checkpointEvery == 0 && done < configuration.steps {
                 try saveCheckpoint(afterStep: done, to: configuration.periodicCheckpointDirectory)
-                runtime.releaseFullModel()
             }
         }
 
@@ -260,7 +288,7 @@ public final class Trainer {
                 try metrics?.write(["step": configuration.steps, "accuracy": report!.accuracy, "problems": report!.problems])
             }
         }
-        try saveCheckpoint(afterStep: configuration.steps, to: configuration.finalCheckpointDirectory)
+        try saveCheckpoint(afterStep: configuration.steps, to: configuration.finalCheckpointDirectory, exportWeights: true)
         let trained = Double(configuration.steps - startStep) * tokensPerStep
         return TrainingSummary(steps: configuration.steps, finalLoss: lastLoss, validationLoss: lastValidation, arithmetic: report,
                                seconds: seconds, tokensPerSecond: seconds > 0 ? trained / seconds : 0,

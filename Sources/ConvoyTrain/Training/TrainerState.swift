@@ -20,6 +20,10 @@ public struct TrainerState: Codable, Sendable, Equatable {
     /// The optimizer's kind, so a checkpoint is not resumed with another.
     public var optimizer: String
 
+    /// The optimizer kind of a checkpoint that holds weights only (imported): a run of any optimizer, seed and
+    /// dataset may start from it.
+    public static let weightsOnly = "none"
+
     public init(step: Int, seed: UInt64, dataPosition: Int, configuration: String, optimizer: String) {
         self.step = step
         self.seed = seed

@@ -1,59 +1,83 @@
 import ConvoyNN
+import ConvoyParallel
 import ConvoyTensor
 import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// A training checkpoint directory: the model in Hugging Face GPT-2 form (`model.safetensors`,
-/// `config.json`), the optimizer state (`optimizer.safetensors`), and the trainer state (`trainer.json`).
+/// A training checkpoint directory, sharded (``ConvoyParallel/CheckpointIndex``): one safetensors file of
+/// pieces per rank (parameter values and optimizer state, each element stored once), `index.json` listing every
+/// tensor's pieces (written last), `trainer.json` (the trainer state) and `placement.json` (the layout's
+/// placements, for people); a final checkpoint also holds the model in Hugging Face GPT-2 form
+/// (`model.safetensors`, `config.json`), written from the pieces one tensor at a time.
 ///
-/// Saving never damages the last good checkpoint: the new one is written completely into a temporary
-/// sibling directory, every file and the directory are fsynced, and only then is it renamed into place.
-/// Replacing an existing checkpoint takes two renames (old aside, new in); a crash between them leaves the
-/// previous checkpoint under its aside name, which ``load(from:)`` falls back to.
+/// Saving never damages the last good checkpoint: the new one is assembled completely in a temporary
+/// sibling directory — every rank writing its own file there — every file and the directory are fsynced,
+/// and only then is it renamed into place. Replacing an existing checkpoint takes two renames (old aside,
+/// new in); a crash between them leaves the previous checkpoint under its aside name, which
+/// ``resolvedDirectory(_:)`` falls back to.
 public enum TrainingCheckpoint {
-    public static let optimizerFileName = "optimizer.safetensors"
     public static let trainerFileName = "trainer.json"
 
-    /// A stage at which ``save(model:optimizer:state:to:failingAt:)`` can be made to fail, to test that a
-    /// failed save leaves the previous checkpoint intact.
+    /// A stage at which a save can be made to fail, to test that a failed save leaves the previous checkpoint
+    /// intact.
     public enum SaveStage: Sendable {
-        case afterModel
+        /// After the ranks wrote their pieces, before the index.
+        case afterPieces
+        /// With everything written, before the rename.
         case beforeRename
     }
 
-    /// Everything a checkpoint holds.
+    /// What ``load(from:into:)`` read besides the weights.
     public struct Contents {
         public var state: TrainerState
         public var optimizerState: OptimizerState
+        public var index: CheckpointIndex
     }
 
     static func asidePath(_ directory: String) -> String { directory + ".previous" }
 
-    /// Writes a checkpoint of `model`, `optimizer` and `state` to `directory`, atomically.
-    ///
-    /// - Parameters:
-    ///   - optimizer: the optimizer whose whole state goes into `optimizer.safetensors`; nil when the state is
-    ///     sharded and each rank has already written its shard into `temporary` (ZeRO).
-    ///   - temporary: a directory prepared with ``prepareTemporaryDirectory(for:tag:)`` that already holds
-    ///     other ranks' files; nil to use a fresh one.
-    ///   - extraFiles: further files (name → contents), such as a ZeRO layout index.
-    public static func save(model: any LanguageModel, optimizer: (any Optimizer)?, state: TrainerState, to directory: String, temporary prepared: String? = nil,
-                            extraFiles: [String: Data] = [:], failingAt failure: SaveStage? = nil) throws {
+    /// Writes a checkpoint of `model` and `optimizer` (whole, from one process) with `state` to `directory`,
+    /// atomically — the one-rank case of what ``ConvoyTrain/Trainer`` does on every rank.
+    public static func save(model: any LanguageModel, optimizer: (any Optimizer)?, state: TrainerState, to directory: String,
+                            exportWeights: Bool = true, failingAt failure: SaveStage? = nil) throws {
+        let temporary = try prepareTemporaryDirectory(for: directory, tag: CheckpointTemporary.tag(unique: String(UInt32.random(in: 0...UInt32.max))))
+        do {
+            let slices = model.namedParameters().map { CheckpointSlice(whole: $0.parameter, name: $0.name) }
+            try CheckpointShardWriter.write(slices: slices, optimizerState: optimizer?.stateViews() ?? OptimizerState(), rank: 0, of: 1, into: temporary)
+        } catch {
+            try? FileManager.default.removeItem(atPath: temporary)
+            throw error
+        }
+        try publish(temporary: temporary, ranks: 1, state: state, layout: "one process", model: model, exportWeights: exportWeights,
+                    to: directory, failingAt: failure)
+    }
+
+    /// Completes a checkpoint whose `ranks` ranks have written their pieces into `temporary` (the leader calls
+    /// it): merges their piece lists into the index, writes the trainer state, `extraFiles` and (with
+    /// `exportWeights`) the Hugging Face export of `model` read back from the pieces, then the index — last —
+    /// and renames the directory into place. On failure `temporary` is removed and any previous checkpoint
+    /// at `directory` is left as it was.
+    public static func publish(temporary: String, ranks: Int, state: TrainerState, layout: String, model: any LanguageModel, exportWeights: Bool,
+                               extraFiles: [String: Data] = [:], to directory: String, failingAt failure: SaveStage? = nil) throws {
         let target = URL(fileURLWithPath: directory).standardizedFileURL
         let parent = target.deletingLastPathComponent().path
-        let temporary = try prepared ?? prepareTemporaryDirectory(for: directory, tag: CheckpointTemporary.tag(unique: String(UInt32.random(in: 0...UInt32.max))))
         var published = false
         defer { if !published { try? FileManager.default.removeItem(atPath: temporary) } }
 
-        try model.saveWeights(to: temporary)
-        if failure == .afterModel { throw ConvoyError.io("simulated failure while saving \(directory)") }
-        if let optimizer { try writeOptimizerState(optimizer.state(), kind: state.optimizer, to: temporary + "/" + optimizerFileName) }
+        if failure == .afterPieces { throw ConvoyError.io("simulated failure while saving \(directory)") }
+        let index = try CheckpointIndexAssembler.assemble(in: temporary, ranks: ranks, step: state.step, samples: state.dataPosition, layout: layout)
         for (name, contents) in extraFiles { try AtomicFile.write(contents, to: temporary + "/" + name) }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try AtomicFile.write(try encoder.encode(state), to: temporary + "/" + trainerFileName)
+        if exportWeights {
+            // One parameter at a time, read from the pieces: no rank holds the whole model for the export either.
+            let reader = ShardedCheckpointReader(directory: temporary, index: index)
+            try model.exportWeights(to: temporary) { try reader.readWhole($0) }
+        }
+        try AtomicFile.write(try index.encoded(), to: temporary + "/" + CheckpointIndex.fileName)
         try AtomicFile.syncDirectory(temporary)
         if failure == .beforeRename { throw ConvoyError.io("simulated failure while saving \(directory)") }
 
@@ -97,16 +121,6 @@ public enum TrainingCheckpoint {
         return target.deletingLastPathComponent().path + "/.\(target.lastPathComponent).tmp-\(tag)"
     }
 
-    /// The file holding rank `rank`'s shard of a sharded (ZeRO) optimizer state.
-    public static func shardFileName(rank: Int, of ranks: Int) -> String { "optimizer-shard-\(rank)-of-\(ranks).safetensors" }
-
-    /// Writes an optimizer state (tensors, and scalars as metadata) as safetensors.
-    public static func writeOptimizerState(_ optimizerState: OptimizerState, kind: String, to path: String) throws {
-        var metadata = ["format": "convoy-optimizer", "optimizer": kind]
-        for (key, value) in optimizerState.scalars { metadata["scalar." + key] = String(value) }
-        try SafeTensors(tensors: optimizerState.tensors, metadata: metadata).write(to: path)
-    }
-
     /// The directory to read: `directory`, or its aside copy if a save was interrupted between renames.
     public static func resolvedDirectory(_ directory: String) throws -> String {
         var isDirectory: ObjCBool = false
@@ -116,37 +130,40 @@ public enum TrainingCheckpoint {
         throw ConvoyError.io("checkpoint directory \(directory) does not exist")
     }
 
-    /// Reads the trainer and optimizer state of a checkpoint and loads its weights into `model`, after
-    /// checking that everything matches; on any error nothing is modified.
-    public static func load(from directory: String, into model: any LanguageModel, optimizerFile: String = optimizerFileName) throws -> Contents {
-        let directory = try resolvedDirectory(directory)
+    /// Reads the trainer state of the checkpoint in `directory` (already resolved).
+    public static func readState(from directory: String) throws -> TrainerState {
         let trainerPath = directory + "/" + trainerFileName
         guard let trainerData = FileManager.default.contents(atPath: trainerPath) else {
             throw ConvoyError.malformedFile(path: trainerPath, reason: "missing: \(directory) is not a training checkpoint (it has no trainer.json)")
         }
-        let state: TrainerState
-        state = try TrainerState.decode(trainerData, path: trainerPath)
+        let state = try TrainerState.decode(trainerData, path: trainerPath)
         guard state.formatVersion == 1 else {
             throw ConvoyError.incompatible("\(trainerPath) has format version \(state.formatVersion); this Convoy reads version 1")
         }
-        try model.checkWeightsCompatible(in: directory)
-        let optimizerPath = directory + "/" + optimizerFile
-        guard FileManager.default.fileExists(atPath: optimizerPath) else {
-            throw ConvoyError.incompatible("checkpoint \(directory) has no \(optimizerFile): it was saved with another data-parallel or ZeRO layout (resharding is not supported yet)")
-        }
-        let optimizerFile = try SafeTensors.read(contentsOf: optimizerPath)
-        for (name, tensor) in optimizerFile.tensors { try FiniteValues.check(tensor, name: name, in: optimizerPath) }
-        var scalars: [String: Double] = [:]
-        for (key, value) in optimizerFile.metadata where key.hasPrefix("scalar.") {
-            guard let number = Double(value) else { throw ConvoyError.malformedFile(path: optimizerPath, reason: "metadata \(key) is not a number") }
-            scalars[String(key.dropFirst("scalar.".count))] = number
-        }
-        if let kind = optimizerFile.metadata["optimizer"], kind != state.optimizer {
-            throw ConvoyError.malformedFile(path: optimizerPath, reason: "written by optimizer \(kind) but trainer.json says \(state.optimizer)")
-        }
-        // Weights last: loading validates every tensor before touching the model.
-        let contents = Contents(state: state, optimizerState: OptimizerState(tensors: optimizerFile.tensors, scalars: scalars))
-        try model.loadWeights(from: directory)
-        return contents
+        return state
+    }
+
+    /// Reads the trainer state of a checkpoint, loads its weights into the whole of `model` (one process) and
+    /// returns the optimizer state keyed by parameter name, after checking that everything matches.
+    public static func load(from directory: String, into model: any LanguageModel) throws -> Contents {
+        let directory = try resolvedDirectory(directory)
+        let state = try readState(from: directory)
+        let reader = try ShardedCheckpointReader(directory: directory)
+        let slices = model.namedParameters().map { CheckpointSlice(whole: $0.parameter, name: $0.name) }
+        let optimizerState = try reader.load(parametersInto: slices, optimizerStateOf: slices)
+        return Contents(state: state, optimizerState: optimizerState, index: reader.index)
+    }
+
+    /// The GPT a checkpoint holds: from its Hugging Face export when it has one (a final checkpoint), else read
+    /// from its pieces (a periodic one) in the shape its trainer state records.
+    public static func loadModel(from directory: String) throws -> GPT {
+        let directory = try resolvedDirectory(directory)
+        if FileManager.default.fileExists(atPath: directory + "/" + GPTCheckpoint.configFileName) { return try GPTCheckpoint.load(from: directory) }
+        let state = try readState(from: directory)
+        var configuration = TrainingConfiguration()
+        try TrainingSettings.apply(toml: state.configuration, source: directory + "/" + trainerFileName, to: &configuration)
+        let model = try GPT(configuration.modelConfiguration, seed: 0)
+        _ = try load(from: directory, into: model)
+        return model
     }
 }

@@ -1,0 +1,169 @@
+import ConvoyNN
+import ConvoyTensor
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Reads regions of the tensors of a sharded checkpoint: for each box a rank needs, it intersects the box
+/// with the stored pieces and reads only the bytes of those intersections (a whole piece when the box covers
+/// it, verifying its checksum then). Errors name the file and the tensor.
+public final class ShardedCheckpointReader {
+    public let directory: String
+    public let index: CheckpointIndex
+    private var descriptors: [String: Int32] = [:]
+    private let indexPath: String
+
+    /// Opens the checkpoint in `directory` (its index must exist: the save finished).
+    public init(directory: String) throws {
+        self.directory = directory
+        indexPath = directory + "/" + CheckpointIndex.fileName
+        index = try CheckpointIndex.read(from: directory)
+    }
+
+    /// Reads pieces of a checkpoint whose index is `index` (not yet written: a save exporting from its pieces).
+    public init(directory: String, index: CheckpointIndex) {
+        self.directory = directory
+        indexPath = directory + "/" + CheckpointIndex.fileName
+        self.index = index
+    }
+
+    deinit { for descriptor in descriptors.values { close(descriptor) } }
+
+    /// The index entry of `tensor`, checked to have `shape`.
+    public func entry(_ tensor: String, shape: [Int]? = nil) throws -> CheckpointIndex.Entry {
+        guard let entry = index.tensors[tensor] else {
+            throw ConvoyError.incompatible("\(indexPath) has no tensor '\(tensor)'; the checkpoint was saved from another model (or the index does not cover it)")
+        }
+        if let shape, entry.shape != shape {
+            throw ConvoyError.incompatible("tensor '\(tensor)' in \(indexPath) has shape \(entry.shape), this run's model has \(shape); resume with the model the checkpoint was saved from")
+        }
+        return entry
+    }
+
+    /// Throws unless the stored pieces of `tensor` hold every element of `boxes` exactly once (reads nothing).
+    public func checkCovers(_ tensor: String, shape: [Int], boxes: [TensorBox]) throws {
+        let entry = try entry(tensor, shape: shape)
+        for box in boxes {
+            let covered = entry.pieces.reduce(0) { $0 + ($1.box.intersection(box)?.count ?? 0) }
+            guard covered == box.count else {
+                throw ConvoyError.malformedFile(path: indexPath, reason: "does not cover tensor '\(tensor)': of its region \(box) (\(box.count) elements) the pieces hold \(covered)\(covered > box.count ? " — some more than once" : "")")
+            }
+        }
+    }
+
+    /// Reads the elements of `boxes` of `tensor` into `destination` (contiguous, the boxes one after the other,
+    /// each row-major, in the stored dtype).
+    public func read(_ tensor: String, shape: [Int], boxes: [TensorBox], into destination: Tensor) throws {
+        try checkCovers(tensor, shape: shape, boxes: boxes)
+        let entry = try entry(tensor)
+        let elementSize = entry.dtype.byteSize
+        guard destination.isContiguous, destination.dtype == entry.dtype, destination.count == boxes.reduce(0, { $0 + $1.count }) else {
+            throw ConvoyError.incompatible("tensor '\(tensor)' is stored as \(entry.dtype); it cannot be read into a \(destination.dtype) tensor of \(destination.count) elements")
+        }
+        let base = destination.storage.pointer + destination.offset * elementSize
+        var start = 0
+        for box in boxes {
+            for piece in entry.pieces {
+                guard let region = piece.box.intersection(box) else { continue }
+                // The piece's elements from the region's first to its last, read at once (all of it when the
+                // region is the piece, checksum verified).
+                var first = -1, last = 0
+                piece.box.forEachRun(of: region, into: box) { source, _, length in
+                    if first < 0 { first = source }
+                    last = source + length
+                }
+                let whole = region == piece.box
+                let bytes = try readBytes(of: piece, tensor: tensor, elements: first..<last, elementSize: elementSize, verifying: whole)
+                bytes.withUnsafeBytes { raw in
+                    piece.box.forEachRun(of: region, into: box) { source, target, length in
+                        (base + (start + target) * elementSize).copyMemory(from: raw.baseAddress! + (source - first) * elementSize, byteCount: length * elementSize)
+                    }
+                }
+            }
+            start += box.count
+        }
+        withExtendedLifetime(destination) {}
+    }
+
+    /// Reads the parameter values of the slices `resident` into their values, and returns the optimizer state
+    /// of the slices `optimized` keyed as their optimizer expects (`<optimizerKey>.<state>`, laid out like
+    /// the slice's values). Shapes and coverage of the parameters are checked before anything is written.
+    public func load(parametersInto resident: [CheckpointSlice], optimizerStateOf optimized: [CheckpointSlice]) throws -> OptimizerState {
+        for slice in resident {
+            try checkCovers(CheckpointIndex.name(of: slice.parameter, role: .parameter), shape: slice.globalShape, boxes: slice.boxes)
+        }
+        var tensors: [String: Tensor] = [:]
+        for slice in optimized {
+            for state in index.optimizerStates(of: slice.parameter) {
+                let name = CheckpointIndex.name(of: slice.parameter, role: .optimizer, state: state)
+                let tensor = Tensor(uninitializedShape: slice.values.shape, dtype: try entry(name).dtype)
+                try read(name, shape: slice.globalShape, boxes: slice.boxes, into: tensor)
+                try FiniteValues.check(tensor, name: name, in: directory)
+                tensors[slice.optimizerKey + "." + state] = tensor
+            }
+        }
+        for slice in resident {
+            let name = CheckpointIndex.name(of: slice.parameter, role: .parameter)
+            let stored = try entry(name).dtype
+            if slice.values.isContiguous && slice.values.dtype == stored {
+                try read(name, shape: slice.globalShape, boxes: slice.boxes, into: slice.values)
+                try FiniteValues.check(slice.values, name: name, in: directory)
+            } else {
+                let staged = Tensor(uninitializedShape: slice.values.shape, dtype: stored)
+                try read(name, shape: slice.globalShape, boxes: slice.boxes, into: staged)
+                try FiniteValues.check(staged, name: name, in: directory)
+                withNoGrad { slice.values.assign(staged) }
+            }
+        }
+        return OptimizerState(tensors: tensors, scalars: index.optimizerScalars)
+    }
+
+    /// The whole of `tensor`, as a new tensor of its shape.
+    public func readWhole(_ tensor: String) throws -> Tensor {
+        let entry = try entry(tensor)
+        let result = Tensor(uninitializedShape: entry.shape, dtype: entry.dtype)
+        try read(tensor, shape: entry.shape, boxes: [TensorBox(whole: entry.shape)], into: result)
+        return result
+    }
+
+    /// Reads elements `elements` of `piece` (counted in the piece's row-major order).
+    func readBytes(of piece: CheckpointIndex.Piece, tensor: String, elements: Range<Int>, elementSize: Int, verifying: Bool) throws -> [UInt8] {
+        let path = directory + "/" + piece.file
+        let descriptor = try descriptor(for: piece.file, tensor: tensor)
+        var bytes = [UInt8](repeating: 0, count: elements.count * elementSize)
+        let offset = piece.byteStart + elements.lowerBound * elementSize
+        let got = bytes.withUnsafeMutableBytes { raw -> Int in
+            var done = 0
+            while done < raw.count {
+                let result = pread(descriptor, raw.baseAddress! + done, raw.count - done, off_t(offset + done))
+                if result < 0 && errno == EINTR { continue }
+                if result <= 0 { return result < 0 ? -1 : done }
+                done += result
+            }
+            return done
+        }
+        guard got == bytes.count else {
+            throw ConvoyError.malformedFile(path: path, reason: got < 0 ? "cannot read tensor '\(tensor)' (\(String(cString: strerror(errno))))"
+                                                                        : "is shorter than the index says: tensor '\(tensor)' piece \(piece.box) ends at byte \(piece.byteEnd)")
+        }
+        if verifying {
+            let checksum = bytes.withUnsafeBytes { PieceChecksum.hex($0) }
+            guard checksum == piece.checksum else {
+                throw ConvoyError.malformedFile(path: path, reason: "tensor '\(tensor)' piece \(piece.box) (bytes \(piece.byteStart)..<\(piece.byteEnd)) is corrupted: checksum \(checksum), the index says \(piece.checksum)")
+            }
+        }
+        return bytes
+    }
+
+    private func descriptor(for file: String, tensor: String) throws -> Int32 {
+        if let descriptor = descriptors[file] { return descriptor }
+        let path = directory + "/" + file
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            throw ConvoyError.malformedFile(path: path, reason: "cannot open it (\(String(cString: strerror(errno)))); it holds tensor '\(tensor)' of the checkpoint")
+        }
+        descriptors[file] = descriptor
+        return descriptor
+    }
+}
