@@ -25,6 +25,7 @@ struct BenchPSCommand: ParsableCommand {
     @Option(help: "Workers W (default: 1, 2 and 3).") var workers: Int?
     @Option(help: "Staleness K or inf (default: 0, 2 and inf).") var staleness: String?
     @Option(help: "Rows of table 0.") var rows: Int = 1_000_000
+    @Option(help: "Dense MLP on the servers (ps: workers run free, so staleness shows) or all-reduced among the workers (hybrid: they move in lockstep).") var comm: String = "ps"
     @Option(help: "Global batch.") var batch: Int = 384
     @Option(help: "Timed steps.") var steps: Int = 20
     @Flag(help: "End with one JSON line of the results.") var json = false
@@ -35,6 +36,7 @@ struct BenchPSCommand: ParsableCommand {
         }
         if let workers, workers <= 0 { throw ValidationError("--workers must be positive, got \(workers)") }
         if let staleness { _ = try Staleness(parsing: staleness) }
+        guard ["ps", "hybrid"].contains(comm) else { throw ValidationError("--comm must be ps or hybrid, got '\(comm)'") }
     }
 
     func run() throws {
@@ -74,6 +76,7 @@ struct BenchPSCommand: ParsableCommand {
         configuration.psServers = servers
         configuration.dp = workers
         configuration.staleness = staleness
+        configuration.comm = comm
         configuration.overwrite = true
         let output = FileManager.default.temporaryDirectory.path + "/convoy-bench-ps-\(getpid())"
         configuration.output = output
@@ -100,7 +103,7 @@ struct BenchPSCommand: ParsableCommand {
         let pushed = Double(workerSummaries.map(\.bytesPushed).reduce(0, +)) / Double(workers * steps)
         let slowest = workerSummaries.map(\.seconds).max() ?? 1
         return [
-            "mode": (try Staleness(parsing: staleness)).modeName, "workers": workers, "servers": servers, "rows_table0": rows,
+            "mode": (try Staleness(parsing: staleness)).modeName, "comm": comm, "workers": workers, "servers": servers, "rows_table0": rows,
             "samples_per_s": Double(configuration.batch * steps) / max(slowest, 1e-9),
             "bytes_pulled_per_step": pulled, "bytes_pushed_per_step": pushed, "dense_allreduce_bytes_per_step": allReduce,
             "bytes_ratio": (pulled + pushed) / allReduce,

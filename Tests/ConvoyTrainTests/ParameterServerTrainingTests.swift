@@ -147,6 +147,8 @@ func trainClickThrough(_ configuration: TrainingConfiguration, ranks: Int, datas
         configuration.psServers = 2
         configuration.dp = 3
         configuration.staleness = "2"
+        // Dense parameters on the servers too: nothing else keeps the workers in step.
+        configuration.comm = "ps"
         let results = try trainClickThrough(configuration, ranks: 5) { worker, _ in
             if worker == 2 { usleep(3000) }  // slows worker 2 down; correctness never depends on it
         }
@@ -173,6 +175,7 @@ func trainClickThrough(_ configuration: TrainingConfiguration, ranks: Int, datas
         configuration.learningRate = 0.05
         configuration.psServers = 1
         configuration.dp = 2
+        configuration.comm = "ps"
         configuration.overwrite = true
         var aucs: [String: Double] = [:]
         for staleness in ["0", "inf"] {
