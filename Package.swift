@@ -61,7 +61,7 @@ let package = Package(
             ]
         ),
         // Run under mpirun (scripts/test): MPI_Init may run once per process, so MPI tests are an executable.
-        .executableTarget(name: "ConvoyMPITests", dependencies: ["ConvoyParallel", "ConvoyComm", "ConvoyNN", "ConvoyTensor"], path: "Tests/ConvoyMPITests"),
+        .executableTarget(name: "ConvoyMPITests", dependencies: ["ConvoyTrain", "ConvoyParallel", "ConvoyComm", "ConvoyNN", "ConvoyTensor"], path: "Tests/ConvoyMPITests"),
         .testTarget(name: "ConvoyTensorTests", dependencies: ["ConvoyTensor"]),
         .testTarget(
             name: "ConvoyNNTests",

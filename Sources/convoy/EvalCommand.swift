@@ -16,6 +16,7 @@ struct EvalCommand: ParsableCommand {
         """)
 
     @Option(help: "Checkpoint directory (model.safetensors + config.json).") var checkpoint: String
+    @Option(help: "Model of the checkpoint: gpt (default) or ctr (reports AUC and log loss on the run's validation data, or --data TSV).") var model: String = "gpt"
     @Option(help: "File whose bytes are the tokens.") var data: String?
     @Option(help: "Task to score instead of a file: arithmetic (exact-match accuracy on held-out additions).") var task: String?
     @Option(help: "Context length T of each window (with --data).") var context: Int?
@@ -28,6 +29,11 @@ struct EvalCommand: ParsableCommand {
     @Flag(help: "Print one JSON line {\"loss\": …, \"tokens\": …}.") var json = false
 
     func validate() throws {
+        guard ["gpt", "ctr"].contains(model) else { throw ValidationError("--model must be gpt or ctr, got '\(model)'") }
+        if model == "ctr" {
+            if task != nil || context != nil { throw ValidationError("--model ctr takes --checkpoint and optionally --data FILE (Criteo TSV), not --task or --context") }
+            return
+        }
         guard (data == nil) != (task == nil) else { throw ValidationError("give exactly one of --data FILE or --task arithmetic") }
         if let task, task != "arithmetic" { throw ValidationError("--task must be 'arithmetic', got '\(task)'") }
         if data != nil, context == nil { throw ValidationError("--data needs --context T") }
@@ -39,6 +45,10 @@ struct EvalCommand: ParsableCommand {
 
     func run() throws {
         if let threads { ComputePool.setSharedThreadCount(threads) }
+        if model == "ctr" {
+            try evaluateClickThrough()
+            return
+        }
         let directory = try TrainingCheckpoint.resolvedDirectory(checkpoint)
         let model = try TrainingCheckpoint.loadModel(from: directory)
         model.eval()
@@ -106,6 +116,25 @@ struct EvalCommand: ParsableCommand {
         } else {
             print(String(format: "held-out arithmetic: %d/%d exact (accuracy %.2f%%)", report.correct, report.problems, report.accuracy * 100))
             for example in report.examples.prefix(5) { print("  wrong: \(example)") }
+        }
+    }
+
+    /// AUC and log loss of a CTR checkpoint on its run's validation data (or the validation part of `--data`).
+    private func evaluateClickThrough() throws {
+        let (trained, model, tables) = try ClickThroughCheckpoint.load(from: checkpoint)
+        var configuration = trained
+        if let data { configuration.dataPath = data }
+        let dataset = try configuration.makeClickDataset()
+        let examples = dataset.validationExamples
+        for (index, example) in examples.enumerated() { try dataset.check(example, index: index) }
+        let result = try ClickThroughTrainer.evaluate(model: model, examples: examples) { ClickThroughTrainer.read(tables, ids: $0) }
+        if json {
+            var fields = ["\"auc\": \(result.auc)", "\"logloss\": \(result.logLoss)", "\"examples\": \(examples.count)"]
+            if let best = dataset.bestAchievableAUC { fields.append("\"best_auc\": \(best)") }
+            print("{" + fields.joined(separator: ", ") + "}")
+        } else {
+            let best = dataset.bestAchievableAUC.map { String(format: " (best achievable %.4f)", $0) } ?? ""
+            print(String(format: "AUC %.4f%@, log loss %.4f on %d validation examples of %@", result.auc, best, result.logLoss, examples.count, dataset.summary))
         }
     }
 }

@@ -30,6 +30,10 @@ struct TrainCommand: ParsableCommand {
         let timeline = configuration.trace == nil ? nil : Timeline()
         // mpirun forwards output through a pseudo-terminal; a live line redrawn from rank 0 only garbles it.
         let display = CommunicationBackend.isUnderMPI() ? ProgressDisplay(plainEvery: configuration.logEvery, isTerminal: false) : ProgressDisplay(plainEvery: configuration.logEvery)
+        if configuration.model == "ctr" {
+            try ClickThroughLaunch.train(configuration, resume: resume, display: display)
+            return
+        }
 
         let summary: TrainingSummary
         switch try CommunicationBackend.resolve(configuration.backend) {

@@ -399,5 +399,6 @@ final class CountingProcessGroup: ProcessGroup, @unchecked Sendable {
     func sendAsync(_ buffer: CommunicationBuffer, to destination: Int, tag: Int) -> Work { inner.sendAsync(buffer, to: destination, tag: tag) }
     func receiveAsync(_ buffer: CommunicationBuffer, from source: Int, tag: Int) -> Work { inner.receiveAsync(buffer, from: source, tag: tag) }
     func barrierAsync() -> Work { inner.barrierAsync() }
+    func probeAsync(tag: Int, dtype: DType) -> Work { inner.probeAsync(tag: tag, dtype: dtype) }
     func split(color: Int, key: Int, name: String?) throws -> (any ProcessGroup)? { try inner.split(color: color, key: key, name: name) }
 }

@@ -33,6 +33,11 @@ public protocol ProcessGroup: AnyObject, Sendable {
     func receiveAsync(_ buffer: CommunicationBuffer, from source: Int, tag: Int) -> Work
     /// Completes when every rank has reached it.
     func barrierAsync() -> Work
+    /// Waits until a message with `tag` from any other rank is available, without receiving it; the work's
+    /// ``Work/probed`` then names the sender and the message's element count (of `dtype`), so the caller can size
+    /// a buffer and receive it from that sender. Messages from one sender are found in the order they were sent;
+    /// between senders, the earliest to arrive first. Times out like a receive, naming the group and the tag.
+    func probeAsync(tag: Int, dtype: DType) -> Work
 
     /// Collective over this group: ranks with the same `color` form a new group, ordered by (`key`, rank),
     /// called `name` (default: derived from this group's name and the colour). A negative colour takes no
@@ -75,6 +80,13 @@ extension ProcessGroup {
         try receiveAsync(buffer, from: source, tag: tag).wait()
     }
     public func barrier() throws { try barrierAsync().wait() }
+    /// Waits for a message with `tag` from any rank (``probeAsync(tag:dtype:)``) and says who sent it and how long it is.
+    public func probe(tag: Int, dtype: DType = .float32) throws -> ProbedMessage {
+        let work = probeAsync(tag: tag, dtype: dtype)
+        try work.wait()
+        guard let found = work.probed else { throw CommunicationError.backend("\(work.summary) completed without a message") }
+        return found
+    }
 
     /// Tensor conveniences (the tensor must be contiguous and outlive the call).
     public func allReduce(_ tensor: Tensor, operation: ReduceOperation = .sum) throws {

@@ -29,12 +29,13 @@ public final class Work: @unchecked Sendable {
     }
     private var finishedAt: UInt64?
 
-    /// Marks the operation finished (called by the backend).
-    public func finish(error: Error? = nil) {
+    /// Marks the operation finished (called by the backend); a probe passes what it found.
+    public func finish(error: Error? = nil, probed: ProbedMessage? = nil) {
         condition.lock()
         finishedAt = DispatchTime.now().uptimeNanoseconds
         finished = true
         failure = error
+        probedMessage = probed
         condition.broadcast()
         condition.unlock()
     }
@@ -45,6 +46,14 @@ public final class Work: @unchecked Sendable {
         defer { condition.unlock() }
         return finished
     }
+
+    /// What a finished ``ProcessGroup/probeAsync(tag:dtype:)`` found (nil for every other operation).
+    public var probed: ProbedMessage? {
+        condition.lock()
+        defer { condition.unlock() }
+        return probedMessage
+    }
+    private var probedMessage: ProbedMessage?
 
     /// The operation's error, once it has finished with one.
     public var error: Error? {
@@ -70,6 +79,18 @@ public final class Work: @unchecked Sendable {
         let failure = self.failure
         condition.unlock()
         if let failure { throw failure }
+    }
+}
+
+/// A message a probe found waiting: who sent it and how many elements it holds. The message itself stays
+/// queued until a receive from `source` with the same tag takes it.
+public struct ProbedMessage: Sendable, Equatable {
+    public let source: Int
+    public let count: Int
+
+    public init(source: Int, count: Int) {
+        self.source = source
+        self.count = count
     }
 }
 

@@ -9,7 +9,9 @@ final class LocalGroupState: @unchecked Sendable {
     let worldRanks: [Int]
     let condition = NSCondition()
     private var rendezvous: [Int: LocalRendezvous] = [:]
-    private var mailboxes: [MessageKey: [[UInt8]]] = [:]
+    private var mailboxes: [MessageKey: [(arrival: Int, bytes: [UInt8])]] = [:]
+    /// Counts posted messages, so a probe finds the earliest of several senders' messages first.
+    private var arrivals = 0
     /// Set by the first failure; every later operation fails with it instead of hanging.
     private var brokenBecause: String?
 
@@ -128,7 +130,8 @@ final class LocalGroupState: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         try checkUsable("send to rank \(destination) tag \(tag) on group '\(name)'")
-        mailboxes[MessageKey(source: source, destination: destination, tag: tag), default: []].append(bytes)
+        arrivals += 1
+        mailboxes[MessageKey(source: source, destination: destination, tag: tag), default: []].append((arrivals, bytes))
         condition.broadcast()
     }
 
@@ -146,7 +149,28 @@ final class LocalGroupState: @unchecked Sendable {
                 throw CommunicationError.timedOut(message)
             }
         }
-        return mailboxes[key]!.removeFirst()
+        return mailboxes[key]!.removeFirst().bytes
+    }
+
+    /// Waits until some rank has posted a message with `tag` to `destination` and returns the earliest one's
+    /// sender and byte count, leaving it in the mailbox.
+    func peek(to destination: Int, tag: Int, sequence: Int, timeout: Double) throws -> (source: Int, byteCount: Int) {
+        let label = "probe #\(sequence) for tag \(tag) from any rank on group '\(name)' (rank \(destination) of \(size))"
+        condition.lock()
+        defer { condition.unlock() }
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            let earliest = mailboxes.filter { $0.key.destination == destination && $0.key.tag == tag && !$0.value.isEmpty }
+                .min { $0.value[0].arrival < $1.value[0].arrival }
+            if let earliest { return (earliest.key.source, earliest.value[0].bytes.count) }
+            try checkUsable(label)
+            if !condition.wait(until: deadline) && Date() >= deadline {
+                let others = (0..<size).filter { $0 != destination }
+                let message = "\(label): none of ranks \(others) sent a message with tag \(tag) within \(timeout) s"
+                breakGroup(CommunicationError.timedOut(message).description)
+                throw CommunicationError.timedOut(message)
+            }
+        }
     }
 
     // MARK: - Failure

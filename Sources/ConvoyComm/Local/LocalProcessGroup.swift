@@ -147,6 +147,27 @@ public final class LocalProcessGroup: ProcessGroup, @unchecked Sendable {
         }
     }
 
+    public func probeAsync(tag: Int, dtype: DType) -> Work {
+        let state = self.state, rank = self.rank
+        let sequence = counters.withLock { counters in
+            defer { counters.receives += 1 }
+            return counters.receives
+        }
+        let work = Work(summary: "probe #\(sequence) for tag \(tag) on group '\(name)' (rank \(rank))")
+        queue.submit {
+            do {
+                let found = try state.peek(to: rank, tag: tag, sequence: sequence, timeout: CommunicationTimeout.seconds)
+                guard found.byteCount % dtype.byteSize == 0 else {
+                    throw CommunicationError.mismatch("\(work.summary): the message from rank \(found.source) has \(found.byteCount) bytes, not a whole number of \(dtype) elements")
+                }
+                work.finish(probed: ProbedMessage(source: found.source, count: found.byteCount / dtype.byteSize))
+            } catch {
+                work.finish(error: error)
+            }
+        }
+        return work
+    }
+
     public func split(color: Int, key: Int, name: String?) throws -> (any ProcessGroup)? {
         let sequence = nextSequence()
         let state = self.state, rank = self.rank

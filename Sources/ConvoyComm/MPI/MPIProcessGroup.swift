@@ -170,6 +170,16 @@ public final class MPIProcessGroup: ProcessGroup {
         }
     }
 
+    /// Polls `MPI_Iprobe(MPI_ANY_SOURCE, tag)` on the communication thread until a message is there or the
+    /// timeout passes (nothing is started in MPI, so a timed-out probe leaves the group usable).
+    public func probeAsync(tag: Int, dtype: DType) -> Work {
+        let what = "probe for tag \(tag) from any rank (\(dtype))"
+        if let problem = tagProblem(tag) { return rejected(what, problem) }
+        return enqueue(what, reads: [], writes: [], role: .probe(tag: tag, datatype: dtype.mpiTransferType)) { _, _, _ in
+            MPIStep(code: convoy_mpi_success())
+        }
+    }
+
     // MARK: Sub-groups
 
     /// Collective over this group (`MPI_Comm_split`): ranks with the same non-negative `color` form a group
@@ -238,7 +248,7 @@ public final class MPIProcessGroup: ProcessGroup {
             case .send:
                 defer { counters.sends += 1 }
                 return counters.sends
-            case .receive:
+            case .receive, .probe:
                 defer { counters.receives += 1 }
                 return counters.receives
             }
@@ -317,6 +327,8 @@ final class MPIOperation: @unchecked Sendable {
         case collective(CollectiveDescriptor)
         case send(peer: Int, tag: Int)
         case receive(peer: Int, tag: Int, count: Int, datatype: MPI_Datatype)
+        /// Waits for a message from any rank; polled with `MPI_Iprobe` rather than started.
+        case probe(tag: Int, datatype: MPI_Datatype)
     }
     enum Phase { case waiting, running, cancelling, done }
 
@@ -342,6 +354,8 @@ final class MPIOperation: @unchecked Sendable {
     var status = MPI_Status()
     var completion: (() throws -> Void)?
     var failure: Error?
+    /// What a probe found.
+    var probed: ProbedMessage?
     /// Whether `request` is the debug check's all-gather (into `checkTable`) rather than the operation itself.
     var checking = false
     var checkTable: UnsafeMutablePointer<Int64>?
@@ -388,6 +402,9 @@ final class MPIOperation: @unchecked Sendable {
             return .timedOut("\(summary) \(limit): rank \(peer) (world rank \(worldRanks[peer])) did not post a matching receive with tag \(tag). The group is unusable from now on.")
         case .receive(let peer, let tag, _, _):
             return .timedOut("\(summary) \(limit): no message from rank \(peer) (world rank \(worldRanks[peer])) with tag \(tag) arrived; the receive was cancelled and the group stays usable.")
+        case .probe(let tag, _):
+            let others = (0..<worldRanks.count).filter { $0 != rank }
+            return .timedOut("\(summary) \(limit): none of ranks \(others) (world ranks \(others.map { worldRanks[$0] })) sent a message with tag \(tag).")
         }
     }
 }
@@ -500,7 +517,7 @@ final class MPICommunicationEngine: @unchecked Sendable {
         progressed = enforceDeadlines() || progressed
         while let first = running.first, first.phase == .done {
             running.removeFirst()
-            first.work.finish(error: first.failure)
+            first.work.finish(error: first.failure, probed: first.probed)
             progressed = true
         }
         return progressed
@@ -593,6 +610,19 @@ final class MPICommunicationEngine: @unchecked Sendable {
             try MPIRuntime.withLock {
                 for operation in active {
                     var flag: Int32 = 0
+                    if case .probe(let tag, let datatype) = operation.role {
+                        let code = MPI_Iprobe(convoy_mpi_any_source(), Int32(tag), communicator, &flag, &operation.status)
+                        if code != convoy_mpi_success() {
+                            operation.failure = MPIRuntime.backendErrorLocked(code: code, operation: operation.summary)
+                            operation.phase = .done
+                        } else if flag != 0 {
+                            var count: Int32 = 0
+                            _ = MPI_Get_count(&operation.status, datatype, &count)
+                            operation.probed = ProbedMessage(source: Int(convoy_mpi_status_source(&operation.status)), count: Int(count))
+                            finished.append(operation)
+                        }
+                        continue
+                    }
                     let code = MPI_Test(&operation.request, &flag, &operation.status)
                     if code != convoy_mpi_success() {
                         operation.failure = MPIRuntime.backendErrorLocked(code: code, operation: operation.summary)
@@ -652,6 +682,12 @@ final class MPICommunicationEngine: @unchecked Sendable {
         var changed = false
         for operation in running where operation.phase == .running && now >= operation.deadline {
             changed = true
+            if case .probe = operation.role {
+                // Nothing was started in MPI: the probe just stops looking, and the group stays usable.
+                operation.failure = operation.timeoutError()
+                operation.phase = .done
+                continue
+            }
             if case .receive = operation.role {
                 // An unmatched receive can be withdrawn; the next poll sees whether the cancellation won.
                 let code = (try? MPIRuntime.withLock { MPI_Cancel(&operation.request) }) ?? convoy_mpi_success()

@@ -12,10 +12,26 @@ public struct ModulePlacement: Sendable, Equatable {
     public var modules: String
     /// The device group, as written (`"cpu:0,cpu:1"`).
     public var devices: String
+    /// `"server"`: the devices are parameter servers (`--model ctr`; `modules` is then empty).
+    public var role: String?
+    /// How the matching modules' dense parameters are synchronised under parameter servers: `"ps"` (on the
+    /// servers) or `"allreduce"` (among the workers), overriding `--comm` (`devices` is then empty).
+    public var comm: String?
 
-    public init(modules: String, devices: String) {
+    public init(modules: String, devices: String, role: String? = nil, comm: String? = nil) {
         self.modules = modules
         self.devices = devices
+        self.role = role
+        self.comm = comm
+    }
+
+    /// The world ranks of a `role = "server"` section's devices (`cpu:N` is rank N).
+    public func serverRanks() throws -> [Int] {
+        do {
+            return try DeviceGroup(parsing: devices).devices.map(\.index)
+        } catch {
+            throw ConvoyError.invalidConfiguration("[[placement]] role = \"server\": devices \"\(devices)\" is not a device group: \(error)")
+        }
     }
 
     /// Whether `name` (a module name such as `h.3` or `wte`) matches the pattern.

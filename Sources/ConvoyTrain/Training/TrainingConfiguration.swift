@@ -8,11 +8,17 @@ import Foundation
 /// (`--config`), then command-line flags; every key is validated by name (see ``TrainingSettings``).
 public struct TrainingConfiguration: Sendable, Equatable {
     // [model]
+    /// "gpt" or "ctr" (the click-through-rate model, TrainingConfiguration+ClickThrough.swift).
+    public var model = "gpt"
     public var layers = 4
     public var dModel = 128
     public var heads = 4
     public var context = 16
     public var dropout: Double = 0
+    /// CTR: width of every embedding row.
+    public var ctrEmbeddingWidth = 16
+    /// CTR: width of the MLP's hidden layers.
+    public var ctrHidden = 64
 
     // [data]
     /// "arithmetic" (built-in) or "text" (needs `dataPath`).
@@ -21,6 +27,12 @@ public struct TrainingConfiguration: Sendable, Equatable {
     public var digits = 2
     public var heldOut = 1000
     public var validationFraction: Double = 0.1
+    /// CTR: rows of each of the 26 tables (one value for all, or 26).
+    public var ctrVocabulary: [Int] = [10_000]
+    /// CTR generated data: the Zipf exponent of the ids.
+    public var ctrZipf: Double = 1.1
+    /// CTR: validation examples (generated data).
+    public var ctrValidation = 4096
 
     // [training]
     public var seed: UInt64 = 1337
@@ -77,6 +89,14 @@ public struct TrainingConfiguration: Sendable, Equatable {
     public var placements: [ModulePlacement] = []
     /// Write a Chrome trace of forward, backward, bucket all-reduces and optimizer steps here.
     public var trace: String?
+    // [parallel.ps]
+    /// Parameter servers (0: none).
+    public var psServers = 0
+    /// Where dense parameters are synchronised: "ps" (on the servers), "hybrid" (all-reduced among the
+    /// workers, tables on the servers) or "allreduce" (everything all-reduced, no servers).
+    public var comm = "hybrid"
+    /// "0" (BSP), "K" (SSP) or "inf" (ASP).
+    public var staleness = "0"
 
     public init() {}
 
@@ -93,6 +113,15 @@ public struct TrainingConfiguration: Sendable, Equatable {
 
     /// Checks relations between keys that single-key validation cannot see.
     public func validate() throws {
+        if model == "ctr" {
+            try validateClickThrough()
+            return
+        }
+        if psServers > 0 { throw ConvoyError.invalidConfiguration("--ps-servers \(psServers): parameter servers hold the embedding tables of --model ctr; GPT trains with --dp/--pp/--tp") }
+        if placements.contains(where: { $0.role != nil || $0.comm != nil }) {
+            throw ConvoyError.invalidConfiguration("[[placement]] role and comm describe parameter servers of --model ctr; a GPT placement has modules and devices")
+        }
+        if optimizer == "adagrad" { throw ConvoyError.invalidConfiguration("--optimizer adagrad is the sparse-table rule of --model ctr; GPT trains with adamw, adam, sgd, momentum or nesterov") }
         guard dModel % heads == 0 else {
             throw ConvoyError.invalidConfiguration("model.d_model \(dModel) is not divisible by model.heads \(heads); choose a d_model that is a multiple of heads")
         }

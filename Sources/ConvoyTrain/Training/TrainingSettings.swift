@@ -129,11 +129,14 @@ public enum TrainingSettings {
 
     /// Every setting, in the order the effective configuration and `--help` list them.
     public static let all: [Setting] = [
+        choice("model.kind", "--model", \.model, ["gpt", "ctr"], "Model: a GPT, or the click-through-rate model (26 embedding tables, 13 dense features, MLP, logistic loss)."),
         integer("model.layers", "--layers", \.layers, 1...256, "Transformer blocks."),
         integer("model.d_model", "--d-model", \.dModel, 1...65536, "Model width."),
         integer("model.heads", "--heads", \.heads, 1...1024, "Attention heads."),
         integer("model.context", "--context", \.context, 1...1_048_576, "Context length in tokens."),
         real("model.dropout", "--dropout", \.dropout, 0...1, openUpper: true, "Dropout probability (embeddings, attention, residuals)."),
+        integer("model.ctr_embedding_dim", "--ctr-embedding-dim", \.ctrEmbeddingWidth, 1...4096, "CTR: width of every embedding row."),
+        integer("model.ctr_hidden", "--ctr-hidden", \.ctrHidden, 1...65536, "CTR: width of the MLP's two hidden layers."),
         choice("data.dataset", "--dataset", \.dataset, ["arithmetic", "text"], "Dataset: the built-in arithmetic problems, or a text file's bytes (--data)."),
         Setting(key: "data.path", flag: "--data", type: .path, help: "Train on this text file's bytes instead of the arithmetic dataset (sets --dataset text).", apply: { configuration, value throws(SettingProblem) in
             configuration.dataPath = try text(value, or: "a file path")
@@ -142,6 +145,16 @@ public enum TrainingSettings {
         integer("data.digits", "--digits", \.digits, 1...9, "Maximum digits per arithmetic operand."),
         integer("data.held_out", "--held-out", \.heldOut, 1...1_000_000, "Arithmetic problems held out of training to measure accuracy."),
         real("data.validation_fraction", "--validation-fraction", \.validationFraction, 0...0.5, "Share of a text file kept for validation."),
+        Setting(key: "data.ctr_vocabulary", flag: "--ctr-vocabulary", type: .integerList, help: "CTR: rows of each embedding table, one value for all 26 or 26 values (e.g. 1000000,1000,...).", apply: { configuration, value throws(SettingProblem) in
+            guard case .text(let text) = value else { throw SettingProblem("expected row counts such as [1000000] or 26 values, got \(value)") }
+            let counts = text.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard counts.count == 1 || counts.count == 26, counts.allSatisfy({ ($0 ?? 0) >= 1 && ($0 ?? 0) <= Int(Int32.max) }) else {
+                throw SettingProblem("expected one positive row count for all 26 tables or 26 of them (each at most \(Int32.max)), got \(value)")
+            }
+            configuration.ctrVocabulary = counts.map { $0! }
+        }, read: { .text($0.ctrVocabulary.map(String.init).joined(separator: ",")) }),
+        real("data.ctr_zipf", "--ctr-zipf", \.ctrZipf, 0.01...10, "CTR generated data: Zipf exponent of the ids."),
+        integer("data.ctr_validation", "--ctr-validation", \.ctrValidation, 2...10_000_000, "CTR generated data: validation examples (AUC and log loss are measured on them)."),
         Setting(key: "training.seed", flag: "--seed", type: .integer(0...Int.max), help: "Random seed (data, initialisation, dropout).", apply: { configuration, value throws(SettingProblem) in
             guard case .integer(let number) = value, number >= 0 else { throw SettingProblem("expected a non-negative integer, got \(value)") }
             configuration.seed = UInt64(number)
@@ -149,7 +162,7 @@ public enum TrainingSettings {
         integer("training.steps", "--steps", \.steps, 1...100_000_000, "Optimizer steps."),
         integer("training.batch", "--batch", \.batch, 1...1_000_000, "Global batch: sequences per optimizer step."),
         integer("training.accumulate_steps", "--accumulate-steps", \.accumulateSteps, 1...65536, "Micro-batches per step (gradient accumulation; with --pp, the pipeline's micro-batches)."),
-        choice("training.optimizer", "--optimizer", \.optimizer, ["adamw", "adam", "sgd", "momentum", "nesterov"], "Optimizer."),
+        choice("training.optimizer", "--optimizer", \.optimizer, ["adamw", "adam", "sgd", "momentum", "nesterov", "adagrad"], "Optimizer (adagrad: --model ctr only, Paddle's sparse rule)."),
         real("training.lr", "--lr", \.learningRate, 0...10, "Peak learning rate."),
         real("training.min_lr", "--min-lr", \.minLearningRate, 0...10, "Final learning rate of the cosine schedule."),
         choice("training.lr_schedule", "--lr-schedule", \.schedule, ["cosine", "constant"], "Learning-rate schedule after the warm-up."),
@@ -206,6 +219,18 @@ public enum TrainingSettings {
             }
             configuration.pipeline.stageLayers = counts.map { $0! }
         }, read: { $0.pipeline.stageLayers.map { .text($0.map(String.init).joined(separator: ",")) } }),
+        integer("parallel.ps.servers", "--ps-servers", \.psServers, 0...4096, "CTR: parameter servers S (Local: --dp W workers + S server threads; under mpirun the last S ranks)."),
+        choice("parallel.ps.comm", "--comm", \.comm, ["ps", "hybrid", "allreduce"], "CTR: dense parameters on the servers (ps), all-reduced among workers with tables on the servers (hybrid), or everything all-reduced (allreduce)."),
+        Setting(key: "parallel.ps.staleness", flag: "--staleness", type: .text("K|inf"), help: "CTR with servers: 0 is BSP, K > 0 SSP (a worker waits for the slowest to be within K steps), inf ASP.", apply: { configuration, value throws(SettingProblem) in
+            let text: String
+            switch value {
+            case .integer(let number): text = String(number)
+            case .text(let word): text = word
+            default: throw SettingProblem("expected a number of steps or \"inf\", got \(value)")
+            }
+            do { _ = try Staleness(parsing: text) } catch { throw SettingProblem(CompositionRules.message(of: error)) }
+            configuration.staleness = text
+        }, read: { .text($0.staleness) }),
     ]
 
     private static let byKey: [String: Setting] = Dictionary(uniqueKeysWithValues: all.map { ($0.key, $0) })
@@ -285,8 +310,20 @@ public enum TrainingSettings {
             guard let section = item.table else {
                 throw ConvoyError.invalidConfiguration("\(source): [[placement]] number \(index + 1) is not a section with modules = \"…\" and devices = \"…\"")
             }
-            for (key, _) in section where !["modules", "devices"].contains(key) {
-                throw ConvoyError.invalidConfiguration("\(source): [[placement]] number \(index + 1) has unknown key '\(key)'; a placement has only modules and devices")
+            for (key, _) in section where !["modules", "devices", "role", "comm"].contains(key) {
+                throw ConvoyError.invalidConfiguration("\(source): [[placement]] number \(index + 1) has unknown key '\(key)'; a placement has modules and devices (or role = \"server\" with devices, or modules with comm)")
+            }
+            if let role = section["role"] {
+                guard role.string == "server", let devices = section["devices"]?.string, !devices.isEmpty, section["modules"] == nil, section["comm"] == nil else {
+                    throw ConvoyError.invalidConfiguration("\(source): [[placement]] number \(index + 1): role must be \"server\", with devices = \"cpu:N,…\" (the server ranks) and no modules or comm")
+                }
+                return ModulePlacement(modules: "", devices: devices, role: "server")
+            }
+            if let comm = section["comm"] {
+                guard let mode = comm.string, ["ps", "allreduce"].contains(mode), let modules = section["modules"]?.string, !modules.isEmpty, section["devices"] == nil else {
+                    throw ConvoyError.invalidConfiguration("\(source): [[placement]] number \(index + 1): comm must be \"ps\" or \"allreduce\", with modules = \"pattern\" and no devices")
+                }
+                return ModulePlacement(modules: modules, devices: "", comm: mode)
             }
             guard let modules = section["modules"]?.string, !modules.isEmpty, let devices = section["devices"]?.string, !devices.isEmpty else {
                 throw ConvoyError.invalidConfiguration("\(source): [[placement]] number \(index + 1) needs modules = \"pattern\" and devices = \"cpu:0,cpu:1\" (both non-empty strings)")
@@ -315,7 +352,7 @@ public enum TrainingSettings {
             let parts = [String(setting.key[..<lastDot]), String(setting.key[setting.key.index(after: lastDot)...])]
             let line: String
             switch value {
-            case .text(let text) where setting.key == "parallel.pipeline.stage_layers":
+            case .text(let text) where setting.type == .integerList:
                 line = "\(parts[1]) = [\(text.split(separator: ",").joined(separator: ", "))]"
             case .text(let text):
                 let escaped = text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
@@ -328,6 +365,8 @@ public enum TrainingSettings {
         }
         let placementSections = configuration.placements.map { placement -> String in
             func quoted(_ text: String) -> String { "\"" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
+            if let role = placement.role { return "[[placement]]\nrole = \(quoted(role))\ndevices = \(quoted(placement.devices))\n" }
+            if let comm = placement.comm { return "[[placement]]\nmodules = \(quoted(placement.modules))\ncomm = \(quoted(comm))\n" }
             return "[[placement]]\nmodules = \(quoted(placement.modules))\ndevices = \(quoted(placement.devices))\n"
         }
         return (sections.map { "[\($0.0)]\n" + $0.1.joined(separator: "\n") + "\n" } + placementSections).joined(separator: "\n")
