@@ -106,6 +106,7 @@ final class MPIBackendSuite {
         testDebugModeTimeout(world)
         testDataParallelMatchesOneProcess(world)
         testPipelineMatchesOneProcess(world)
+        testTensorParallelMatchesOneProcess(world)
 
         // Sum the tallies over the world; rank 0 reports.
         let totals = TestBuffer(.float32, count: 2) { $0 == 0 ? Float(passed) : Float(failed) }
