@@ -36,6 +36,7 @@ struct PlanCommand: ParsableCommand {
     @Option(name: .customLong("virtual-stages"), help: "Model chunks per pipeline rank (interleaved-1f1b).") var virtualStages: Int = 1
     @Option(name: .customLong("stage-layers"), help: "Layers per virtual stage, e.g. 3,3 (default: balanced).") var stageLayers: String?
     @Option(name: .customLong("tp"), help: "Tensor-parallel ranks per layer.") var tp: Int = 1
+    @Option(name: .customLong("sequence-parallel"), help: "Sequence parallelism with --tp (true or false).") var sequenceParallel: Bool = false
     @Option(name: .customLong("mesh-order"), help: "Mesh axis order, fastest-varying first.") var meshOrder: String = "tp-dp-pp"
     @Option(help: "A training TOML file: plan its model, [parallel] sections and [[placement]] instead of the flags above.") var config: String?
     @Flag(help: "Print the composition rules table (which parallel features combine, under which conditions).") var rules = false
@@ -100,9 +101,11 @@ struct PlanCommand: ParsableCommand {
             ? try PipelinePlan(model: configuration, options: layout.settings.pipeline, dataParallelSize: dp, microBatches: layout.settings.microBatches,
                                microBatchSize: layout.settings.microBatchSize ?? microBatchSize) : nil
         let report = try LayoutReport(plan: layout, model: configuration, pipeline: pipeline, optimizer: kind)
+        let tensorParallel = layout.mesh.tp > 1 ? tensorParallelLine(configuration, plan: layout) : nil
         if json {
             print(report.json())
             for plan in plans { print(Self.jsonLine(plan)) }
+            if let tensorParallel { print(tensorParallel.json) }
             return
         }
         print(report.table())
@@ -116,6 +119,27 @@ struct PlanCommand: ParsableCommand {
         print("per rank (the whole model; with pp > 1 each rank holds its stage's share, above):")
         print(Self.table(plans))
         if let pipeline { printPipelinePlan(pipeline, dp: dp) }
+        if let tensorParallel { print(""); print(tensorParallel.text) }
+    }
+
+    /// Per-rank parameter bytes under tensor parallelism (GPT's layout: c_attn, c_fc column-parallel, both c_proj
+    /// row-parallel with replicated biases, the vocabulary padded to a multiple of tp and cut; norms and wpe
+    /// replicated) and the tensor-parallel bytes each rank hands to collectives per step (Megatron's formula).
+    func tensorParallelLine(_ configuration: GPTConfiguration, plan: ParallelPlan) -> (text: String, json: String) {
+        let t = plan.mesh.tp, h = configuration.width, layers = configuration.layers
+        let vocabulary = (configuration.vocabularySize + t - 1) / t * t
+        let perLayer = (3 * h * h + 3 * h + h * h + 4 * h * h + 4 * h + 4 * h * h) / t + h + 4 * h + h
+        let elements = vocabulary / t * h + configuration.contextLength * h + layers * perLayer + 2 * h
+        let sequences = plan.settings.microBatchSize ?? microBatchSize
+        let perMicroBatch = TensorParallelCommunication.bytesPerMicroBatch(model: configuration.shape, tp: t, sequenceParallel: plan.settings.sequenceParallel,
+                                                                           sequences: sequences, time: configuration.contextLength)
+        let perStep = perMicroBatch * plan.settings.microBatches
+        let text = """
+            tensor parallel: tp \(t)\(plan.settings.sequenceParallel ? " with sequence parallelism" : ""); per-rank parameters \(Self.bytes(4 * elements))             (whole model \(Self.bytes(4 * configuration.parameterCount)); vocabulary padded to \(vocabulary))
+            tensor-parallel communication per rank and step: \(Self.bytes(perStep)) (\(plan.settings.microBatches) micro-batches of \(sequences) sequence(s) × \(configuration.contextLength) tokens;             \(plan.settings.sequenceParallel ? "2 all-gathers + 2 reduce-scatters" : "4 all-reduces") of b·s·h per layer forward and backward, plus the embedding, head and loss)
+            """
+        let json = "{\"tp\":\(t),\"sequence_parallel\":\(plan.settings.sequenceParallel),\"parameter_bytes_per_rank\":\(4 * elements),\"comm_bytes_per_step\":\(perStep)}"
+        return (text, json)
     }
 
     /// The plan the flags (or `--config`) describe, validated by the same rules as training, and the ZeRO stages
@@ -137,6 +161,7 @@ struct PlanCommand: ParsableCommand {
         var settings = ParallelSettings()
         settings.dataParallelSize = dp
         settings.tensorParallelSize = tp
+        settings.sequenceParallel = sequenceParallel
         settings.order = try DeviceMesh.parseOrder(meshOrder)
         settings.zeroStage = stages.count == 1 ? stages[0] : 0
         settings.pipeline.stages = pp

@@ -108,6 +108,7 @@ final class MPIBackendSuite {
         testPipelineMatchesOneProcess(world)
         testProbeFromAnySource(world)
         testParameterServerMatchesOneProcess(world)
+        testTensorParallelMatchesOneProcess(world)
 
         // Sum the tallies over the world; rank 0 reports.
         let totals = TestBuffer(.float32, count: 2) { $0 == 0 ? Float(passed) : Float(failed) }

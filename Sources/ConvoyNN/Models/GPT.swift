@@ -58,6 +58,24 @@ extension GPT: LanguageModel {
     public var outputModules: [Module] { [finalNorm, tokenEmbedding] }
     public var tiedWeight: Parameter? { tokenEmbedding.weight }
 
+    /// Megatron's layout: c_attn column-parallel by head (Q, K and V of the same heads on each rank), c_fc
+    /// column-parallel, both c_proj row-parallel (their biases replicated, added after the reduction), the token
+    /// embedding cut along the vocabulary (padded to a multiple of tp), which makes the tied head produce
+    /// vocabulary-sharded logits. Layer norms and the position embedding stay replicated.
+    public var tensorParallelShardings: [String: TensorParallelSharding] {
+        var shardings: [String: TensorParallelSharding] = ["wte.weight": TensorParallelSharding(dimension: 0, padded: true)]
+        for index in blocks.indices {
+            let block = "h.\(index)"
+            shardings[block + ".attn.c_attn.weight"] = TensorParallelSharding(dimension: 1, blocks: 3)
+            shardings[block + ".attn.c_attn.bias"] = TensorParallelSharding(dimension: 0, blocks: 3)
+            shardings[block + ".attn.c_proj.weight"] = .rows
+            shardings[block + ".mlp.c_fc.weight"] = .columns
+            shardings[block + ".mlp.c_fc.bias"] = .rows
+            shardings[block + ".mlp.c_proj.weight"] = .rows
+        }
+        return shardings
+    }
+
     public func layer(_ index: Int, _ hidden: Tensor, context: ForwardContext) -> Tensor {
         blocks[index](hidden, context: context)
     }

@@ -45,6 +45,9 @@ public protocol LanguageModel: Module {
     var outputModules: [Module] { get }
     /// A weight both the input and the output modules use (GPT's tied token embedding), or nil.
     var tiedWeight: Parameter? { get }
+    /// The model's tensor-parallel plan: how each parameter (by name) is cut across tp ranks; parameters not
+    /// listed are replicated. The operators deduce everything else from these placements.
+    var tensorParallelShardings: [String: TensorParallelSharding] { get }
 
     /// The input modules' forward: tokens [batch·time] → hidden [batch, time, width].
     func embed(_ tokens: [Int32], batch: Int, time: Int, context: ForwardContext) -> Tensor
@@ -65,6 +68,9 @@ public protocol LanguageModel: Module {
 }
 
 extension LanguageModel {
+    /// No tensor-parallel plan: every parameter replicated.
+    public var tensorParallelShardings: [String: TensorParallelSharding] { [:] }
+
     /// Logits for tokens [batch·time] laid out row-major as [batch, time].
     public func logits(_ tokens: [Int32], batch: Int, time: Int, context: ForwardContext = .evaluation) -> Tensor {
         var hidden = embed(tokens, batch: batch, time: time, context: context)

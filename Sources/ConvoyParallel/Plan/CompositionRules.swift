@@ -48,10 +48,21 @@ public enum CompositionRules {
     public static let table: [CompositionRule] = [
         // Features alone.
         CompositionRule([.dataParallel], .allowed("replicas average gradients over the dp axis (DDP: bucketed all-reduces overlapping backward)")),
-        CompositionRule([.tensorParallel], .refused("tensor parallelism (tp > 1) is not implemented yet; it arrives with the tensor-parallel issue. Set parallel.tp = 1 (--tp 1)")),
+        CompositionRule([.tensorParallel], .conditional("heads, d_model and 4·d_model divide by tp (each rank holds whole heads and an equal slice of the MLP); the vocabulary is padded to a multiple of tp"), violation: { facts in
+            let tp = facts.tp, model = facts.model
+            for (name, value, flag) in [("heads", model.heads, "--heads"), ("d_model", model.width, "--d-model"), ("4·d_model", 4 * model.width, "--d-model")] where value % tp != 0 {
+                return "tensor parallelism cuts \(name) across tp ranks, but \(name) \(value) is not divisible by tp \(tp); change --tp or \(flag)"
+            }
+            return nil
+        }),
+        CompositionRule([.sequenceParallel], .conditional("needs tp > 1 and a context length divisible by tp (each rank holds an equal slice of every sequence)"), violation: { facts in
+            guard facts.tp > 1 else { return "sequence_parallel shards activations across the tensor-parallel ranks and needs tp > 1 (tp is \(facts.tp)); set --tp 2 or more, or --sequence-parallel false" }
+            guard facts.model.contextLength % facts.tp == 0 else { return "sequence_parallel cuts every sequence into tp \(facts.tp) slices, but the context length \(facts.model.contextLength) is not divisible by it; change --context or --tp" }
+            return nil
+        }),
         CompositionRule([.contextParallel], .refused("no strategy splits sequences across ranks yet (cp > 1); leave cp at 1")),
         CompositionRule([.expertParallel], .refused("no model has experts yet (ep > 1); leave ep at 1")),
-        CompositionRule([.modelParallelGroups], .refused("a [[placement]] device group with tuples such as \"(cpu:0,cpu:1),(cpu:2,cpu:3)\" places tensor-parallel groups, which tensor parallelism will execute; until then place modules on flat device lists such as \"cpu:0,cpu:1\"")),
+        CompositionRule([.modelParallelGroups], .conditional("each tuple of a [[placement]] device group is one data-parallel replica's tensor-parallel group: \"(cpu:0,cpu:1),(cpu:2,cpu:3)\" is 2 replicas of 2-way tp; every tuple has the same size")),
         CompositionRule([.zero1], .conditional("needs dp ≥ 2: ZeRO shards across data-parallel ranks"), violation: zeroNeedsReplicas),
         CompositionRule([.zero2], .conditional("needs dp ≥ 2: ZeRO shards across data-parallel ranks"), violation: zeroNeedsReplicas),
         CompositionRule([.zero3], .conditional("needs dp ≥ 2: ZeRO shards across data-parallel ranks"), violation: zeroNeedsReplicas),
@@ -94,7 +105,11 @@ public enum CompositionRules {
         CompositionRule([.findUnusedParameters, .pipeline], .allowed("a stage reduces whatever gradients its micro-batches produced")),
         CompositionRule([.devicePlacement, .pipeline], .conditional("each distinct device group is one stage, in module order; every stage has the same number of devices (one dp degree for all stages)")),
         CompositionRule([.devicePlacement, .dataParallel], .allowed("the devices of a group are the data-parallel replicas of what it holds")),
-        CompositionRule([.devicePlacement, .tensorParallel], .refused("tensor parallelism is not implemented yet; place modules on flat device lists")),
+        CompositionRule([.devicePlacement, .tensorParallel], .conditional("the tensor-parallel groups are the device groups' tuples (tp = the tuple size; --tp must agree)")),
+        CompositionRule([.tensorParallel, .pipeline], .allowed("each stage's tensor-parallel ranks cut its layers; whole activations cross stage boundaries; the tied vocabulary-sharded embedding's pieces are summed across the first and last stage piece by piece")),
+        CompositionRule([.tensorParallel, .dataParallel], .allowed("each tensor-parallel piece is averaged across its data-parallel replicas (the dp groups hold ranks with the same tp position)")),
+        CompositionRule([.tensorParallel, .zero3], .refused("ZeRO stage 3 with tensor parallelism is not supported yet: stage 3 gathers and releases parameters around each layer while tensor parallelism replaces them by pieces and assembles them for exports; use --zero-stage 1 or 2 with --tp")),
+        CompositionRule([.sequenceParallel, .pipeline], .refused("sequence parallelism with a pipeline is not supported yet: stage boundaries send whole activations; use --sequence-parallel false with --pp")),
     ]
 
     private static func zeroNeedsReplicas(_ facts: PlanFacts) -> String? {

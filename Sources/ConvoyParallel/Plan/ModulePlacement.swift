@@ -73,9 +73,11 @@ public struct PlacementLayout: Sendable, Equatable {
     public var stageLayers: [Int]
     /// Whether any group holds model-parallel tuples (refused until tensor parallelism executes them).
     public var hasModelParallelGroups: Bool
+    /// Devices per model-parallel tuple: each tuple is one replica's tensor-parallel group (1 without tuples).
+    public var tensorParallelSize = 1
 
     /// Data-parallel degree of every stage.
-    public var dataParallelSize: Int { stageRanks.first?.count ?? 1 }
+    public var dataParallelSize: Int { (stageRanks.first?.count ?? 1) / tensorParallelSize }
     /// Number of ranks the placement uses.
     public var worldSize: Int { stageRanks.reduce(0) { $0 + $1.count } }
 
@@ -159,6 +161,12 @@ public struct PlacementLayout: Sendable, Equatable {
         if seen.keys.sorted() != Array(0..<total) {
             throw ConvoyError.invalidConfiguration("[[placement]] places devices \(seen.keys.sorted().map { "cpu:\($0)" }.joined(separator: ",")); the devices must be cpu:0…cpu:\(total - 1), one per rank")
         }
-        return PlacementLayout(stageRanks: stageRanks, stageLayers: stageLayers, hasModelParallelGroups: groups.contains(where: \.isModelParallel))
+        // Hetu's tuples: "(cpu:0,cpu:1),(cpu:2,cpu:3)" is two data-parallel replicas, each a 2-way tensor-parallel group.
+        let tupleSizes = Set(stageGroups.flatMap { $0.entries.map(\.count) })
+        guard tupleSizes.count <= 1 else {
+            throw ConvoyError.invalidConfiguration("[[placement]] device groups hold model-parallel tuples of different sizes (\(tupleSizes.sorted().map(String.init).joined(separator: ", ")) devices); every tuple is one replica's tensor-parallel group, so give them all the same size")
+        }
+        return PlacementLayout(stageRanks: stageRanks, stageLayers: stageLayers, hasModelParallelGroups: groups.contains(where: \.isModelParallel),
+                               tensorParallelSize: tupleSizes.first ?? 1)
     }
 }

@@ -38,6 +38,14 @@ public struct ParallelPlan: Sendable {
             if let layers = settings.pipeline.stageLayers, layers != layout.stageLayers {
                 throw ConvoyError.invalidConfiguration("[[placement]] puts \(layout.stageLayers.map(String.init).joined(separator: ",")) layers on the stages but parallel.pipeline.stage_layers is \(layers.map(String.init).joined(separator: ",")); drop one of them")
             }
+            if layout.tensorParallelSize > 1 {
+                guard settings.tensorParallelSize == 1 || settings.tensorParallelSize == layout.tensorParallelSize else {
+                    throw ConvoyError.invalidConfiguration("[[placement]] tuples of \(layout.tensorParallelSize) devices make tp \(layout.tensorParallelSize) but parallel.tp is \(settings.tensorParallelSize); drop --tp or make them agree")
+                }
+                settings.tensorParallelSize = layout.tensorParallelSize
+            } else if settings.tensorParallelSize > 1 {
+                throw ConvoyError.invalidConfiguration("[[placement]] device groups without tuples place data-parallel replicas only, but parallel.tp is \(settings.tensorParallelSize); write each replica's tensor-parallel group as a tuple, e.g. devices = \"(cpu:0,cpu:1),(cpu:2,cpu:3)\", or drop --tp")
+            }
             settings.pipeline.stages = layout.stageRanks.count
             settings.pipeline.stageLayers = layout.stageRanks.count > 1 ? layout.stageLayers : nil
             settings.dataParallelSize = layout.dataParallelSize
@@ -78,6 +86,7 @@ public struct ParallelPlan: Sendable {
         if pp > 1 { features.insert(.pipeline) }
         if settings.pipeline.virtualStages > 1 { features.insert(.interleavedPipeline) }
         if tp > 1 { features.insert(.tensorParallel) }
+        if settings.sequenceParallel { features.insert(.sequenceParallel) }
         if mesh.size(of: .cp) > 1 { features.insert(.contextParallel) }
         if mesh.size(of: .ep) > 1 { features.insert(.expertParallel) }
         if placement != nil { features.insert(.devicePlacement) }
@@ -95,9 +104,10 @@ public struct ParallelPlan: Sendable {
             }
         }
         if let placement {
-            // The placement's device lists must be the mesh's groups: stage s, replica i is the rank at (dp i, pp s).
+            // The placement's device lists must be the mesh's groups: stage s, replica i, tensor-parallel position j is
+            // the rank at (dp i, pp s, tp j).
             for (stage, ranks) in placement.stageRanks.enumerated() {
-                let expected = (0..<dp).map { mesh.rank(dp: $0, pp: stage, tp: 0) }
+                let expected = (0..<dp).flatMap { replica in (0..<tp).map { mesh.rank(dp: replica, pp: stage, tp: $0) } }
                 guard ranks == expected else {
                     throw ConvoyError.invalidConfiguration("[[placement]] stage \(stage) is on \(ranks.map { "cpu:\($0)" }.joined(separator: ",")), but under parallel.order \(mesh.orderDescription) stage \(stage)'s replicas are \(expected.map { "cpu:\($0)" }.joined(separator: ",")); list those devices, in that order, or change parallel.order")
                 }
@@ -158,6 +168,8 @@ public struct ParallelPlan: Sendable {
         }
         try mesh.checkWorldSize(world.size)
         let groups = try mesh.groups(of: world)
+        // Tensor parallelism cuts the parameters first: stages and synchronizers see this rank's pieces.
+        let tensorParallel = mesh.tp > 1 ? try TensorParallelism(model: model, group: groups.tp, sequenceParallel: settings.sequenceParallel) : nil
         let schedule: any StepSchedule
         if mesh.pp > 1 {
             schedule = try PipelineParallel(model: model, world: world, mesh: mesh, groups: groups, options: settings.pipeline,
@@ -167,6 +179,6 @@ public struct ParallelPlan: Sendable {
         }
         let synchronizer = try makeSynchronizer(module: schedule.module, dataParallelGroup: groups.dp, weightDecay: weightDecay, timeline: timeline,
                                                 makeOptimizer: makeOptimizer, makeShardOptimizer: makeShardOptimizer)
-        return ParallelRuntime(schedule: schedule, synchronizer: synchronizer, mesh: mesh, world: world)
+        return ParallelRuntime(schedule: schedule, synchronizer: synchronizer, mesh: mesh, world: world, tensorParallel: tensorParallel)
     }
 }

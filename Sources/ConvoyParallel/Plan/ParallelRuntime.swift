@@ -14,12 +14,16 @@ public final class ParallelRuntime {
     /// This rank's mesh coordinates along the axes that replicate or shard tensors (pp partitions the model's
     /// parameters among stages instead: a stage's parameters live on that stage only).
     private let tensorCoordinates: [String: Int]
+    /// Tensor parallelism of this rank's model (nil with tp 1).
+    public let tensorParallel: TensorParallelism?
 
-    public init(schedule: any StepSchedule, synchronizer: any GradientSynchronizer, mesh: DeviceMesh, world: (any ProcessGroup)?) {
+    public init(schedule: any StepSchedule, synchronizer: any GradientSynchronizer, mesh: DeviceMesh, world: (any ProcessGroup)?,
+                tensorParallel: TensorParallelism? = nil) {
         self.schedule = schedule
         self.synchronizer = synchronizer
         self.mesh = mesh
         self.world = world
+        self.tensorParallel = tensorParallel
         let rank = world?.rank ?? 0
         var coordinates: [String: Int] = [:]
         for axis in mesh.axes where axis != .pp { coordinates[axis.rawValue] = mesh.coordinate(of: rank, along: axis) }
@@ -43,13 +47,18 @@ public final class ParallelRuntime {
     /// clip to `maxGradientNorm` (> 0), step and zero, where the schedule says.
     public func trainStep(maxGradientNorm: Float, load: (Int) throws -> MicroBatch) throws -> StepResult {
         var norm = 0.0
-        let result = try schedule.run(load: load, synchronizer: synchronizer,
-                                      reduceGradients: { norm = try synchronizeAndClip(maxNorm: maxGradientNorm) },
-                                      optimizerStep: {
-                                          try synchronizer.step()
-                                          synchronizer.zeroGradients()
-                                      })
-        return StepResult(loss: try sumOverWorld(result.weightedLoss), gradientNorm: norm, peakStashed: result.peakStashed)
+        func run() throws -> (weightedLoss: Double, peakStashed: Int) {
+            try schedule.run(load: load, synchronizer: synchronizer,
+                             reduceGradients: { norm = try synchronizeAndClip(maxNorm: maxGradientNorm) },
+                             optimizerStep: {
+                                 try synchronizer.step()
+                                 synchronizer.zeroGradients()
+                             })
+        }
+        let result = try tensorParallel.map { try $0.run(run) } ?? run()
+        // The tensor-parallel ranks of a replica computed the same loss; one of them counts it.
+        let counted = (tensorCoordinates[MeshAxis.tp.rawValue] ?? 0) == 0 ? result.weightedLoss : 0
+        return StepResult(loss: try sumOverWorld(counted), gradientNorm: norm, peakStashed: result.peakStashed)
     }
 
     private func synchronizeAndClip(maxNorm: Float) throws -> Double {
@@ -91,10 +100,12 @@ public final class ParallelRuntime {
     public func gatherFullModel() throws {
         try synchronizer.gatherFullParameters()
         try schedule.gatherFullModel()
+        try tensorParallel?.gatherWholeParameters()
     }
 
     /// Undoes ``gatherFullModel()``; with `copyingBack`, each rank first takes its part from the full parameters.
     public func releaseFullModel(copyingBack: Bool = false) {
+        tensorParallel?.releaseWholeParameters(copyingBack: copyingBack)
         synchronizer.releaseFullParameters(copyingBack: copyingBack)
         schedule.releaseFullModel()
     }

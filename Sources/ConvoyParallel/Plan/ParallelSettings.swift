@@ -8,6 +8,9 @@ public struct ParallelSettings: Sendable, Equatable {
     public var dataParallelSize: Int?
     /// Tensor-parallel ranks per layer.
     public var tensorParallelSize = 1
+    /// Whether the regions between tensor-parallel blocks (layer norms, dropout, residual adds) hold activations
+    /// sharded along the sequence (Megatron's sequence parallelism; needs tp > 1).
+    public var sequenceParallel = false
     /// Context-parallel and expert-parallel ranks: their axes exist in the mesh, no strategy uses them yet.
     public var contextParallelSize = 1
     public var expertParallelSize = 1

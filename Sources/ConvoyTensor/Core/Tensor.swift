@@ -114,6 +114,19 @@ public final class Tensor: @unchecked Sendable {
         offset = other.offset
     }
 
+    /// Makes this leaf tensor view `other`'s memory with `other`'s shape, keeping its identity, name, placement
+    /// and hooks. The gradient is left alone (a synchronizer may own it as a view into its buffer): a
+    /// tensor-parallel plan replaces a whole parameter by its shard this way before any gradient exists, and puts
+    /// the whole tensor back only for evaluation and export, where no gradient is touched.
+    public func replaceValue(with other: Tensor) {
+        precondition(gradNode == nil, "only leaf tensors can take another value")
+        precondition(other.dtype == dtype, "replaceValue needs the same dtype: \(dtype) vs \(other.dtype)")
+        storage = other.storage
+        shape = other.shape
+        strides = other.strides
+        offset = other.offset
+    }
+
     /// A tensor sharing this one's memory but cut off from the tape.
     public func detached() -> Tensor {
         Tensor(storage: storage, shape: shape, strides: strides, offset: offset)

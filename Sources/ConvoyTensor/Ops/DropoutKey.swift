@@ -37,22 +37,53 @@ public struct DropoutKey: Sendable, Hashable {
     }
 }
 
+/// Where a piece of a tensor sits in the whole tensor: the whole tensor's shape and the piece's first index
+/// along each axis (a shard of a distributed tensor).
+public struct PieceLocation: Sendable, Equatable {
+    public var wholeShape: [Int]
+    public var start: [Int]
+
+    public init(wholeShape: [Int], start: [Int]) {
+        self.wholeShape = wholeShape
+        self.start = start
+    }
+}
+
 extension Tensor {
     /// Inverted dropout: zeroes each element with `probability` and scales the rest by 1/(1−p). The leading
     /// axis indexes sequences; masks come from `key`, so they are independent of how the batch is split.
-    public static func dropout(_ x: Tensor, probability: Float, key: DropoutKey) -> Tensor {
+    /// With `piece`, `x` is that piece of a larger tensor and each element draws the mask of its position in
+    /// the whole tensor (tensor- and sequence-parallel shards drop what one process would drop).
+    public static func dropout(_ x: Tensor, probability: Float, key: DropoutKey, piece: PieceLocation? = nil) -> Tensor {
+        if piece == nil, let placed = PlacementDeduction.dispatch(.dropout(x, probability: probability, key: key)) { return placed }
         precondition(probability >= 0 && probability < 1, "dropout probability must be in [0, 1), got \(probability)")
         if probability == 0 { return x }
         let input = x.contiguous()
-        let sequences = x.shape.first ?? 1
-        let perSequence = input.count / Swift.max(sequences, 1)
         let mask = Tensor(uninitializedShape: x.shape)
         let scale = 1 / (1 - probability)
         let generator = key.generator
         let mp = mask.floatPointer
+        let location = piece ?? PieceLocation(wholeShape: x.shape, start: Array(repeating: 0, count: x.rank))
+        precondition(location.wholeShape.count == x.rank && location.start.count == x.rank, "dropout: piece \(location) does not match shape \(x.shape)")
+        let rank = x.rank
+        let localStrides = Shape.contiguousStrides(x.shape), wholeStrides = Shape.contiguousStrides(location.wholeShape)
+        let perSequence = Swift.max(rank == 0 ? 1 : Shape.count(Array(location.wholeShape.dropFirst())), 1)
+        let isWhole = location.wholeShape == x.shape
         ComputePool.current.parallelFor(input.count, minimumChunk: 4096) { range in
             for i in range {
-                let keep = key.keeps(sequence: i / perSequence, element: i % perSequence, elementsPerSequence: perSequence, probability: probability, generator: generator)
+                var sequence = i / perSequence, element = i % perSequence
+                if !isWhole {
+                    // The element's index in the whole tensor: local coordinates shifted by the piece's start.
+                    var remainder = i
+                    sequence = 0
+                    element = 0
+                    for axis in 0..<rank {
+                        let coordinate = remainder / localStrides[axis] + location.start[axis]
+                        remainder %= localStrides[axis]
+                        if axis == 0 { sequence = coordinate } else { element += coordinate * wholeStrides[axis] }
+                    }
+                }
+                let keep = key.keeps(sequence: sequence, element: element, elementsPerSequence: perSequence, probability: probability, generator: generator)
                 mp[i] = keep ? scale : 0
             }
         }

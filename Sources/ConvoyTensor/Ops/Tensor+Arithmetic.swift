@@ -76,6 +76,7 @@ extension Tensor {
     }
 
     public static func + (a: Tensor, b: Tensor) -> Tensor {
+        if let placed = PlacementDeduction.dispatch(.add(a, b)) { return placed }
         let result = applyBinary(a, b, .add)
         return record(result, operation: "add", inputs: [a, b]) { gradient in
             [gradient.summed(toShape: a.shape), gradient.summed(toShape: b.shape)]

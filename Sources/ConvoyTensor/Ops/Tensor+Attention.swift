@@ -6,7 +6,13 @@
 extension Tensor {
     /// softmax(Q·Kᵀ/√d + causal mask)·V per head, heads concatenated: qkv [B, T, 3C] → [B, T, C].
     /// With `dropout` probability p > 0, attention probabilities are dropped with masks derived from `key`.
-    public static func causalSelfAttention(qkv: Tensor, heads: Int, dropout probability: Float = 0, key: DropoutKey? = nil) -> Tensor {
+    ///
+    /// `qkv` may hold only some heads of a wider attention (tensor parallelism splits it by head): its heads are
+    /// heads `headOffset ..< headOffset + heads` of `totalHeads`, which places their dropout masks where the whole
+    /// attention would draw them.
+    public static func causalSelfAttention(qkv: Tensor, heads: Int, dropout probability: Float = 0, key: DropoutKey? = nil,
+                                           headOffset: Int = 0, totalHeads: Int? = nil) -> Tensor {
+        if totalHeads == nil, let placed = PlacementDeduction.dispatch(.attention(qkv: qkv, heads: heads, probability: probability, key: key)) { return placed }
         precondition(qkv.rank == 3 && qkv.shape[2] % 3 == 0, "causalSelfAttention expects qkv of shape [batch, time, 3·width], got \(qkv.shape)")
         let batch = qkv.shape[0], time = qkv.shape[1], width = qkv.shape[2] / 3
         precondition(heads > 0 && width % heads == 0, "width \(width) is not divisible by \(heads) heads")
@@ -22,7 +28,7 @@ extension Tensor {
         let keepScale = 1 / (1 - probability)
         let generator = key?.generator
         // Elements per sequence for the dropout counter: heads · time · time.
-        let perSequence = heads * time * time
+        let perSequence = (totalHeads ?? heads) * time * time
 
         ComputePool.current.parallelFor(pairs) { range in
             let scratch = probability > 0 ? UnsafeMutablePointer<Float>.allocate(capacity: time * time) : nil
@@ -43,7 +49,7 @@ extension Tensor {
                 if let scratch, let key, let generator {
                     for i in 0..<time {
                         for j in 0..<time {
-                            let element = h * time * time + i * time + j
+                            let element = (headOffset + h) * time * time + i * time + j
                             let keep = key.keeps(sequence: b, element: element, elementsPerSequence: perSequence, probability: probability, generator: generator)
                             scratch[i * time + j] = keep ? p[i * time + j] * keepScale : 0
                         }
@@ -81,7 +87,7 @@ extension Tensor {
                     if let dropped, let key, let generator {
                         for i in 0..<time {
                             for j in 0..<time {
-                                let element = h * time * time + i * time + j
+                                let element = (headOffset + h) * time * time + i * time + j
                                 let factor: Float = key.keeps(sequence: b, element: element, elementsPerSequence: perSequence, probability: probability, generator: generator) ? keepScale : 0
                                 dropped[i * time + j] = p[i * time + j] * factor
                                 dProbabilities[i * time + j] *= factor

@@ -8,6 +8,7 @@ extension Tensor {
     /// Mean over rows of −log softmax(logits)[target]; logits are [..., classes], one target per row.
     /// Rows whose target is ``ignoredTarget`` are skipped (and excluded from the mean).
     public static func crossEntropy(logits: Tensor, targets: [Int32]) -> Tensor {
+        if let placed = PlacementDeduction.dispatch(.crossEntropy(logits: logits, targets: targets)) { return placed }
         let classes = logits.shape.last ?? 1
         let input = logits.contiguous()
         let rows = input.count / classes

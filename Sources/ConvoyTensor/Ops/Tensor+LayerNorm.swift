@@ -2,6 +2,7 @@
 extension Tensor {
     /// y = (x − mean) / sqrt(var + eps) · weight + bias over the last axis (biased variance, as PyTorch).
     public static func layerNorm(_ x: Tensor, weight: Tensor, bias: Tensor, epsilon: Float = 1e-5) -> Tensor {
+        if let placed = PlacementDeduction.dispatch(.layerNorm(x: x, weight: weight, bias: bias, epsilon: epsilon)) { return placed }
         let n = x.shape.last ?? 1
         precondition(weight.shape == [n] && bias.shape == [n], "layerNorm: weight \(weight.shape) and bias \(bias.shape) must be [\(n)]")
         let input = x.contiguous()

@@ -41,6 +41,7 @@ extension Tensor {
     /// Matrix product. `a` is [..., M, K]; `b` is [K, N] (shared by every leading index of `a`) or
     /// [..., K, N] with the same leading axes as `a` (batched). Transposed views are used without copying.
     public func matmul(_ other: Tensor) -> Tensor {
+        if let placed = PlacementDeduction.dispatch(.matmul(self, other)) { return placed }
         let a = self, b = other
         precondition(a.rank >= 2 && b.rank >= 2, "matmul needs operands of rank ≥ 2, got \(a.shape) and \(b.shape)")
         let m = a.shape[a.rank - 2], k = a.shape[a.rank - 1]
@@ -100,6 +101,7 @@ extension Tensor {
 
     /// The fused linear layer y = x·W + b with W stored [in, out] (GPT-2's Conv1D layout); x is [..., in].
     public static func linear(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor {
+        if let placed = PlacementDeduction.dispatch(.linear(x: x, weight: weight, bias: bias)) { return placed }
         let inFeatures = weight.shape[0], outFeatures = weight.shape[1]
         precondition(weight.rank == 2 && x.shape.last == inFeatures, "linear: input \(x.shape) does not match weight \(weight.shape) ([in, out])")
         if let bias { precondition(bias.shape == [outFeatures], "linear: bias \(bias.shape) does not match weight \(weight.shape)") }

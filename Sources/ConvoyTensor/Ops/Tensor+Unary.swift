@@ -60,6 +60,7 @@ extension Tensor {
 
     /// GELU, tanh approximation (GPT-2's `gelu_new`): 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
     public func gelu() -> Tensor {
+        if let placed = PlacementDeduction.dispatch(.gelu(self)) { return placed }
         let result = mapped({ GELU.forward($0) }, { GELU.forward(VectorMath.Vector(repeating: $0))[0] })
         return Tensor.record(result, operation: "gelu", inputs: [self]) { gradient in
             let g = gradient.contiguous()

@@ -40,6 +40,7 @@ extension Tensor {
 
     /// Reorders the axes (a view): result axis i is input axis `axes[i]`.
     public func permuted(_ axes: [Int]) -> Tensor {
+        if let placed = PlacementDeduction.dispatch(.permute(self, axes: axes)) { return placed }
         precondition(axes.count == rank && Set(axes) == Set(0..<rank), "permutation \(axes) is not a permutation of 0..<\(rank)")
         let view = Tensor(storage: storage, shape: axes.map { shape[$0] }, strides: axes.map { strides[$0] }, offset: offset)
         var inverse = [Int](repeating: 0, count: rank)

@@ -83,6 +83,8 @@ public struct TrainingConfiguration: Sendable, Equatable {
     public var ddp = DataParallelOptions()
     /// Tensor-parallel ranks per layer (`parallel.tp`).
     public var tp = 1
+    /// Sequence parallelism with tensor parallelism (`parallel.sequence_parallel`).
+    public var sequenceParallel = false
     /// The device mesh's axis order, fastest-varying first (`parallel.order`).
     public var meshOrder = "tp-dp-pp"
     /// `[[placement]]` sections: module-name patterns on Hetu device-group strings.
@@ -155,6 +157,7 @@ public struct TrainingConfiguration: Sendable, Equatable {
         var settings = ParallelSettings()
         settings.dataParallelSize = dp
         settings.tensorParallelSize = tp
+        settings.sequenceParallel = sequenceParallel
         settings.order = try DeviceMesh.parseOrder(meshOrder)
         settings.zeroStage = zeroStage
         settings.dataParallel = ddp

@@ -187,7 +187,8 @@ public enum TrainingSettings {
             configuration.backend = text
         }, read: { $0.backend.map { .text($0) } }),
         integer("parallel.zero_stage", "--zero-stage", \.zeroStage, 0...3, "ZeRO stage: 0 (plain data parallelism), 1 (shard optimizer state), 2 (also gradients), 3 (also parameters)."),
-        integer("parallel.tp", "--tp", \.tp, 1...4096, "Tensor-parallel ranks per layer (only 1 until tensor parallelism lands)."),
+        integer("parallel.tp", "--tp", \.tp, 1...4096, "Tensor-parallel ranks per layer: attention heads, MLP columns and the vocabulary are cut across them (Megatron's layout)."),
+        boolean("parallel.sequence_parallel", "--sequence-parallel", \.sequenceParallel, "With --tp: layer norms, dropout and residual adds hold activations sharded along the sequence (all-gather/reduce-scatter instead of all-reduce)."),
         Setting(key: "parallel.order", flag: "--mesh-order", type: .text("AXES"), help: "Device-mesh axis order, fastest-varying first, e.g. tp-dp-pp.", apply: { configuration, value throws(SettingProblem) in
             guard case .text(let text) = value else { throw SettingProblem("expected axis names joined by '-' such as \"tp-dp-pp\", got \(value)") }
             do { _ = try DeviceMesh(order: try DeviceMesh.parseOrder(text), sizes: [:]) } catch { throw SettingProblem(CompositionRules.message(of: error)) }
