@@ -15,6 +15,7 @@ struct CheckpointLayout: CustomStringConvertible, Sendable {
     var schedule = "1f1b"
     var virtualStages = 1
     var accumulate = 1
+    var tp = 1
 
     func apply(to configuration: inout TrainingConfiguration) throws {
         configuration.dp = nil
@@ -23,13 +24,16 @@ struct CheckpointLayout: CustomStringConvertible, Sendable {
         try TrainingSettings.applyFlag("--pp", String(pp), to: &configuration)
         try TrainingSettings.applyFlag("--schedule", schedule, to: &configuration)
         try TrainingSettings.applyFlag("--virtual-stages", String(virtualStages), to: &configuration)
+        try TrainingSettings.applyFlag("--tp", String(tp), to: &configuration)
     }
 
     static let all: [CheckpointLayout] = [CheckpointLayout(description: "1 rank", ranks: 1)]
         + [2, 4].flatMap { dp in (0...3).map { CheckpointLayout(description: "dp \(dp) ZeRO-\($0)", ranks: dp, zeroStage: $0) } }
         + [CheckpointLayout(description: "pp 2 1F1B", ranks: 2, pp: 2, accumulate: 2),
            CheckpointLayout(description: "pp 2 interleaved", ranks: 2, pp: 2, schedule: "interleaved-1f1b", virtualStages: 2, accumulate: 2),
-           CheckpointLayout(description: "pp 2 × dp 2 ZeRO-1", ranks: 4, zeroStage: 1, pp: 2, accumulate: 2)]
+           CheckpointLayout(description: "pp 2 × dp 2 ZeRO-1", ranks: 4, zeroStage: 1, pp: 2, accumulate: 2),
+           CheckpointLayout(description: "tp 2", ranks: 2, tp: 2),
+           CheckpointLayout(description: "tp 2 × dp 2 ZeRO-1", ranks: 4, zeroStage: 1, tp: 2)]
 }
 
 @Suite(.serialized) struct ShardedCheckpointTests {

@@ -1,3 +1,4 @@
+import ConvoyTensor
 import Synchronization
 
 /// A process group that forwards every operation to another and counts the collectives issued through it —
@@ -49,5 +50,6 @@ public final class CountingProcessGroup: ProcessGroup {
     public func sendAsync(_ buffer: CommunicationBuffer, to destination: Int, tag: Int) -> Work { inner.sendAsync(buffer, to: destination, tag: tag) }
     public func receiveAsync(_ buffer: CommunicationBuffer, from source: Int, tag: Int) -> Work { inner.receiveAsync(buffer, from: source, tag: tag) }
     public func barrierAsync() -> Work { inner.barrierAsync() }
+    public func probeAsync(tag: Int, dtype: DType) -> Work { inner.probeAsync(tag: tag, dtype: dtype) }
     public func split(color: Int, key: Int, name: String?) throws -> (any ProcessGroup)? { try inner.split(color: color, key: key, name: name) }
 }

@@ -25,7 +25,7 @@ public final class TensorParallelism {
     public let engine: TensorParallelEngine
     let sharded: [ShardedParameter]
     /// While whole: each sharded parameter's piece (a view of the memory its synchronizer knows).
-    private var pieces: [Tensor]?
+    private(set) var pieces: [Tensor]?
 
     /// Cuts `model`'s parameters for this rank of `group` (every rank of the group calls it; no communication).
     ///

@@ -275,6 +275,9 @@ public final class Trainer {
         }
 
         let seconds = elapsed()
+        // Saved from the pieces each rank holds (the Hugging Face export is assembled from them), before the
+        // model is gathered for the final evaluation.
+        try saveCheckpoint(afterStep: configuration.steps, to: configuration.finalCheckpointDirectory, exportWeights: true)
         // From here on the model's parameters are complete on every rank (also after run() returns).
         try runtime.gatherFullModel()
         var report: ArithmeticReport?
@@ -288,7 +291,6 @@ public final class Trainer {
                 try metrics?.write(["step": configuration.steps, "accuracy": report!.accuracy, "problems": report!.problems])
             }
         }
-        try saveCheckpoint(afterStep: configuration.steps, to: configuration.finalCheckpointDirectory, exportWeights: true)
         let trained = Double(configuration.steps - startStep) * tokensPerStep
         return TrainingSummary(steps: configuration.steps, finalLoss: lastLoss, validationLoss: lastValidation, arithmetic: report,
                                seconds: seconds, tokensPerSecond: seconds > 0 ? trained / seconds : 0,
