@@ -29,7 +29,8 @@ struct CheckpointLayout: CustomStringConvertible, Sendable {
         + [2, 4].flatMap { dp in (0...3).map { CheckpointLayout(description: "dp \(dp) ZeRO-\($0)", ranks: dp, zeroStage: $0) } }
         + [CheckpointLayout(description: "pp 2 1F1B", ranks: 2, pp: 2, accumulate: 2),
            CheckpointLayout(description: "pp 2 interleaved", ranks: 2, pp: 2, schedule: "interleaved-1f1b", virtualStages: 2, accumulate: 2),
-           CheckpointLayout(description: "pp 2 × dp 2 ZeRO-1", ranks: 4, zeroStage: 1, pp: 2, accumulate: 2)]
+           CheckpointLayout(description: "pp 2 × dp 2 ZeRO-1", ranks: 4, zeroStage: 1, pp: 2, accumulate: 2),
+           CheckpointLayout(description: "pp 2 × dp 2 ZeRO-2", ranks: 4, zeroStage: 2, pp: 2, accumulate: 2)]
 }
 
 @Suite(.serialized) struct ShardedCheckpointTests {
