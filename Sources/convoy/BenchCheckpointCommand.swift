@@ -32,6 +32,9 @@ struct BenchCheckpointCommand: ParsableCommand {
         var saveSeconds: Double, savedBytes: Int, wallSaveSeconds: Double
         var loadSeconds: Double, loadedBytes: Int, wallLoadSeconds: Double
         var peakExtraBytes: Int
+        /// During a final save, which also writes the Hugging Face export from the pieces (rank 0 reads them back
+        /// one tensor at a time).
+        var peakExtraBytesWithExport: Int
     }
 
     func run() throws {
@@ -48,7 +51,7 @@ struct BenchCheckpointCommand: ParsableCommand {
             let trainer = try Trainer(configuration: frozen, group: group)
             _ = try trainer.trainStep(0)  // the optimizer's moments exist from the first step
             var best = RankResult(saveSeconds: .infinity, savedBytes: 0, wallSaveSeconds: .infinity, loadSeconds: .infinity, loadedBytes: 0,
-                                  wallLoadSeconds: .infinity, peakExtraBytes: 0)
+                                  wallLoadSeconds: .infinity, peakExtraBytes: 0, peakExtraBytesWithExport: 0)
             let target = scratch + "/checkpoint"
             for _ in 0..<repetitions {
                 // Save: this rank's own write timed alone, and the whole collective save (index and rename included).
@@ -81,9 +84,15 @@ struct BenchCheckpointCommand: ParsableCommand {
                 let loaded = synchronizer.residentParameterSlices.reduce(0) { $0 + $1.count * 4 } + synchronizer.checkpointSlices.reduce(0) { $0 + $1.count * 4 * states }
                 if wall < best.wallSaveSeconds {
                     best = RankResult(saveSeconds: ownSeconds, savedBytes: bytes, wallSaveSeconds: wall, loadSeconds: loadSeconds, loadedBytes: loaded,
-                                      wallLoadSeconds: wallLoad, peakExtraBytes: extra)
+                                      wallLoadSeconds: wallLoad, peakExtraBytes: extra, peakExtraBytesWithExport: 0)
                 }
             }
+            try group.barrier()
+            if group.rank == 0 { TensorAllocator.shared.resetPeak() }
+            try group.barrier()
+            let before = TensorAllocator.shared.liveBytes
+            try trainer.saveCheckpoint(afterStep: 1, to: scratch + "/final", exportWeights: true)
+            best.peakExtraBytesWithExport = max(TensorAllocator.shared.peakLiveBytes - before, 0)
             return best
         }
         let total = results.reduce(0) { $0 + $1.savedBytes }
@@ -93,7 +102,7 @@ struct BenchCheckpointCommand: ParsableCommand {
         let loadTotal = Double(results.reduce(0) { $0 + $1.loadedBytes }) / wallLoad / 1e9
         let perRankSave = results.map { Double($0.savedBytes) / $0.saveSeconds / 1e9 }
         let perRankLoad = results.map { Double($0.loadedBytes) / $0.loadSeconds / 1e9 }
-        let peakExtra = results.map(\.peakExtraBytes).max()!
+        let peakExtra = results.map(\.peakExtraBytes).max()!, peakWithExport = results.map(\.peakExtraBytesWithExport).max()!
         print("# sharded checkpoint of \(shape.summary) (Ψ = \(shape.configuration.parameterCount)), AdamW, dp \(dp) Local ranks, ZeRO stage \(zeroStage); best of \(repetitions); \(directory)")
         print("rank  saved MiB  save GB/s  loaded MiB  load GB/s")
         for (rank, result) in results.enumerated() {
@@ -102,12 +111,13 @@ struct BenchCheckpointCommand: ParsableCommand {
         }
         print(String(format: "total: save %.3f GB/s (%.1f MiB in %.3f s, index and rename included), load %.3f GB/s", saveTotal, Double(total) / 1_048_576, wallSave, loadTotal))
         print(String(format: "disk: one fsynced file of the same size %.3f GB/s; save ÷ disk = %.2f (target ≥ 0.5)", diskRate, saveTotal / diskRate))
-        print(String(format: "peak extra bytes during a save (all ranks of this process): %.1f MiB", Double(peakExtra) / 1_048_576))
+        print(String(format: "peak extra bytes during a save (tensor memory of all ranks of this process): %.3f MiB; during a final save with the Hugging Face export: %.3f MiB (largest parameter %.3f MiB)",
+                     Double(peakExtra) / 1_048_576, Double(peakWithExport) / 1_048_576, Double(max(shape.configuration.vocabularySize, shape.context, 4 * shape.dModel) * shape.dModel * 4) / 1_048_576))
         if json {
             let object: [String: Any] = ["dp": dp, "zero_stage": zeroStage, "parameters": shape.configuration.parameterCount, "saved_bytes": total,
                                          "save_gb_per_s": saveTotal, "load_gb_per_s": loadTotal, "save_gb_per_s_per_rank": perRankSave,
                                          "load_gb_per_s_per_rank": perRankLoad, "disk_write_gb_per_s": diskRate, "save_over_disk": saveTotal / diskRate,
-                                         "peak_extra_bytes_during_save": peakExtra]
+                                         "peak_extra_bytes_during_save": peakExtra, "peak_extra_bytes_during_final_save_with_export": peakWithExport]
             print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
         }
     }

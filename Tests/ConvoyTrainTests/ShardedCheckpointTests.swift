@@ -32,6 +32,7 @@ struct CheckpointLayout: CustomStringConvertible, Sendable {
         + [CheckpointLayout(description: "pp 2 1F1B", ranks: 2, pp: 2, accumulate: 2),
            CheckpointLayout(description: "pp 2 interleaved", ranks: 2, pp: 2, schedule: "interleaved-1f1b", virtualStages: 2, accumulate: 2),
            CheckpointLayout(description: "pp 2 × dp 2 ZeRO-1", ranks: 4, zeroStage: 1, pp: 2, accumulate: 2),
+           CheckpointLayout(description: "pp 2 × dp 2 ZeRO-2", ranks: 4, zeroStage: 2, pp: 2, accumulate: 2),
            CheckpointLayout(description: "tp 2", ranks: 2, tp: 2),
            CheckpointLayout(description: "tp 2 × dp 2 ZeRO-1", ranks: 4, zeroStage: 1, tp: 2)]
 }
@@ -207,6 +208,37 @@ struct CheckpointLayout: CustomStringConvertible, Sendable {
         #expect(try FileManager.default.contentsOfDirectory(atPath: root).allSatisfy { !$0.contains(".tmp-") })
         try FileManager.default.removeItem(atPath: directory + "/" + CheckpointIndex.fileName)
         #expect(throws: ConvoyError.self) { try CheckpointIndex.read(from: directory) }
+    }
+
+    /// The global batch stays the checkpoint's: a new data-parallel size gets accumulation steps that split it
+    /// (the per-rank micro-batch kept where possible), and one that cannot split it is refused saying what to
+    /// change.
+    @Test func aNewDataParallelSizeKeepsTheGlobalBatch() throws {
+        let root = scratchDirectory("accumulation")
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        var saved = try configuration(output: root + "/run", steps: 2)
+        saved.accumulateSteps = 4
+        _ = try Trainer(configuration: saved).run()
+        var resumed = saved
+        resumed.output = root + "/resumed"
+        resumed.steps = 3
+        resumed.dp = 4
+        let frozen = resumed
+        let accumulation = try LocalWorld.run(size: 4, threadsPerRank: 1) { group -> Int in
+            let trainer = try Trainer(configuration: frozen, group: group, resume: root + "/run/final")
+            #expect(trainer.firstStep == 2 && trainer.configuration.batch == 8)
+            return trainer.configuration.accumulateSteps
+        }
+        #expect(accumulation == [2, 2, 2, 2])
+        var uneven = resumed
+        uneven.dp = 3
+        let frozenUneven = uneven
+        do {
+            _ = try LocalWorld.run(size: 3, threadsPerRank: 1) { group in try Trainer(configuration: frozenUneven, group: group, resume: root + "/run/final") }
+            Issue.record("a global batch of 8 cannot be split over 3 ranks")
+        } catch {
+            #expect("\(error)".contains("--dp") && "\(error)".contains("8"), "\(error)")
+        }
     }
 
     /// Export to a Hugging Face directory reads the same weights as the run's final export, and an imported

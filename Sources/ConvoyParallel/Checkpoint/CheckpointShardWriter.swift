@@ -61,6 +61,7 @@ public enum CheckpointShardWriter {
         var sources: [Source] = []
         for slice in slices {
             sources += Self.sources(of: slice, role: .parameter, data: slice.values)
+            if let master = slice.master { sources += Self.sources(of: slice, role: .master, data: master) }
             for (name, tensor) in (statesByKey[slice.optimizerKey] ?? []).sorted(by: { $0.name < $1.name }) {
                 sources += Self.sources(of: slice, role: .optimizer, state: name, data: tensor)
             }

@@ -14,6 +14,10 @@ public struct CheckpointSlice {
     public var boxes: [TensorBox]
     /// Where this rank holds the slice's values (a view into the parameter or a shard buffer).
     public var values: Tensor
+    /// The fp32 master copy of the values, laid out like them, when the parameter trains in a lower precision
+    /// (nil otherwise): saved as the tensor's master weights, and loaded from them — or, from a checkpoint
+    /// that has none, from the parameter's values.
+    public var master: Tensor?
     /// The name this rank's optimizer saves the slice's state under (`<optimizerKey>.<state>`).
     public var optimizerKey: String
     /// False for the second copy of a weight two ranks hold (a tied embedding on the last pipeline stage):
@@ -24,7 +28,8 @@ public struct CheckpointSlice {
     public var distinctAlongDataParallel: Bool
 
     public init(parameter: String, globalShape: [Int], boxes: [TensorBox], values: Tensor, optimizerKey: String,
-                isPrimaryCopy: Bool, distinctAlongDataParallel: Bool) {
+                isPrimaryCopy: Bool, distinctAlongDataParallel: Bool, master: Tensor? = nil) {
+        self.master = master
         self.parameter = parameter
         self.globalShape = globalShape
         self.boxes = boxes

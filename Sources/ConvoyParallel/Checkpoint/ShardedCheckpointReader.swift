@@ -95,6 +95,11 @@ public final class ShardedCheckpointReader {
         }
         var tensors: [String: Tensor] = [:]
         for slice in optimized {
+            if let master = slice.master {
+                // Master weights where the checkpoint has them, else the parameter's values in fp32.
+                let masterName = CheckpointIndex.name(of: slice.parameter, role: .master)
+                try readConverting(index.tensors[masterName] != nil ? masterName : CheckpointIndex.name(of: slice.parameter, role: .parameter), slice, into: master)
+            }
             for state in index.optimizerStates(of: slice.parameter) {
                 let name = CheckpointIndex.name(of: slice.parameter, role: .optimizer, state: state)
                 let tensor = Tensor(uninitializedShape: slice.values.shape, dtype: try entry(name).dtype)
@@ -103,20 +108,31 @@ public final class ShardedCheckpointReader {
                 tensors[slice.optimizerKey + "." + state] = tensor
             }
         }
-        for slice in resident {
-            let name = CheckpointIndex.name(of: slice.parameter, role: .parameter)
-            let stored = try entry(name).dtype
-            if slice.values.isContiguous && slice.values.dtype == stored {
-                try read(name, shape: slice.globalShape, boxes: slice.boxes, into: slice.values)
-                try FiniteValues.check(slice.values, name: name, in: directory)
-            } else {
-                let staged = Tensor(uninitializedShape: slice.values.shape, dtype: stored)
-                try read(name, shape: slice.globalShape, boxes: slice.boxes, into: staged)
-                try FiniteValues.check(staged, name: name, in: directory)
-                withNoGrad { slice.values.assign(staged) }
-            }
-        }
+        for slice in resident { try readConverting(CheckpointIndex.name(of: slice.parameter, role: .parameter), slice, into: slice.values) }
         return OptimizerState(tensors: tensors, scalars: index.optimizerScalars)
+    }
+
+    /// Reads `slice`'s boxes of `name` into `destination` (laid out like the slice's values), converting from
+    /// the stored dtype when it differs, and checks that every value is finite.
+    private func readConverting(_ name: String, _ slice: CheckpointSlice, into destination: Tensor) throws {
+        let stored = try entry(name).dtype
+        if destination.isContiguous && destination.dtype == stored {
+            try read(name, shape: slice.globalShape, boxes: slice.boxes, into: destination)
+            try FiniteValues.check(destination, name: name, in: directory)
+            return
+        }
+        let staged = Tensor(uninitializedShape: destination.shape, dtype: stored)
+        try read(name, shape: slice.globalShape, boxes: slice.boxes, into: staged)
+        try FiniteValues.check(staged, name: name, in: directory)
+        let converted = staged.converted(to: destination.dtype)
+        if destination.isContiguous {
+            let bytes = destination.count * destination.dtype.byteSize
+            (destination.storage.pointer + destination.offset * destination.dtype.byteSize)
+                .copyMemory(from: converted.storage.pointer + converted.offset * converted.dtype.byteSize, byteCount: bytes)
+            withExtendedLifetime(converted) {}
+        } else {
+            withNoGrad { destination.assign(staged) }
+        }
     }
 
     /// The whole of `tensor`, as a new tensor of its shape.

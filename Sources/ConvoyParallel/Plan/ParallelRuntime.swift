@@ -95,8 +95,8 @@ public final class ParallelRuntime {
         return Double(total.scalarValue)
     }
 
-    /// Makes every parameter of the whole model readable on world rank 0 (collective): before evaluation or
-    /// saving. Undo with ``releaseFullModel(copyingBack:)``.
+    /// Makes every parameter of the whole model readable on world rank 0 (collective): before evaluation
+    /// (checkpoints need no gather: each rank writes what it holds). Undo with ``releaseFullModel(copyingBack:)``.
     public func gatherFullModel() throws {
         try synchronizer.gatherFullParameters()
         try schedule.gatherFullModel()

@@ -22,8 +22,8 @@ public struct TrainingSummary: Sendable {
 /// The trainer names no strategy: a ``ConvoyParallel/ParallelPlan`` built from the configuration before any
 /// compute decides the mesh, the step schedule and the synchronizer. The loss of each micro-batch is weighted by
 /// its share of the global batch's counted targets, so the gradient equals that of the mean loss over the whole
-/// global batch however it is split over micro-batches and ranks. Only rank 0 prints, writes metrics, evaluates
-/// and saves checkpoints.
+/// global batch however it is split over micro-batches and ranks. Only rank 0 prints, writes metrics and evaluates;
+/// every rank writes its own pieces of each checkpoint, and rank 0 completes it.
 public final class Trainer {
     public let configuration: TrainingConfiguration
     public let model: any LanguageModel
@@ -44,7 +44,7 @@ public final class Trainer {
     /// The optimizer the synchronizer steps.
     public var optimizer: any Optimizer { runtime.optimizer }
 
-    /// Rank 0 (or the only rank) does the printing, evaluation and saving.
+    /// Rank 0 (or the only rank) does the printing and evaluation, and completes each checkpoint.
     public var isLeader: Bool { (group?.rank ?? 0) == 0 }
 
     /// Builds the plan, model, optimizer and data for a configuration; with `resume`, restores a checkpoint.
