@@ -199,6 +199,11 @@ public final class ClickThroughTrainer {
                 try display?.step(done, of: configuration.steps, loss: loss, tokensPerSecond: Double(done * configuration.batch) / max(elapsed(), 1e-9),
                                   learningRate: Double(configuration.learningRateSchedule.learningRate(at: step)), elapsed: elapsed(), remaining: 0)
             }
+            if isLeader && configuration.evalEvery > 0 && done % configuration.evalEvery == 0 && done < configuration.steps {
+                let (logLoss, auc) = try evaluate(dataset.validationExamples, afterStep: done)
+                try metrics?.write(["step": done, "val_logloss": logLoss, "val_auc": auc, "elapsed_s": elapsed()])
+                try display?.message(String(format: "step %d: validation AUC %.4f, log loss %.4f", done, auc, logLoss))
+            }
         }
         let seconds = elapsed()
         var summary = ClickThroughSummary(
@@ -207,7 +212,7 @@ public final class ClickThroughTrainer {
             samplesPerSecond: Double((configuration.steps - startStep) * configuration.batch) / max(seconds, 1e-9),
             maxStalenessObserved: client?.maxStalenessObserved ?? 0, bytesPulled: client?.bytesPulled ?? 0, bytesPushed: client?.bytesPushed ?? 0)
         if isLeader {
-            let (logLoss, auc) = try evaluate(dataset.validationExamples)
+            let (logLoss, auc) = try evaluate(dataset.validationExamples, afterStep: configuration.steps)
             summary.validationLogLoss = logLoss
             summary.validationAUC = auc
             var record: [String: Any] = ["step": configuration.steps, "val_logloss": logLoss, "val_auc": auc, "max_staleness_observed": summary.maxStalenessObserved]
@@ -314,12 +319,13 @@ public final class ClickThroughTrainer {
         }
     }
 
-    /// Log loss and AUC of the current model on `examples` (worker 0; reads the servers' final rows).
-    public func evaluate(_ examples: [ClickExample]) throws -> (logLoss: Double, auc: Double) {
+    /// Log loss and AUC on `examples` of the model after `step` steps (worker 0; the servers answer once every
+    /// worker has pushed that many steps).
+    public func evaluate(_ examples: [ClickExample], afterStep step: Int) throws -> (logLoss: Double, auc: Double) {
         var first = true
         return try Self.evaluate(model: model, examples: examples) { ids in
             defer { first = false }
-            return try rows(for: ids, step: configuration.steps, dense: denseOnServers && first, evaluation: true)
+            return try rows(for: ids, step: step, dense: denseOnServers && first, evaluation: true)
         }
     }
 
