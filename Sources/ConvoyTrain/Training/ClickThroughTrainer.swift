@@ -137,7 +137,7 @@ public final class ClickThroughTrainer {
         }
         if let resume {
             if !tables.isEmpty { try ParameterServerCheckpoint.load(from: resume, into: tables, dense: nil, denseRange: 0..<0, denseCount: 0) }
-            try ClickThroughCheckpoint.loadDense(from: resume, into: model)
+            try model.loadWeights(from: resume)
         }
         if !reduced.isEmpty {
             if let workerGroup, workerGroup.size > 1 { dataParallel = try DataParallel(module: ParameterSubset(reduced), group: workerGroup) }
