@@ -195,9 +195,11 @@ public final class ClickThroughTrainer {
             let done = step + 1
             if done % configuration.logEvery == 0 || done == configuration.steps {
                 try metrics?.write(["step": done, "loss": loss, "lr": Double(configuration.learningRateSchedule.learningRate(at: step)),
-                                    "samples_per_s": Double(done * configuration.batch) / max(elapsed(), 1e-9), "elapsed_s": elapsed()])
-                try display?.step(done, of: configuration.steps, loss: loss, tokensPerSecond: Double(done * configuration.batch) / max(elapsed(), 1e-9),
-                                  learningRate: Double(configuration.learningRateSchedule.learningRate(at: step)), elapsed: elapsed(), remaining: 0)
+                                    "samples_per_s": Double((done - startStep) * configuration.batch) / max(elapsed(), 1e-9), "elapsed_s": elapsed()])
+                let rate = Double((done - startStep) * configuration.batch) / max(elapsed(), 1e-9)
+                try display?.step(done, of: configuration.steps, loss: loss, tokensPerSecond: rate,
+                                  learningRate: Double(configuration.learningRateSchedule.learningRate(at: step)), elapsed: elapsed(),
+                                  remaining: Double((configuration.steps - done) * configuration.batch) / max(rate, 1e-9), unit: "samples/s")
             }
             if isLeader && configuration.evalEvery > 0 && done % configuration.evalEvery == 0 && done < configuration.steps {
                 let (logLoss, auc) = try evaluate(dataset.validationExamples, afterStep: done)
