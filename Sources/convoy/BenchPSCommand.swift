@@ -87,9 +87,10 @@ struct BenchPSCommand: ParsableCommand {
             let trainer = try ClickThroughTrainer(configuration: frozen, world: group)
             var measured = 0
             if trainer.isServer {
-                // The allocator's count of what this rank holds, less the MLP every rank builds.
+                // The allocator's count of what this rank holds, less the MLP every rank builds and (--comm ps) the
+                // server's chunk of it: the tables' values and row state.
                 measured = TensorAllocator.shared.liveBytes(of: .parameters, owner: group.rank) + TensorAllocator.shared.liveBytes(of: .optimizerState, owner: group.rank)
-                    - trainer.model.parameterCount * 4
+                    - trainer.model.parameterCount * 4 - (trainer.denseShard?.byteCount ?? 0)
             }
             return (try trainer.run(), measured)
         }

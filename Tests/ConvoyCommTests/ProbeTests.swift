@@ -55,6 +55,37 @@ import Testing
     }
 }
 
+/// A buffer made from a tensor retains the tensor's storage, so a ``Work`` that still has to write into it
+/// keeps the memory alive after the caller dropped the tensor.
+@Suite(.serialized) struct WorkLifetimeTests {
+    init() { CommunicationTimeout.set(20) }
+
+    @Test func aPendingReceiveKeepsItsBufferAlive() throws {
+        let alive = try LocalWorld.run(size: 2) { group -> Bool in
+            // A second group with its own queue: the world's queue is busy with the pending receive.
+            let side = try group.subgroup(ranks: [0, 1], name: "side")!
+            guard group.rank == 0 else {
+                try side.barrier()
+                try group.send(Tensor(shape: [3], values: [1, 2, 3]), to: 0, tag: 8)
+                return true
+            }
+            weak var storage: TensorStorage?
+            let work: Work
+            do {
+                let target = Tensor.zeros([3])
+                storage = target.storage
+                work = group.receiveAsync(CommunicationBuffer(target), from: 1, tag: 8)
+            }
+            // Nothing has been sent yet (rank 1 waits in the barrier), so the receive cannot have completed.
+            let keptWhilePending = storage != nil && !work.isCompleted
+            try side.barrier()
+            try work.wait()
+            return keptWhilePending
+        }
+        #expect(alive == [true, true])
+    }
+}
+
 extension ProcessGroup {
     func send(_ tensor: Tensor, to destination: Int, tag: Int) throws { try send(CommunicationBuffer(tensor), to: destination, tag: tag) }
     func receive(_ tensor: Tensor, from source: Int, tag: Int) throws { try receive(CommunicationBuffer(tensor), from: source, tag: tag) }

@@ -80,6 +80,24 @@ extension MPIBackendSuite {
                 }
                 try world.barrier()
             }
+            // SSP (K = 1) across processes, dense parameters on the server: every pull the server answered had
+            // the puller at most one step ahead of the slowest worker.
+            var bounded = reference
+            bounded.psServers = 1
+            bounded.comm = "ps"
+            bounded.staleness = "1"
+            bounded.steps = 8
+            bounded.output = scratch + "/ssp"
+            let trainer = try ClickThroughTrainer(configuration: bounded, world: world)
+            let summary = try trainer.run()
+            if let statistics = summary.server {
+                let worst = statistics.servedPulls.map { $0.clock - $0.slowestClock }.max() ?? 0
+                check(worst <= 1 && statistics.maxStaleness <= 1 && statistics.clocks == Array(repeating: 8, count: world.size - 1),
+                      "parameter server (SSP K=1): no pull more than 1 step ahead", "worst \(worst), clocks \(statistics.clocks)")
+            } else {
+                check(summary.maxStalenessObserved <= 1, "parameter server (SSP K=1): worker saw staleness ≤ 1", "\(summary.maxStalenessObserved)")
+            }
+            try world.barrier()
         } catch {
             check(false, "parameter-server training over MPI", "threw \(error)")
         }

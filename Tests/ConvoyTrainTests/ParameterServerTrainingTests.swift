@@ -110,6 +110,29 @@ func trainClickThrough(_ configuration: TrainingConfiguration, ranks: Int, datas
         }
     }
 
+    /// Without servers, `--comm allreduce` over W workers all-reduces every table whole and the dense MLP:
+    /// again one process's result.
+    @Test(arguments: [2, 3])
+    func allReduceTrainingMatchesOneProcess(workers: Int) throws {
+        let single = scratchDirectory("ar-single"), parallel = scratchDirectory("ar-parallel")
+        defer { for path in [single, parallel] { try? FileManager.default.removeItem(atPath: path) } }
+        let reference = clickConfiguration(output: single)
+        let one = try ClickThroughTrainer(configuration: reference)
+        let expected = ClickThroughParameters(one, summary: try one.run())
+        var distributed = reference
+        distributed.output = parallel
+        distributed.dp = workers
+        distributed.comm = "allreduce"
+        distributed.evalEvery = 2
+        let results = try trainClickThrough(distributed, ranks: workers)
+        // Every worker holds every table; compare worker 0's.
+        let mine = results[0]
+        let error = expected.relativeError(to: mine)
+        #expect(mine.rows.count == 26 && error <= 1e-5, "W=\(workers): relative error \(error)")
+        let metrics = try String(contentsOfFile: parallel + "/metrics.jsonl", encoding: .utf8)
+        #expect(metrics.split(separator: "\n").filter { $0.contains("val_auc") }.count == 3)
+    }
+
     /// `[[placement]]` names the server (world rank 0, so the workers are ranks 1 and 2) and keeps the last
     /// layer's dense parameters on it while the rest is all-reduced (`--comm hybrid`): still one process's result.
     @Test func placementChoosesTheServerAndPerModuleSynchronisation() throws {

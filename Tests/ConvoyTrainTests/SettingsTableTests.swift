@@ -8,6 +8,12 @@ import Testing
 @Suite struct SettingsTableTests {
     /// A valid value for `setting` that differs from its default where possible, as flag text.
     func sample(for setting: TrainingSettings.Setting) -> String {
+        // Settings whose values have a shape beyond their type: one row count for all 26 CTR tables, a staleness.
+        switch setting.key {
+        case "data.ctr_vocabulary": return "5000"
+        case "parallel.ps.staleness": return "inf"
+        default: break
+        }
         switch setting.type {
         case .integer(let range): return String(range.upperBound == Int.max ? 4242 : range.upperBound)
         case .number(let range, let upperExclusive): return String(upperExclusive ? (range.lowerBound + range.upperBound) / 2 : range.upperBound)
@@ -15,7 +21,7 @@ import Testing
         case .path: return "/tmp/convoy \"settings\" \\ test/\(setting.key)"
         case .boolean: return "false"
         case .integerList: return "2,1,3"
-        // The only free-text setting is the mesh order; another valid order than the default.
+        // The other free-text setting is the mesh order; another valid order than the default.
         case .text: return "pp-dp-tp"
         }
     }

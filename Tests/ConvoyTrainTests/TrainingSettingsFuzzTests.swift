@@ -17,7 +17,7 @@ import Testing
     static let values = ["0", "1", "-1", "2", "3", "8", "16", "64", "100000000000", "9223372036854775807", "-9223372036854775808",
                          "0.5", "1e-3", "-0.0", "1e308", "inf", "nan", "-inf", "true", "false", "\"\"", "\"text\"", "\"arithmetic\"",
                          "\"cosine\"", "\"adamw\"", "\"1f1b\"", "\"auto\"", "\"on\"", "\"3,3\"", "[2, 2]", "[]", "[1, \"a\"]", "[-1]",
-                         "{ a = 1 }", "1979-05-27", "\"/dev/null\"", "\"\\u0000\"", "= =", "\"unterminated"]
+                         "{ a = 1 }", "1979-05-27", "\"gpt\"", "\"hybrid\"", "\"/dev/null\"", "\"\\u0000\"", "= =", "\"unterminated"]
 
     @Test func randomSettingsNeverCrash() throws {
         let known = TrainingSettings.all.map(\.key) + ["model.unknown", "nosection", "parallel.ddp.unknown", "training.lr.deep"]

@@ -52,6 +52,7 @@ public final class GPT: Module {
 }
 
 extension GPT: LanguageModel {
+    public var kind: String { "gpt" }
     public var shape: ModelShape { configuration.shape }
     public var layers: [Module] { blocks }
     public var inputModules: [Module] { [tokenEmbedding, positionEmbedding] }

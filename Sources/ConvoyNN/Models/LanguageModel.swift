@@ -34,7 +34,7 @@ public struct ModelShape: Sendable, Equatable {
 /// A model Convoy can train under any parallel plan: the loss on a batch, named parameters (with their
 /// placements), the repeated layer sequence that pipelines cut into stages and ZeRO-3 gathers layer by layer,
 /// the pieces a pipeline stage runs, and export of its weights. Nothing below the CLI names a concrete model.
-public protocol LanguageModel: Module {
+public protocol LanguageModel: Model {
     /// The model's shape.
     var shape: ModelShape { get }
     /// The repeated layers, in model order (their parameters are named `<layerSequenceName>.<index>.…`).

@@ -227,7 +227,9 @@ public struct ParameterServerStatistics: Sendable {
         public var slowestClock: Int
     }
 
+    /// The first ``recordedPullLimit`` answered pulls (the maximum below covers all of them).
     public var servedPulls: [ServedPull] = []
+    public static let recordedPullLimit = 1 << 20
     /// max over answered pulls of clock − slowest clock.
     public var maxStaleness = 0
     /// Bytes of table values and optimizer state on this server.
@@ -236,7 +238,7 @@ public struct ParameterServerStatistics: Sendable {
     public var clocks: [Int] = []
 
     mutating func record(worker: Int, clock: Int, slowestClock: Int) {
-        servedPulls.append(ServedPull(worker: worker, clock: clock, slowestClock: slowestClock))
+        if servedPulls.count < Self.recordedPullLimit { servedPulls.append(ServedPull(worker: worker, clock: clock, slowestClock: slowestClock)) }
         maxStaleness = max(maxStaleness, clock - slowestClock)
     }
 }

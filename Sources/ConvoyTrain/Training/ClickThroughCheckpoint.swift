@@ -7,12 +7,13 @@ import Glibc
 #endif
 
 /// A CTR checkpoint: the tables as parameter-server shards (``ParameterServerCheckpoint``: every server writes
-/// its own; one process writes its whole tables as server 0 of 1), the dense MLP (`dense.safetensors`, with the
-/// workers' row-optimizer state when the dense parameters are not on the servers) and `trainer.json` (model
+/// its own; one process writes its whole tables as server 0 of 1), the dense MLP (``Model/saveWeights(to:)``:
+/// `dense.safetensors`), the workers' row-optimizer state of the dense parameters they update
+/// (`dense-optimizer.safetensors`) and `trainer.json` (model
 /// kind, step, seed, configuration). Assembled in a temporary sibling directory, fsynced and renamed into
 /// place; safetensors and JSON only.
 public enum ClickThroughCheckpoint {
-    public static let denseFileName = "dense.safetensors"
+    public static let denseOptimizerFileName = "dense-optimizer.safetensors"
 
     /// What `trainer.json` of a CTR checkpoint holds.
     public struct State: Codable, Sendable {
@@ -38,10 +39,8 @@ public enum ClickThroughCheckpoint {
         } else {
             try ParameterServerCheckpoint.writeShard(tables: trainer.tables, dense: nil, server: 0, of: 1, into: temporary, step: configuration.steps)
         }
-        var dense: [String: Tensor] = [:]
-        for (name, parameter) in trainer.model.namedParameters() { dense[name] = parameter }
-        for (name, state) in trainer.denseOptimizerStates { dense["optimizer." + name] = state }
-        try SafeTensors(tensors: dense, metadata: ["model": "ctr"]).write(to: temporary + "/" + denseFileName)
+        try trainer.model.saveWeights(to: temporary)
+        try SafeTensors(tensors: trainer.denseOptimizerStates, metadata: ["model": "ctr"]).write(to: temporary + "/" + denseOptimizerFileName)
         let state = State(model: "ctr", step: configuration.steps, seed: configuration.seed, servers: try configuration.serverCount,
                           configuration: TrainingSettings.tomlText(configuration))
         let encoder = JSONEncoder()
@@ -80,25 +79,10 @@ public enum ClickThroughCheckpoint {
         return state
     }
 
-    /// Loads the dense MLP of the checkpoint in `directory` into `model`.
-    static func loadDense(from directory: String, into model: CTRModel) throws {
-        let path = directory + "/" + denseFileName
-        let dense = try SafeTensors.read(contentsOf: path)
-        for (name, parameter) in model.namedParameters() {
-            guard let saved = dense.tensors[name], saved.shape == parameter.shape else {
-                throw ConvoyError.incompatible("\(path) has no parameter '\(name)' of shape \(parameter.shape)")
-            }
-            parameter.contiguousFloats.update(from: saved.converted(to: .float32).contiguous().floatPointer, count: parameter.count)
-        }
-    }
-
     /// Loads the workers' dense optimizer state of the checkpoint in `directory`.
     static func loadDenseOptimizer(from directory: String, into optimizer: DenseRowOptimizer) throws {
-        let path = directory + "/" + denseFileName
-        let dense = try SafeTensors.read(contentsOf: path)
-        var states: [String: Tensor] = [:]
-        for (name, tensor) in dense.tensors where name.hasPrefix("optimizer.") { states[String(name.dropFirst("optimizer.".count))] = tensor }
-        try optimizer.load(states, source: path)
+        let path = directory + "/" + denseOptimizerFileName
+        try optimizer.load(try SafeTensors.read(contentsOf: path).tensors, source: path)
     }
 
     /// Reads a CTR checkpoint for evaluation: its configuration, the dense model and every table whole (from
@@ -114,7 +98,7 @@ public enum ClickThroughCheckpoint {
         var configuration = TrainingConfiguration()
         try TrainingSettings.apply(toml: state.configuration, source: statePath, to: &configuration)
         let model = try CTRModel(configuration.ctrConfiguration, seed: configuration.seed)
-        try loadDense(from: directory, into: model)
+        try model.loadWeights(from: directory)
         let rule = try configuration.rowOptimizer()
         let tables = configuration.ctrVocabularySizes.enumerated().map { table, rows in
             SparseTable(table: table, rows: rows, width: configuration.ctrEmbeddingWidth, optimizer: rule, initializer: RowInitializer(seed: configuration.seed))

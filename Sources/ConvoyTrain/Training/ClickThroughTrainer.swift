@@ -137,7 +137,7 @@ public final class ClickThroughTrainer {
         }
         if let resume {
             if !tables.isEmpty { try ParameterServerCheckpoint.load(from: resume, into: tables, dense: nil, denseRange: 0..<0, denseCount: 0) }
-            try ClickThroughCheckpoint.loadDense(from: resume, into: model)
+            try model.loadWeights(from: resume)
         }
         if !reduced.isEmpty {
             if let workerGroup, workerGroup.size > 1 { dataParallel = try DataParallel(module: ParameterSubset(reduced), group: workerGroup) }
@@ -195,9 +195,16 @@ public final class ClickThroughTrainer {
             let done = step + 1
             if done % configuration.logEvery == 0 || done == configuration.steps {
                 try metrics?.write(["step": done, "loss": loss, "lr": Double(configuration.learningRateSchedule.learningRate(at: step)),
-                                    "samples_per_s": Double(done * configuration.batch) / max(elapsed(), 1e-9), "elapsed_s": elapsed()])
-                try display?.step(done, of: configuration.steps, loss: loss, tokensPerSecond: Double(done * configuration.batch) / max(elapsed(), 1e-9),
-                                  learningRate: Double(configuration.learningRateSchedule.learningRate(at: step)), elapsed: elapsed(), remaining: 0)
+                                    "samples_per_s": Double((done - startStep) * configuration.batch) / max(elapsed(), 1e-9), "elapsed_s": elapsed()])
+                let rate = Double((done - startStep) * configuration.batch) / max(elapsed(), 1e-9)
+                try display?.step(done, of: configuration.steps, loss: loss, tokensPerSecond: rate,
+                                  learningRate: Double(configuration.learningRateSchedule.learningRate(at: step)), elapsed: elapsed(),
+                                  remaining: Double((configuration.steps - done) * configuration.batch) / max(rate, 1e-9), unit: "samples/s")
+            }
+            if isLeader && configuration.evalEvery > 0 && done % configuration.evalEvery == 0 && done < configuration.steps {
+                let (logLoss, auc) = try evaluate(dataset.validationExamples, afterStep: done)
+                try metrics?.write(["step": done, "val_logloss": logLoss, "val_auc": auc, "elapsed_s": elapsed()])
+                try display?.message(String(format: "step %d: validation AUC %.4f, log loss %.4f", done, auc, logLoss))
             }
         }
         let seconds = elapsed()
@@ -207,7 +214,7 @@ public final class ClickThroughTrainer {
             samplesPerSecond: Double((configuration.steps - startStep) * configuration.batch) / max(seconds, 1e-9),
             maxStalenessObserved: client?.maxStalenessObserved ?? 0, bytesPulled: client?.bytesPulled ?? 0, bytesPushed: client?.bytesPushed ?? 0)
         if isLeader {
-            let (logLoss, auc) = try evaluate(dataset.validationExamples)
+            let (logLoss, auc) = try evaluate(dataset.validationExamples, afterStep: configuration.steps)
             summary.validationLogLoss = logLoss
             summary.validationAUC = auc
             var record: [String: Any] = ["step": configuration.steps, "val_logloss": logLoss, "val_auc": auc, "max_staleness_observed": summary.maxStalenessObserved]
@@ -314,12 +321,13 @@ public final class ClickThroughTrainer {
         }
     }
 
-    /// Log loss and AUC of the current model on `examples` (worker 0; reads the servers' final rows).
-    public func evaluate(_ examples: [ClickExample]) throws -> (logLoss: Double, auc: Double) {
+    /// Log loss and AUC on `examples` of the model after `step` steps (worker 0; the servers answer once every
+    /// worker has pushed that many steps).
+    public func evaluate(_ examples: [ClickExample], afterStep step: Int) throws -> (logLoss: Double, auc: Double) {
         var first = true
         return try Self.evaluate(model: model, examples: examples) { ids in
             defer { first = false }
-            return try rows(for: ids, step: configuration.steps, dense: denseOnServers && first, evaluation: true)
+            return try rows(for: ids, step: step, dense: denseOnServers && first, evaluation: true)
         }
     }
 

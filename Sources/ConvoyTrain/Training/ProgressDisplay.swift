@@ -17,12 +17,13 @@ public final class ProgressDisplay: @unchecked Sendable {
         self.plainEvery = max(1, plainEvery)
     }
 
-    /// Reports a finished step.
+    /// Reports a finished step; `rate` is in `unit` (tokens for GPT, samples for the CTR model).
     ///
     /// - Throws: ``ConvoyError/io(_:)`` when standard output cannot be written (closed pipe, full disk).
-    public func step(_ step: Int, of total: Int, loss: Double, tokensPerSecond: Double, learningRate: Double, elapsed: Double, remaining: Double) throws {
-        let line = String(format: "step %d/%d | loss %.4f | %.0f tok/s | lr %.2e | elapsed %@ | ETA %@",
-                          step, total, loss, tokensPerSecond, learningRate, Self.duration(elapsed), Self.duration(remaining))
+    public func step(_ step: Int, of total: Int, loss: Double, tokensPerSecond: Double, learningRate: Double, elapsed: Double, remaining: Double,
+                     unit: String = "tok/s") throws {
+        let line = String(format: "step %d/%d | loss %.4f | %.0f %@ | lr %.2e | elapsed %@ | ETA %@",
+                          step, total, loss, tokensPerSecond, unit, learningRate, Self.duration(elapsed), Self.duration(remaining))
         if isTerminal {
             // Redraw at most 10 times a second, and always on the last step.
             guard elapsed - lastDraw >= 0.1 || step == total else { return }

@@ -56,6 +56,9 @@ extension TrainingConfiguration {
         if let section = placements.first(where: { $0.role == nil && $0.comm == nil }) {
             throw ConvoyError.invalidConfiguration("[[placement]] modules = \"\(section.modules)\" devices = \"\(section.devices)\" places GPT stages; --model ctr takes sections with role = \"server\" (server devices) or comm = \"ps\"|\"allreduce\" (per-module dense synchronisation)")
         }
+        if checkpointEvery != 0 {
+            throw ConvoyError.invalidConfiguration("--checkpoint-every is not supported for --model ctr yet (the final checkpoint is written at the end); leave it at 0")
+        }
         if accumulateSteps != 1 {
             throw ConvoyError.invalidConfiguration("--model ctr takes one batch per step; leave --accumulate-steps at 1")
         }
