@@ -27,16 +27,12 @@ let planModel = GPTConfiguration(vocabularySize: 32, contextLength: 8, layers: 4
             return settings
         }
         let cases: [(features: [ParallelFeature], settings: ParallelSettings, world: Int)] = [
-            ([.tensorParallel], settings { $0.tensorParallelSize = 2 }, 2),
             ([.contextParallel], settings { $0.order = [.tp, .cp, .dp, .pp]; $0.contextParallelSize = 2 }, 2),
             ([.expertParallel], settings { $0.order = [.tp, .ep, .dp, .pp]; $0.expertParallelSize = 2 }, 2),
-            ([.modelParallelGroups], settings { $0.placements = [ModulePlacement(modules: "h.*", devices: "(cpu:0,cpu:1)")] }, 2),
             ([.zero3, .pipeline], settings { $0.zeroStage = 3; $0.pipeline.stages = 2; $0.dataParallelSize = 2 }, 4),
             ([.zero3, .interleavedPipeline], settings { $0.zeroStage = 3; $0.pipeline.virtualStages = 2; $0.dataParallelSize = 2 }, 2),
-            ([.devicePlacement, .tensorParallel], settings {
-                $0.tensorParallelSize = 2
-                $0.placements = [ModulePlacement(modules: "h.*", devices: "cpu:0,cpu:1")]
-            }, 2),
+            ([.zero3, .tensorParallel], settings { $0.zeroStage = 3; $0.tensorParallelSize = 2; $0.dataParallelSize = 2 }, 4),
+            ([.sequenceParallel, .pipeline], settings { $0.tensorParallelSize = 2; $0.sequenceParallel = true; $0.pipeline.stages = 2 }, 4),
         ]
         let refused = CompositionRules.table.filter { if case .refused = $0.verdict { return true } else { return false } }
         #expect(Set(refused.map(\.features)) == Set(cases.map { $0.features.sorted() }), "every refused row has a case")

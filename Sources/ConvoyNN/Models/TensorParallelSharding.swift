@@ -4,7 +4,7 @@
 /// The cut dimension is seen as `blocks` equal blocks (GPT-2's fused c_attn is [Q|K|V] along its output
 /// dimension: 3 blocks), and rank r takes piece r of every block, in block order — so each rank holds the Q, K
 /// and V of the same heads. With `padded`, the dimension is first padded with zeros to a multiple of the rank
-/// count (a vocabulary); the padding never leaves the ranks (``TensorParallelSharding/wholeSize(_:)``).
+/// count (a vocabulary); the padding never leaves the ranks: exports assemble the whole, unpadded tensor.
 public struct TensorParallelSharding: Sendable, Equatable {
     /// The dimension cut.
     public var dimension: Int
