@@ -83,8 +83,8 @@ extension GPT: LanguageModel {
 
     public func saveWeights(to directory: String) throws { try GPTCheckpoint.save(self, to: directory) }
 
-    public func exportWeights(to directory: String, tensor: (String) throws -> Tensor) throws {
-        try GPTCheckpoint.export(configuration, parameters: namedParameters().map { ($0.name, $0.parameter.shape, $0.parameter.dtype) }, to: directory, tensor: tensor)
+    public func exportWeights(to directory: String, shape: (String) throws -> [Int], tensor: (String) throws -> Tensor) throws {
+        try GPTCheckpoint.export(configuration, parameters: try namedParameters().map { ($0.name, try shape($0.name), $0.parameter.dtype) }, to: directory, tensor: tensor)
     }
 
     public func loadWeights(from directory: String) throws {

@@ -58,9 +58,10 @@ public protocol LanguageModel: Model {
 
     /// Writes the weights (and what describes the model) into `directory`.
     func saveWeights(to directory: String) throws
-    /// Writes what ``saveWeights(to:)`` writes, taking each parameter's values (by name) from `tensor` one at a
-    /// time, so no more than one parameter need be in memory (an export from a sharded checkpoint).
-    func exportWeights(to directory: String, tensor: (String) throws -> Tensor) throws
+    /// Writes what ``saveWeights(to:)`` writes, taking each parameter's whole shape (by name) from `shape` and
+    /// its values from `tensor` one at a time, so no more than one parameter need be in memory (an export from
+    /// a sharded checkpoint, whose parameters this rank may hold only pieces of).
+    func exportWeights(to directory: String, shape: (String) throws -> [Int], tensor: (String) throws -> Tensor) throws
     /// Loads weights written by ``saveWeights(to:)``; refuses another shape, and modifies nothing on error.
     func loadWeights(from directory: String) throws
     /// Throws, naming both shapes, unless the weights in `directory` are of this model's shape.

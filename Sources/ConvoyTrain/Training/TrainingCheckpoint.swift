@@ -75,7 +75,7 @@ public enum TrainingCheckpoint {
         if exportWeights {
             // One parameter at a time, read from the pieces: no rank holds the whole model for the export either.
             let reader = ShardedCheckpointReader(directory: temporary, index: index)
-            try model.exportWeights(to: temporary) { try reader.readWhole($0) }
+            try model.exportWeights(to: temporary, shape: { try reader.entry($0).shape }) { try reader.readWhole($0) }
         }
         try AtomicFile.write(try index.encoded(), to: temporary + "/" + CheckpointIndex.fileName)
         try AtomicFile.syncDirectory(temporary)
