@@ -16,6 +16,7 @@ struct CheckpointLayout: CustomStringConvertible, Sendable {
     var virtualStages = 1
     var accumulate = 1
     var tp = 1
+    var sequenceParallel = false
 
     func apply(to configuration: inout TrainingConfiguration) throws {
         configuration.dp = nil
@@ -25,6 +26,7 @@ struct CheckpointLayout: CustomStringConvertible, Sendable {
         try TrainingSettings.applyFlag("--schedule", schedule, to: &configuration)
         try TrainingSettings.applyFlag("--virtual-stages", String(virtualStages), to: &configuration)
         try TrainingSettings.applyFlag("--tp", String(tp), to: &configuration)
+        try TrainingSettings.applyFlag("--sequence-parallel", String(sequenceParallel), to: &configuration)
     }
 
     static let all: [CheckpointLayout] = [CheckpointLayout(description: "1 rank", ranks: 1)]
@@ -34,7 +36,9 @@ struct CheckpointLayout: CustomStringConvertible, Sendable {
            CheckpointLayout(description: "pp 2 × dp 2 ZeRO-1", ranks: 4, zeroStage: 1, pp: 2, accumulate: 2),
            CheckpointLayout(description: "pp 2 × dp 2 ZeRO-2", ranks: 4, zeroStage: 2, pp: 2, accumulate: 2),
            CheckpointLayout(description: "tp 2", ranks: 2, tp: 2),
-           CheckpointLayout(description: "tp 2 × dp 2 ZeRO-1", ranks: 4, zeroStage: 1, tp: 2)]
+           CheckpointLayout(description: "tp 2 × dp 2 ZeRO-1", ranks: 4, zeroStage: 1, tp: 2),
+           CheckpointLayout(description: "tp 2 sequence parallel", ranks: 2, tp: 2, sequenceParallel: true),
+           CheckpointLayout(description: "tp 2 × pp 2", ranks: 4, pp: 2, accumulate: 2, tp: 2)]
 }
 
 @Suite(.serialized) struct ShardedCheckpointTests {
