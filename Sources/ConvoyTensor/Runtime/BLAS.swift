@@ -106,6 +106,24 @@ public enum BLAS {
                   beta: beta, c: c, ldc: ldc, library: library, pool: pool)
             return
         }
+        guard library == .oneDNN && OneDNN.supportsBF16 else {
+            // No bf16 kernel: the operands rounded to bf16 but kept as fp32 feed sgemm directly, one pass
+            // each instead of rounding then widening (the same values, so the same result).
+            let roundedA = converted(a, rows: transposeA ? k : m, columns: transposeA ? m : k, leadingDimension: lda, zero: Float(0), pool: pool) {
+                BFloat16.roundToFloat($0, to: $1, count: $2, pool: $3)
+            }
+            let roundedB = converted(b, rows: transposeB ? n : k, columns: transposeB ? k : n, leadingDimension: ldb, zero: Float(0), pool: pool) {
+                BFloat16.roundToFloat($0, to: $1, count: $2, pool: $3)
+            }
+            roundedA.withUnsafeBufferPointer { pa in
+                roundedB.withUnsafeBufferPointer { pb in
+                    sgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha,
+                          a: pa.baseAddress!, lda: lda, b: pb.baseAddress!, ldb: ldb, beta: beta, c: c, ldc: ldc,
+                          library: library, pool: pool)
+                }
+            }
+            return
+        }
         let zero = BFloat16(bitPattern: 0)
         let narrowA = converted(a, rows: transposeA ? k : m, columns: transposeA ? m : k, leadingDimension: lda, zero: zero, pool: pool) {
             BFloat16.round($0, to: $1, count: $2, pool: $3)
