@@ -64,6 +64,28 @@ import Testing
         expectGradientsMatch([TestData.uniform([2, 5, 24], seed: 707)]) { Tensor.causalSelfAttention(qkv: $0[0], heads: 2, dropout: 0.2, key: key, rowBlock: rowBlock) }
     }
 
+    /// At bf16, attention equals fp32 attention on bf16-rounded Q, K, V when the probabilities are exactly
+    /// representable (one key per query: the first token), and stays within bf16 rounding of fp32 elsewhere,
+    /// forward and backward.
+    @Test func attentionAtBF16RoundsItsOperands() throws {
+        let qkv = TestData.uniform([2, 9, 48], seed: 712, low: -2, high: 2)
+        let bf16 = ComputePrecision.with(.bfloat16) { Tensor.causalSelfAttention(qkv: qkv, heads: 4, rowBlock: 4) }.toArray()
+        let onRounded = Tensor.causalSelfAttention(qkv: Self.rounded(qkv), heads: 4).toArray()
+        let fp32 = Tensor.causalSelfAttention(qkv: qkv, heads: 4).toArray()
+        // Token 0 of each sequence: probability 1, output = its (rounded) V.
+        for b in 0..<2 { #expect(Array(bf16[(b * 9 * 16)..<(b * 9 * 16 + 16)]) == Array(onRounded[(b * 9 * 16)..<(b * 9 * 16 + 16)])) }
+        let error = Self.normwiseError(bf16, fp32)
+        #expect(error > 0 && error <= 1e-2, "bf16 attention vs fp32: \(error)")
+        func gradient(_ precision: DType) throws -> [Float] {
+            let input = Tensor(shape: qkv.shape, values: qkv.toArray(), requiresGrad: true)
+            let y = ComputePrecision.with(precision) { Tensor.causalSelfAttention(qkv: input, heads: 4, rowBlock: 4) }
+            try y.backward(outputGradient: TestData.uniform([2, 9, 16], seed: 713))
+            return input.grad!.toArray()
+        }
+        let gradientError = Self.normwiseError(try gradient(.bfloat16), try gradient(.float32))
+        #expect(gradientError > 0 && gradientError <= 2e-2, "bf16 attention gradient vs fp32: \(gradientError)")
+    }
+
     /// Selective recompute (the attention core recomputed in backward) gives bit-identical gradients, dropout on.
     @Test(arguments: [DType.float32, .bfloat16])
     func attentionRecomputeIsBitIdentical(precision: DType) throws {

@@ -2,7 +2,9 @@
 ///
 /// Q, K and V are read in place from the fused QKV projection ([B, T, 3C], GPT-2's c_attn output) through
 /// strided GEMMs, so no head is ever copied out. Work is split over (batch, head) pairs on the rank's pool,
-/// each pair running single-threaded GEMMs at the thread's ``ComputePrecision``.
+/// each pair running single-threaded GEMMs at the thread's ``ComputePrecision``. At bf16 every GEMM operand
+/// (Q, K, V, the probabilities, dY and dS) is rounded to bf16 once per call and multiplied with fp32
+/// accumulation: rounding per GEMM would redo it for every causal block, and the per-head GEMMs are small.
 ///
 /// Only the causal lower half is computed: rows are taken in blocks of `rowBlock`, and block [r0, r1) of the
 /// scores needs keys 0..<r1 only, so the GEMMs skip every block above the diagonal (for T = 256 and blocks of
@@ -24,14 +26,14 @@ extension Tensor {
         precondition(heads > 0 && width % heads == 0, "width \(width) is not divisible by \(heads) heads")
         precondition(probability == 0 || key != nil, "attention dropout needs a DropoutKey")
         precondition(rowBlock > 0, "rowBlock must be positive, got \(rowBlock)")
-        let core = AttentionCore(qkv: qkv.contiguous(), heads: heads, probability: probability, key: key,
+        let core = AttentionCore(qkv: qkv, heads: heads, probability: probability, key: key,
                                  precision: ComputePrecision.current, rowBlock: rowBlock)
         let result = Tensor(uninitializedShape: [core.batch, core.time, width])
         let probabilities = core.forward(into: result)
         // Under recompute the closure must not hold the probabilities: they are freed here.
         let kept: Tensor? = recompute ? nil : probabilities
         return record(result, operation: "causalSelfAttention", inputs: [qkv]) { gradient in
-            [core.backward(gradient.contiguous(), probabilities: kept ?? core.forward(into: nil))]
+            [core.backward(gradient, probabilities: kept ?? core.forward(into: nil))]
         }
     }
 }
@@ -47,8 +49,9 @@ private struct AttentionCore {
     let rowBlock: Int
     let scale: Float
 
+    /// Keeps qkv (contiguous), or at bf16 only its rounded copy: nothing reads the unrounded values.
     init(qkv: Tensor, heads: Int, probability: Float, key: DropoutKey?, precision: DType, rowBlock: Int) {
-        input = qkv
+        input = precision == .bfloat16 ? Self.roundedToBF16(qkv) : qkv.contiguous()
         batch = qkv.shape[0]; time = qkv.shape[1]; width = qkv.shape[2] / 3
         self.heads = heads
         headSize = width / heads
@@ -66,12 +69,28 @@ private struct AttentionCore {
         stride(from: 0, to: time, by: rowBlock).map { ($0, Swift.min($0 + rowBlock, time)) }
     }
 
-    /// One single-threaded GEMM at the call's precision.
+    /// One single-threaded GEMM; its operands are already rounded at bf16.
     private func product(_ transposeA: Bool, _ transposeB: Bool, _ m: Int, _ n: Int, _ k: Int, alpha: Float = 1,
                          _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
                          _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
-        BLAS.gemm(precision: precision, transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha,
-                  a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc, pool: nil)
+        BLAS.sgemmSerial(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha,
+                         a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc)
+    }
+
+    private var roundsOperands: Bool { precision == .bfloat16 }
+
+    /// A contiguous copy of `tensor` with every element rounded to the nearest bf16 (kept as fp32).
+    static func roundedToBF16(_ tensor: Tensor) -> Tensor {
+        let source = tensor.contiguous()
+        let result = Tensor(uninitializedShape: source.shape)
+        BFloat16.roundToFloat(source.floatPointer, to: result.floatPointer, count: source.count)
+        return result
+    }
+
+    /// At bf16, rounds `count` values in place (a per-pair GEMM operand); otherwise nothing.
+    private func roundInPlace(_ values: UnsafeMutablePointer<Float>, count: Int) {
+        guard roundsOperands else { return }
+        BFloat16.roundToFloat(values, to: values, count: count, pool: nil)
     }
 
     /// Writes the (dropped-out) probabilities of row `i` of one head into `target` (zero above the diagonal).
@@ -101,7 +120,7 @@ private struct AttentionCore {
         let yp = output?.floatPointer
         let rowStride = rowStride, blocks = blocks
         ComputePool.current.parallelFor(batch * heads) { range in
-            let scratch = probability > 0 && yp != nil ? UnsafeMutablePointer<Float>.allocate(capacity: time * time) : nil
+            let scratch = (probability > 0 || roundsOperands) && yp != nil ? UnsafeMutablePointer<Float>.allocate(capacity: time * time) : nil
             defer { scratch?.deallocate() }
             for pair in range {
                 let b = pair / heads, h = pair % heads
@@ -120,7 +139,9 @@ private struct AttentionCore {
                 guard let yp else { continue }
                 var weights = UnsafePointer(p)
                 if let scratch {
-                    dropped(p, into: scratch, pair: pair)
+                    // The probabilities stay exact for backward; the GEMM gets the dropped and/or rounded copy.
+                    if probability > 0 { dropped(p, into: scratch, pair: pair) } else { scratch.update(from: p, count: time * time) }
+                    roundInPlace(scratch, count: time * time)
                     weights = UnsafePointer(scratch)
                 }
                 let y = yp + b * time * width + h * headSize
@@ -133,7 +154,8 @@ private struct AttentionCore {
     }
 
     /// The gradient of qkv given the output's gradient and the forward's probabilities.
-    func backward(_ g: Tensor, probabilities: Tensor) -> Tensor {
+    func backward(_ gradient: Tensor, probabilities: Tensor) -> Tensor {
+        let g = roundsOperands ? Self.roundedToBF16(gradient) : gradient.contiguous()
         let qp = input.floatPointer, pp = probabilities.floatPointer
         let gp = g.floatPointer
         let dqkv = Tensor(uninitializedShape: input.shape)
@@ -141,7 +163,7 @@ private struct AttentionCore {
         let rowStride = rowStride, blocks = blocks, scale = scale
         ComputePool.current.parallelFor(batch * heads) { range in
             let dProbabilities = UnsafeMutablePointer<Float>.allocate(capacity: time * time)
-            let droppedWeights = probability > 0 ? UnsafeMutablePointer<Float>.allocate(capacity: time * time) : nil
+            let droppedWeights = probability > 0 || roundsOperands ? UnsafeMutablePointer<Float>.allocate(capacity: time * time) : nil
             defer { dProbabilities.deallocate(); droppedWeights?.deallocate() }
             for pair in range {
                 let b = pair / heads, h = pair % heads
@@ -157,7 +179,12 @@ private struct AttentionCore {
                 }
                 var weights = UnsafePointer(p)
                 if let droppedWeights {
-                    dropped(p, into: droppedWeights, pair: pair, alsoScaling: dProbabilities)
+                    if probability > 0 {
+                        dropped(p, into: droppedWeights, pair: pair, alsoScaling: dProbabilities)
+                    } else {
+                        droppedWeights.update(from: p, count: time * time)
+                    }
+                    roundInPlace(droppedWeights, count: time * time)
                     weights = UnsafePointer(droppedWeights)
                 }
                 // dV = Pᵀ·dY: keys [c0, c1) are attended by queries c0..<T only.
@@ -178,6 +205,7 @@ private struct AttentionCore {
                     while j < n { dRow[j] = pRow[j] * (dRow[j] - dot) * scale; j += 1 }
                     (dRow + n).update(repeating: 0, count: time - n)
                 }
+                roundInPlace(dProbabilities, count: time * time)
                 // dQ = dS·K (row blocks need keys 0..<r1), dK = dSᵀ·Q (key blocks need queries c0..<T).
                 for (r0, r1) in blocks {
                     product(false, false, r1 - r0, headSize, r1, dProbabilities + r0 * time, time, k, rowStride, dq + r0 * rowStride, rowStride)
