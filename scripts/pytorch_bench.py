@@ -6,8 +6,12 @@ Times full AdamW training steps of the same GPT-2 (transformers' GPT2LMHeadModel
 tokens/s can be compared with Convoy's on the same machine in the same session:
 
     python scripts/pytorch_bench.py --json
+    python scripts/pytorch_bench.py --bf16 --json   # torch.autocast("cpu", dtype=torch.bfloat16)
+
+With --bf16 the forward and the loss run under CPU autocast in bfloat16 (PyTorch's mixed precision: matmuls
+in bf16, fp32 master weights and optimizer), the reference for `convoy bench train --precision bf16`.
 """
-import argparse, json, time
+import argparse, contextlib, json, time
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -23,6 +27,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--bf16", action="store_true", help='run forward and loss under torch.autocast("cpu", dtype=torch.bfloat16)')
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -38,7 +43,9 @@ def main():
     for step in range(args.warmup + args.steps):
         tokens = torch.randint(0, 256, (args.batch, args.context))
         start = time.perf_counter()
-        loss = model(tokens, labels=tokens).loss
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+        with autocast:
+            loss = model(tokens, labels=tokens).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -48,10 +55,11 @@ def main():
     step_s = sum(times) / len(times)
     tokens_per_s = args.batch * args.context / step_s
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"PyTorch {torch.__version__} eager: {parameters} parameters, step {step_s * 1e3:.1f} ms, {tokens_per_s:.0f} tokens/s")
+    precision = "bf16" if args.bf16 else "fp32"
+    print(f"PyTorch {torch.__version__} eager {precision}: {parameters} parameters, step {step_s * 1e3:.1f} ms, {tokens_per_s:.0f} tokens/s")
     if args.json:
         print(json.dumps({"tokens_per_s": tokens_per_s, "step_ms": step_s * 1e3, "parameters": parameters,
-                          "torch": torch.__version__}))
+                          "torch": torch.__version__, "precision": precision}))
 
 
 if __name__ == "__main__":

@@ -51,14 +51,14 @@ enum SgemmPeak {
         func gflops(seconds: Double) -> Double { 2 * Double(shape.m) * Double(shape.n) * Double(shape.k) / seconds / 1e9 }
     }
 
-    /// Best fp32 GFLOP/s of the active library over several repetitions of a large square GEMM and of the
-    /// GPT's largest GEMM shape.
-    static func measure(pool: ComputePool, repetitions: Int = 8) -> (gflops: Double, shape: String) {
+    /// Best GFLOP/s of the active library, fp32 or bf16 inputs (fp32 accumulation), over several repetitions
+    /// of a large square GEMM and of the GPT's largest GEMM shape.
+    static func measure(pool: ComputePool, bf16: Bool = false, repetitions: Int = 8) -> (gflops: Double, shape: String) {
         var best = (gflops: 0.0, shape: "")
         for shape in [Shape(m: 1024, n: 1024, k: 1024), Shape(m: 2048, n: 1536, k: 384)] {
             let operands = Operands(shape)
             for _ in 0..<repetitions {
-                let gflops = operands.gflops(seconds: operands.time(library: GEMMLibrary.active, bf16: false, pool: pool))
+                let gflops = operands.gflops(seconds: operands.time(library: GEMMLibrary.active, bf16: bf16, pool: pool))
                 if gflops > best.gflops { best = (gflops, shape.description) }
             }
         }

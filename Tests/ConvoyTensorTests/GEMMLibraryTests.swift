@@ -226,6 +226,15 @@ import Testing
         #expect(throws: ConvoyError.self) { try GEMMLibrary.fromEnvironment(["CONVOY_GEMM": "mkl"]) }
     }
 
+    /// Convoy's speed must not depend on OPENBLAS_CORETYPE: unless the user sets it, OpenBLAS never runs its
+    /// Zen blocking (slow at Convoy's single-threaded row blocks); the other tests here check the re-selected
+    /// kernels' results.
+    @Test func openBLASKernelsDoNotDependOnTheEnvironment() {
+        if getenv("OPENBLAS_CORETYPE") == nil {
+            #expect(GEMMLibrary.openBLAS.isa.lowercased() != "zen", "OpenBLAS runs \(GEMMLibrary.openBLAS.isa)")
+        }
+    }
+
     @Test func librariesReportVersionAndISA() {
         for library in GEMMLibrary.allCases {
             #expect(!library.version.isEmpty && library.version != "unknown", "\(library.name) version")

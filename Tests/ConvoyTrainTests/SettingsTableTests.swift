@@ -21,8 +21,8 @@ import Testing
         case .path: return "/tmp/convoy \"settings\" \\ test/\(setting.key)"
         case .boolean: return "false"
         case .integerList: return "2,1,3"
-        // The other free-text setting is the mesh order; another valid order than the default.
-        case .text: return "pp-dp-tp"
+        // The free-text settings: the mesh order (another valid order than the default) and the loss scale.
+        case .text: return setting.key == "training.loss_scale" ? "dynamic" : "pp-dp-tp"
         }
     }
 

@@ -29,7 +29,8 @@ public final class CausalSelfAttention: Module {
             let attended = Tensor.causalSelfAttention(
                 qkv: qkv, heads: heads,
                 dropout: active ? attentionDropout : 0,
-                key: active ? context.dropoutKey(layer: layerIndex, site: .attentionProbabilities) : nil)
+                key: active ? context.dropoutKey(layer: layerIndex, site: .attentionProbabilities) : nil,
+                recompute: context.recompute.granularity(ofLayer: layerIndex) == .selective)
             let y = outputProjection(attended)
             guard active && residualDropout > 0 else { return y }
             return Tensor.dropout(y, probability: residualDropout, key: context.dropoutKey(layer: layerIndex, site: .attentionOutput))

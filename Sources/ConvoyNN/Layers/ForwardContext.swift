@@ -11,12 +11,15 @@ public struct ForwardContext: Sendable {
     public var step: Int
     /// Index within the global batch of this forward's first sequence.
     public var firstSequence: Int
+    /// Which activations the layers recompute in backward instead of keeping (only while recording).
+    public var recompute: ActivationRecompute
 
-    public init(training: Bool = false, seed: UInt64 = 0, step: Int = 0, firstSequence: Int = 0) {
+    public init(training: Bool = false, seed: UInt64 = 0, step: Int = 0, firstSequence: Int = 0, recompute: ActivationRecompute = ActivationRecompute()) {
         self.training = training
         self.seed = seed
         self.step = step
         self.firstSequence = firstSequence
+        self.recompute = recompute
     }
 
     /// An evaluation context (no dropout).

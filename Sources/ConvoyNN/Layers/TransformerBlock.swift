@@ -6,6 +6,7 @@ public final class TransformerBlock: Module {
     public let attention: CausalSelfAttention
     public let mlpNorm: LayerNorm
     public let mlp: MLP
+    let layerIndex: Int
 
     public init(configuration: GPTConfiguration, layerIndex: Int, initializer: Initializer, name: String) {
         let width = configuration.width
@@ -16,6 +17,7 @@ public final class TransformerBlock: Module {
             width: width, heads: configuration.heads, attentionDropout: configuration.attentionDropout,
             residualDropout: configuration.residualDropout, projectionStd: projectionStd, layerIndex: layerIndex,
             initializer: initializer, name: name + ".attn")
+        self.layerIndex = layerIndex
         mlpNorm = LayerNorm(width: width, epsilon: configuration.layerNormEpsilon, initializer: initializer)
         mlp = MLP(width: width, hidden: 4 * width, dropout: configuration.residualDropout, projectionStd: projectionStd,
                   layerIndex: layerIndex, initializer: initializer, name: name + ".mlp")
@@ -25,11 +27,16 @@ public final class TransformerBlock: Module {
         [("ln_1", attentionNorm), ("attn", attention), ("ln_2", mlpNorm), ("mlp", mlp)]
     }
 
-    /// x [batch, time, width] → [batch, time, width].
+    /// x [batch, time, width] → [batch, time, width]. Under full recompute only x is kept for backward.
     public func callAsFunction(_ x: Tensor, context: ForwardContext) -> Tensor {
         forward {
-            let afterAttention = x + attention(attentionNorm(x), context: context)
-            return afterAttention + mlp(mlpNorm(afterAttention), context: context)
+            guard context.recompute.granularity(ofLayer: layerIndex) == .full else { return body(x, context: context) }
+            return Tensor.recomputing(x, parameters: parameters) { [unowned self] in body($0, context: context) }
         }
+    }
+
+    private func body(_ x: Tensor, context: ForwardContext) -> Tensor {
+        let afterAttention = x + attention(attentionNorm(x), context: context)
+        return afterAttention + mlp(mlpNorm(afterAttention), context: context)
     }
 }

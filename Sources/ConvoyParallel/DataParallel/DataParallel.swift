@@ -21,6 +21,9 @@ import Foundation
 /// - ``withoutSynchronization(_:)`` skips communication for the micro-steps of gradient accumulation before
 ///   the last one; ``finishGradientSynchronization()`` (before the optimizer step) handles parameters that
 ///   received no gradient and waits for every reduction.
+/// - `gradientReduceDType` bf16 rounds each bucket group to bf16 into a staging copy, all-reduces that (half the
+///   bytes; the reduction itself adds in fp32 and rounds once) and widens the result back into the fp32
+///   gradient buffer, which backward keeps accumulating in fp32.
 /// - Parameters not replicated along dp (``ConvoyTensor/Tensor/placement``) are skipped; a parameter shared by
 ///   two modules is listed (and reduced) once, because ``ConvoyNN/Module/namedParameters()`` lists it once.
 public final class DataParallel {
@@ -34,8 +37,9 @@ public final class DataParallel {
     private var pending: [Int]
     private var ready: Set<ObjectIdentifier> = []
     private var nextGroupToLaunch = 0
-    /// Per bucket group, the reductions in flight and when they were launched.
-    private var inFlight: [(works: [Work], launchedAt: UInt64)?]
+    /// Per bucket group, the reductions in flight, when they were launched, and (reducing in bf16) the staged
+    /// copies with the gradient-buffer ranges they are widened back into.
+    private var inFlight: [(works: [Work], launchedAt: UInt64, staged: [(copy: Tensor, range: Range<Int>)])?]
     private var synchronizing = true
     private var hooks: [(Parameter, HookHandle)] = []
     private let fused: Bool
@@ -121,7 +125,17 @@ public final class DataParallel {
         let ranges = fused
             ? [buffer.buckets[members.first!].range.lowerBound..<buffer.buckets[members.last!].range.upperBound]
             : members.flatMap { buffer.buckets[$0].parameterRanges }
-        inFlight[index] = (ranges.map { self.group.allReduceAsync(gradients.slice($0), operation: .average) }, Timeline.now)
+        guard options.gradientReduceDType == .bfloat16 else {
+            inFlight[index] = (ranges.map { self.group.allReduceAsync(gradients.slice($0), operation: .average) }, Timeline.now, [])
+            return
+        }
+        let source = buffer.gradientBuffer.floatPointer
+        let staged = ranges.map { range -> (copy: Tensor, range: Range<Int>) in
+            let copy = Tensor(uninitializedShape: [range.count], dtype: .bfloat16)
+            BFloat16.round(source + range.lowerBound, to: copy.storage.pointer.assumingMemoryBound(to: BFloat16.self), count: range.count)
+            return (copy, range)
+        }
+        inFlight[index] = (staged.map { self.group.allReduceAsync(CommunicationBuffer($0.copy), operation: .average) }, Timeline.now, staged)
     }
 
     /// For gradients accumulated entirely under ``withoutSynchronization(_:)`` (a pipeline schedule, whose last
@@ -161,7 +175,10 @@ public final class DataParallel {
         for (index, entry) in inFlight.enumerated() {
             guard let entry else { continue }
             for work in entry.works { try work.wait() }
-            let bytes = buffer.bucketGroups[index].reduce(0) { $0 + buffer.buckets[$1].range.count } * buffer.gradientDType.byteSize
+            for (copy, range) in entry.staged {
+                BFloat16.widen(copy.storage.pointer.assumingMemoryBound(to: BFloat16.self), to: buffer.gradientBuffer.floatPointer + range.lowerBound, count: range.count)
+            }
+            let bytes = buffer.bucketGroups[index].reduce(0) { $0 + buffer.buckets[$1].range.count } * options.gradientReduceDType.byteSize
             timeline?.record("all-reduce bucket group \(index) (\(bytes) B)", category: "allreduce", rank: worldRank, lane: "comm",
                              start: entry.launchedAt, end: entry.works.compactMap(\.completionTime).max() ?? Timeline.now)
         }

@@ -1,3 +1,5 @@
+import ConvoyTensor
+
 /// On, off, or decided by Convoy (on when the world has more than one rank: there is nothing to fuse for).
 public enum FusionChoice: String, Sendable, CaseIterable {
     case automatic = "auto"
@@ -41,6 +43,9 @@ public struct DataParallelOptions: Sendable, Equatable {
     /// all-gathered) by one collective once all its buckets are ready: fewer, larger collectives (less
     /// per-message latency) for a later start of the first one and a transient rank-major copy of the group.
     public var bucketsPerGroup = 1
+    /// The element type gradients are all-reduced in: float32, or bfloat16 (half the bytes; data parallelism
+    /// without ZeRO only). Gradients are accumulated and stepped in float32 either way.
+    public var gradientReduceDType: DType = .float32
 
     public init() {}
 }

@@ -37,35 +37,56 @@ public final class ParallelRuntime {
     public struct StepResult {
         /// The mean loss over the global batch (the same on every rank).
         public var loss: Double
-        /// The gradient norm before clipping (the same on every rank).
+        /// The gradient norm before clipping (the same on every rank), unscaled by the loss scale.
         public var gradientNorm: Double
         /// The most forwards stashed at once on this rank.
         public var peakStashed: Int
+        /// Whether the optimizer step was skipped because the gradients were not finite (decided alike on
+        /// every rank; only with loss scaling).
+        public var skipped = false
     }
 
     /// Runs one training step: the schedule's forward/backward over `load`'s micro-batches, then synchronize,
     /// clip to `maxGradientNorm` (> 0), step and zero, where the schedule says.
-    public func trainStep(maxGradientNorm: Float, load: (Int) throws -> MicroBatch) throws -> StepResult {
+    ///
+    /// With a `lossScaler`, `load`'s micro-batches carry losses already multiplied by its scale: the gradients
+    /// are divided by it before clipping and the step, and a step whose gradients hold an Inf or NaN anywhere
+    /// on the mesh is skipped on every rank (the scaler is then told so). The decision needs no collective of
+    /// its own: the squared gradient norm is summed over the world whenever ranks hold different gradients, and a
+    /// non-finite element makes every rank's sum non-finite; where they hold the same (replicated, already
+    /// all-reduced) gradients, every rank sees the same value.
+    public func trainStep(maxGradientNorm: Float, lossScaler: LossScaler? = nil, load: (Int) throws -> MicroBatch) throws -> StepResult {
         var norm = 0.0
+        var skipped = false
         func run() throws -> (weightedLoss: Double, peakStashed: Int) {
             try schedule.run(load: load, synchronizer: synchronizer,
-                             reduceGradients: { norm = try synchronizeAndClip(maxNorm: maxGradientNorm) },
+                             reduceGradients: {
+                                 norm = try synchronizeAndClip(maxNorm: maxGradientNorm, lossScale: lossScaler?.scale ?? 1)
+                                 skipped = !norm.isFinite && (lossScaler?.skipsNonFiniteSteps ?? false)
+                             },
                              optimizerStep: {
-                                 try synchronizer.step()
+                                 if !skipped { try synchronizer.step() }
                                  synchronizer.zeroGradients()
                              })
         }
         let result = try tensorParallel.map { try $0.run(run) } ?? run()
+        lossScaler?.update(gradientsFinite: norm.isFinite)
         // The tensor-parallel ranks of a replica computed the same loss; one of them counts it.
         let counted = (tensorCoordinates[MeshAxis.tp.rawValue] ?? 0) == 0 ? result.weightedLoss : 0
-        return StepResult(loss: try sumOverWorld(counted), gradientNorm: norm, peakStashed: result.peakStashed)
+        var step = StepResult(loss: try sumOverWorld(counted), gradientNorm: norm, peakStashed: result.peakStashed)
+        step.skipped = skipped
+        return step
     }
 
-    private func synchronizeAndClip(maxNorm: Float) throws -> Double {
+    /// Waits for the gradients, divides them by the loss scale and clips them; returns their (unscaled) norm.
+    private func synchronizeAndClip(maxNorm: Float, lossScale: Float) throws -> Double {
         try synchronizer.finishGradientSynchronization()
-        let norm = try gradientNorm()
-        let scale = Double(maxNorm) / (norm + 1e-6)
-        if maxNorm > 0 && scale < 1 { synchronizer.scaleGradients(by: Float(scale)) }
+        let norm = try gradientNorm() / Double(lossScale)
+        guard norm.isFinite else { return norm }
+        let clip = Double(maxNorm) / (norm + 1e-6)
+        // One pass over the gradients for both; a power-of-two scale divides exactly.
+        let factor = (maxNorm > 0 && clip < 1 ? Float(clip) : 1) / lossScale
+        if factor != 1 { synchronizer.scaleGradients(by: factor) }
         return norm
     }
 

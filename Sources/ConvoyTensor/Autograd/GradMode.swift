@@ -9,6 +9,12 @@ public enum GradMode {
     public static func withNoGrad<Result>(_ body: () throws -> Result) rethrows -> Result {
         try enabledOnThread.withValue(false, body)
     }
+
+    /// Runs `body` recording operations even inside ``withNoGrad(_:)`` or a backward pass (activation
+    /// recompute replays a forward on the tape from within backward).
+    public static func withGrad<Result>(_ body: () throws -> Result) rethrows -> Result {
+        try enabledOnThread.withValue(true, body)
+    }
 }
 
 /// Runs `body` without recording operations on the autograd tape.

@@ -11,16 +11,39 @@ extension BFloat16 {
             var i = range.lowerBound
             while i + 16 <= range.upperBound {
                 let bits = UnsafeRawPointer(source + i).loadUnaligned(as: SIMD16<UInt32>.self)
-                let rounded = (bits &+ (0x7FFF &+ ((bits &>> 16) & 1))) &>> 16
-                // NaN: exponent all ones and a non-zero mantissa; rounding could carry it into infinity.
-                let isNaN = (bits & 0x7FFF_FFFF) .> 0x7F80_0000
-                let quieted = (bits &>> 16) | 0x0040
-                let result = SIMD16<UInt16>(truncatingIfNeeded: rounded.replacing(with: quieted, where: isNaN))
+                let result = SIMD16<UInt16>(truncatingIfNeeded: roundedHalves(bits))
                 UnsafeMutableRawPointer(output + i).storeBytes(of: result, as: SIMD16<UInt16>.self)
                 i += 16
             }
             while i < range.upperBound { destination[i] = BFloat16(source[i]); i += 1 }
         }
+    }
+
+    /// Rounds `count` Float32 values to the nearest BFloat16 and stores them widened back to Float32: the
+    /// values ``round(_:to:count:pool:)`` then ``widen(_:to:count:pool:)`` give, in one pass (the bf16 GEMM's
+    /// operands where the GEMM itself computes in fp32).
+    public static func roundToFloat(
+        _ source: UnsafePointer<Float>, to destination: UnsafeMutablePointer<Float>, count: Int,
+        pool: ComputePool? = ComputePool.current
+    ) {
+        forEachChunk(count, pool: pool) { range in
+            var i = range.lowerBound
+            while i + 16 <= range.upperBound {
+                let bits = UnsafeRawPointer(source + i).loadUnaligned(as: SIMD16<UInt32>.self)
+                UnsafeMutableRawPointer(destination + i).storeBytes(of: roundedHalves(bits) &<< 16, as: SIMD16<UInt32>.self)
+                i += 16
+            }
+            while i < range.upperBound { destination[i] = BFloat16(source[i]).floatValue; i += 1 }
+        }
+    }
+
+    /// The BFloat16 bit patterns (in the low halves) nearest to 16 Float32 bit patterns, ties to even.
+    @inline(__always)
+    private static func roundedHalves(_ bits: SIMD16<UInt32>) -> SIMD16<UInt32> {
+        let rounded = (bits &+ (0x7FFF &+ ((bits &>> 16) & 1))) &>> 16
+        // NaN: exponent all ones and a non-zero mantissa; rounding could carry it into infinity.
+        let isNaN = (bits & 0x7FFF_FFFF) .> 0x7F80_0000
+        return rounded.replacing(with: (bits &>> 16) | 0x0040, where: isNaN)
     }
 
     /// Widens `count` BFloat16 values to Float32 (exact).

@@ -1,4 +1,5 @@
-/// Matrix products through BLAS: plain, batched, and the fused linear layer y = x·W + b.
+/// Matrix products through BLAS: plain, batched, and the fused linear layer y = x·W + b. Each runs at the
+/// thread's ``ComputePrecision`` (fp32, or bf16 operands with fp32 accumulation), forward and backward alike.
 extension Tensor {
     /// How a matrix (or a batch of matrices, leading axes flattened) is handed to sgemm without copying:
     /// row-major, or row-major of its transpose.
@@ -48,13 +49,14 @@ extension Tensor {
         precondition(b.shape[b.rank - 2] == k, "matmul: inner dimensions differ, \(a.shape) · \(b.shape)")
         let n = b.shape[b.rank - 1]
         let batchShape = Array(a.shape.dropLast(2))
+        let precision = ComputePrecision.current
         let result: Tensor
         if b.rank == 2 {
             // Fold a's leading axes into rows: one large GEMM.
             let aFlat = a.rank == 2 ? a : withNoGrad { a.contiguous().reshaped([-1, k]) }
             let left = MatrixOperand(aFlat), right = MatrixOperand(b)
             result = Tensor(uninitializedShape: batchShape + [m, n])
-            BLAS.sgemm(transposeA: left.transposed, transposeB: right.transposed, m: aFlat.shape[0], n: n, k: k,
+            BLAS.gemm(precision: precision, transposeA: left.transposed, transposeB: right.transposed, m: aFlat.shape[0], n: n, k: k,
                        a: left.tensor.floatPointer, lda: left.leadingDimension,
                        b: right.tensor.floatPointer, ldb: right.leadingDimension,
                        c: result.floatPointer, ldc: n)
@@ -68,35 +70,40 @@ extension Tensor {
             if batches >= pool.threadCount {
                 pool.parallelFor(batches) { range in
                     for i in range {
-                        BLAS.sgemmSerial(transposeA: left.transposed, transposeB: right.transposed, m: m, n: n, k: k,
-                                         a: pa + i * left.batchStride, lda: left.leadingDimension,
-                                         b: pb + i * right.batchStride, ldb: right.leadingDimension,
-                                         c: pc + i * m * n, ldc: n)
+                        BLAS.gemm(precision: precision, transposeA: left.transposed, transposeB: right.transposed, m: m, n: n, k: k,
+                                  a: pa + i * left.batchStride, lda: left.leadingDimension,
+                                  b: pb + i * right.batchStride, ldb: right.leadingDimension,
+                                  c: pc + i * m * n, ldc: n, pool: nil)
                     }
                 }
             } else {
                 for i in 0..<batches {
-                    BLAS.sgemm(transposeA: left.transposed, transposeB: right.transposed, m: m, n: n, k: k,
-                               a: pa + i * left.batchStride, lda: left.leadingDimension,
-                               b: pb + i * right.batchStride, ldb: right.leadingDimension,
-                               c: pc + i * m * n, ldc: n)
+                    BLAS.gemm(precision: precision, transposeA: left.transposed, transposeB: right.transposed, m: m, n: n, k: k,
+                              a: pa + i * left.batchStride, lda: left.leadingDimension,
+                              b: pb + i * right.batchStride, ldb: right.leadingDimension,
+                              c: pc + i * m * n, ldc: n)
                 }
             }
         }
         return Tensor.record(result, operation: "matmul", inputs: [a, b]) { gradient in
-            let aValue = a.detached(), bValue = b.detached()
-            var gradA: Tensor?, gradB: Tensor?
-            if a.requiresGrad { gradA = gradient.matmul(bValue.transposed()) }
-            if b.requiresGrad {
-                if b.rank == 2 {
-                    let aFlat = aValue.contiguous().reshaped([-1, k])
-                    gradB = aFlat.transposed().matmul(gradient.contiguous().reshaped([-1, n]))
-                } else {
-                    gradB = aValue.transposed().matmul(gradient)
-                }
-            }
-            return [gradA, gradB]
+            ComputePrecision.with(precision) { Tensor.matmulGradients(a, b, gradient, k: k, n: n) }
         }
+    }
+
+    /// The gradients of a·b for those of a and b that require them (at the thread's precision).
+    private static func matmulGradients(_ a: Tensor, _ b: Tensor, _ gradient: Tensor, k: Int, n: Int) -> [Tensor?] {
+        let aValue = a.detached(), bValue = b.detached()
+        var gradA: Tensor?, gradB: Tensor?
+        if a.requiresGrad { gradA = gradient.matmul(bValue.transposed()) }
+        if b.requiresGrad {
+            if b.rank == 2 {
+                let aFlat = aValue.contiguous().reshaped([-1, k])
+                gradB = aFlat.transposed().matmul(gradient.contiguous().reshaped([-1, n]))
+            } else {
+                gradB = aValue.transposed().matmul(gradient)
+            }
+        }
+        return [gradA, gradB]
     }
 
     /// The fused linear layer y = x·W + b with W stored [in, out] (GPT-2's Conv1D layout); x is [..., in].
@@ -110,6 +117,7 @@ extension Tensor {
         let result = Tensor(uninitializedShape: Array(x.shape.dropLast()) + [outFeatures])
         let out = result.floatPointer
         let w = MatrixOperand(weight)
+        let precision = ComputePrecision.current
         if let bias {
             let contiguousBias = bias.contiguous()
             defer { withExtendedLifetime(contiguousBias) {} }
@@ -118,7 +126,7 @@ extension Tensor {
                 for r in range { (out + r * outFeatures).update(from: b, count: outFeatures) }
             }
         }
-        BLAS.sgemm(transposeA: false, transposeB: w.transposed, m: rows, n: outFeatures, k: inFeatures,
+        BLAS.gemm(precision: precision, transposeA: false, transposeB: w.transposed, m: rows, n: outFeatures, k: inFeatures,
                    a: input.floatPointer, lda: inFeatures, b: w.tensor.floatPointer, ldb: w.leadingDimension,
                    beta: bias == nil ? 0 : 1, c: out, ldc: outFeatures)
         let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
@@ -128,14 +136,14 @@ extension Tensor {
             var grads: [Tensor?] = []
             if x.requiresGrad {
                 let dx = Tensor(uninitializedShape: x.shape)
-                BLAS.sgemm(transposeA: false, transposeB: !w.transposed, m: rows, n: inFeatures, k: outFeatures,
+                BLAS.gemm(precision: precision, transposeA: false, transposeB: !w.transposed, m: rows, n: inFeatures, k: outFeatures,
                            a: gradFlat, lda: outFeatures, b: w.tensor.floatPointer, ldb: w.leadingDimension,
                            c: dx.floatPointer, ldc: inFeatures)
                 grads.append(dx)
             } else { grads.append(nil) }
             if weight.requiresGrad {
                 let dw = Tensor(uninitializedShape: [inFeatures, outFeatures])
-                BLAS.sgemm(transposeA: true, transposeB: false, m: inFeatures, n: outFeatures, k: rows,
+                BLAS.gemm(precision: precision, transposeA: true, transposeB: false, m: inFeatures, n: outFeatures, k: rows,
                            a: input.floatPointer, lda: inFeatures, b: gradFlat, ldb: outFeatures,
                            c: dw.floatPointer, ldc: outFeatures)
                 grads.append(dw)

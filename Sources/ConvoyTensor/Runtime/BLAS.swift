@@ -69,19 +69,8 @@ public enum BLAS {
             return
         }
         // Widening bf16 to fp32 is exact, so this differs from oneDNN's bf16 result only by summation order.
-        let wideA = converted(a, rows: transposeA ? k : m, columns: transposeA ? m : k, leadingDimension: lda, zero: Float(0), pool: pool) {
-            BFloat16.widen($0, to: $1, count: $2, pool: $3)
-        }
-        let wideB = converted(b, rows: transposeB ? n : k, columns: transposeB ? k : n, leadingDimension: ldb, zero: Float(0), pool: pool) {
-            BFloat16.widen($0, to: $1, count: $2, pool: $3)
-        }
-        wideA.withUnsafeBufferPointer { pa in
-            wideB.withUnsafeBufferPointer { pb in
-                sgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha,
-                      a: pa.baseAddress!, lda: lda, b: pb.baseAddress!, ldb: ldb, beta: beta, c: c, ldc: ldc,
-                      library: library, pool: pool)
-            }
-        }
+        sgemmOnConverted(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                         beta: beta, c: c, ldc: ldc, library: library, pool: pool) { BFloat16.widen($0, to: $1, count: $2, pool: $3) }
     }
 
     /// Row-major C = alpha · op(A) · op(B) + beta · C from fp32 A and B at the given compute precision:
@@ -106,6 +95,13 @@ public enum BLAS {
                   beta: beta, c: c, ldc: ldc, library: library, pool: pool)
             return
         }
+        guard library == .oneDNN && OneDNN.supportsBF16 else {
+            // No bf16 kernel: the operands rounded to bf16 but kept as fp32 feed sgemm directly, one pass
+            // each instead of rounding then widening (the same values, so the same result).
+            sgemmOnConverted(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                             beta: beta, c: c, ldc: ldc, library: library, pool: pool) { BFloat16.roundToFloat($0, to: $1, count: $2, pool: $3) }
+            return
+        }
         let zero = BFloat16(bitPattern: 0)
         let narrowA = converted(a, rows: transposeA ? k : m, columns: transposeA ? m : k, leadingDimension: lda, zero: zero, pool: pool) {
             BFloat16.round($0, to: $1, count: $2, pool: $3)
@@ -113,27 +109,57 @@ public enum BLAS {
         let narrowB = converted(b, rows: transposeB ? n : k, columns: transposeB ? k : n, leadingDimension: ldb, zero: zero, pool: pool) {
             BFloat16.round($0, to: $1, count: $2, pool: $3)
         }
-        narrowA.withUnsafeBufferPointer { pa in
-            narrowB.withUnsafeBufferPointer { pb in
+        narrowA.values.withUnsafeBufferPointer { pa in
+            narrowB.values.withUnsafeBufferPointer { pb in
                 gemmBF16(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha,
-                         a: pa.baseAddress!, lda: lda, b: pb.baseAddress!, ldb: ldb, beta: beta, c: c, ldc: ldc,
+                         a: pa.baseAddress!, lda: narrowA.leadingDimension, b: pb.baseAddress!, ldb: narrowB.leadingDimension,
+                         beta: beta, c: c, ldc: ldc,
                          library: library, pool: pool)
             }
         }
     }
 
-    /// A stored rows × columns matrix (leading dimension ≥ columns) converted element by element, same
-    /// layout; the elements after the last row's end are not read.
+    /// sgemm on packed fp32 copies of A and B made by `convert`.
+    private static func sgemmOnConverted<Source>(
+        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+        a: UnsafePointer<Source>, lda: Int, b: UnsafePointer<Source>, ldb: Int,
+        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, library: GEMMLibrary, pool: ComputePool?,
+        _ convert: (UnsafePointer<Source>, UnsafeMutablePointer<Float>, Int, ComputePool?) -> Void
+    ) {
+        let wideA = converted(a, rows: transposeA ? k : m, columns: transposeA ? m : k, leadingDimension: lda, zero: Float(0), pool: pool, convert)
+        let wideB = converted(b, rows: transposeB ? n : k, columns: transposeB ? k : n, leadingDimension: ldb, zero: Float(0), pool: pool, convert)
+        wideA.values.withUnsafeBufferPointer { pa in
+            wideB.values.withUnsafeBufferPointer { pb in
+                sgemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha,
+                      a: pa.baseAddress!, lda: wideA.leadingDimension, b: pb.baseAddress!, ldb: wideB.leadingDimension,
+                      beta: beta, c: c, ldc: ldc,
+                      library: library, pool: pool)
+            }
+        }
+    }
+
+    /// A stored rows × columns matrix (leading dimension ≥ columns) converted element by element into a packed
+    /// copy (leading dimension = columns): only the matrix is read and converted, not the gaps between rows —
+    /// a head's Q inside attention's fused QKV rows would otherwise cost 3·heads times its own size.
     private static func converted<Source, Target>(
         _ source: UnsafePointer<Source>, rows: Int, columns: Int, leadingDimension: Int, zero: Target, pool: ComputePool?,
         _ convert: (UnsafePointer<Source>, UnsafeMutablePointer<Target>, Int, ComputePool?) -> Void
-    ) -> [Target] {
-        let count = rows == 0 || columns == 0 ? 0 : (rows - 1) * leadingDimension + columns
-        return [Target](unsafeUninitializedCapacity: max(count, 1)) { buffer, initialized in
+    ) -> (values: [Target], leadingDimension: Int) {
+        let count = rows * columns
+        let values = [Target](unsafeUninitializedCapacity: max(count, 1)) { buffer, initialized in
             buffer.initialize(repeating: zero)
-            convert(source, buffer.baseAddress!, count, pool)
+            if leadingDimension == columns || rows <= 1 {
+                convert(source, buffer.baseAddress!, count, pool)
+            } else if let pool, count >= 1 << 15 {
+                pool.parallelFor(rows, minimumChunk: max(1, (1 << 15) / max(columns, 1))) { range in
+                    for row in range { convert(source + row * leadingDimension, buffer.baseAddress! + row * columns, columns, nil) }
+                }
+            } else {
+                for row in 0..<rows { convert(source + row * leadingDimension, buffer.baseAddress! + row * columns, columns, nil) }
+            }
             initialized = buffer.count
         }
+        return (values, max(columns, 1))
     }
 
     /// Cuts C into row (or column) blocks, one per pool thread, and calls

@@ -1,14 +1,37 @@
 import COpenBLAS
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// OpenBLAS, the fallback GEMM library: single-threaded `cblas_sgemm` calls that ``BLAS`` splits over a
 /// ``ComputePool``.
 enum OpenBLAS {
     /// OpenBLAS's thread count is process-wide and ranks are threads of one process, so it is set to one
-    /// thread once, and Convoy splits the work.
+    /// thread once, and Convoy splits the work. The kernel choice is settled first (``preferredCore``).
     private static let singleThreaded: Bool = {
+        chooseCore()
         openblas_set_num_threads(1)
         return true
     }()
+
+    /// The core whose kernels Convoy asks for when OpenBLAS detected `detected` and OPENBLAS_CORETYPE is unset:
+    /// Haswell's in place of Zen's. Debian's OpenBLAS 0.3.21 runs the same AVX2 micro-kernels for both, but
+    /// Zen's blocking is slow at the single-threaded row blocks Convoy hands it (measured on this machine's
+    /// AVX2 EPYC VM: 38 vs 108 GFLOP/s at small GPT shapes, see `convoy bench gemm`); nil keeps OpenBLAS's choice.
+    static func preferredCore(detected: String) -> String? {
+        detected.lowercased() == "zen" ? "Haswell" : nil
+    }
+
+    /// Re-selects OpenBLAS's kernels for ``preferredCore(detected:)`` unless the user set OPENBLAS_CORETYPE,
+    /// so Convoy's speed does not depend on that variable. Runs once, before the first GEMM.
+    private static func chooseCore() {
+        guard getenv("OPENBLAS_CORETYPE") == nil, let core = preferredCore(detected: currentCore) else { return }
+        setenv("OPENBLAS_CORETYPE", core, 0)
+        gotoblas_dynamic_quit()
+        gotoblas_dynamic_init()
+        // The variable was only for OpenBLAS's own reading; child processes decide for themselves.
+        unsetenv("OPENBLAS_CORETYPE")
+    }
 
     /// The OpenBLAS build configuration string (version, architecture options).
     static var configuration: String {
@@ -22,8 +45,14 @@ enum OpenBLAS {
         return words.count > 1 ? String(words[1]) : configuration
     }
 
-    /// The CPU core OpenBLAS chose kernels for (OPENBLAS_CORETYPE overrides its own detection).
+    /// The CPU core whose kernels OpenBLAS runs (OPENBLAS_CORETYPE overrides its own detection; Convoy's
+    /// ``preferredCore(detected:)`` replaces Zen by Haswell before the first GEMM).
     static var coreName: String {
+        _ = singleThreaded
+        return currentCore
+    }
+
+    private static var currentCore: String {
         guard let text = openblas_get_corename() else { return "unknown" }
         return String(cString: text)
     }

@@ -40,6 +40,8 @@ public final class Trainer {
     private var startStep = 0
     /// The ranks' agreed configuration and run identity (RunAgreement.swift).
     private let agreement: RunAgreement
+    /// The loss scale and its history (`--loss-scale`); a scale of 1 that never skips without scaling.
+    public let lossScaler: LossScaler
 
     /// The optimizer the synchronizer steps.
     public var optimizer: any Optimizer { runtime.optimizer }
@@ -74,6 +76,7 @@ public final class Trainer {
                                  makeOptimizer: { configuration.makeOptimizer(for: $0, ranks: ranks, externalGradients: $1) },
                                  makeShardOptimizer: { configuration.makeShardOptimizer($0, dataParallelSize: dp) })
         schedule = configuration.learningRateSchedule
+        lossScaler = LossScaler(try LossScaling(parsing: configuration.lossScale))
         self.display = (group?.rank ?? 0) == 0 ? display : nil
         self.timeline = timeline
         if let resume { try restore(from: resume) }
@@ -125,6 +128,7 @@ public final class Trainer {
         }
         let reader = try ShardedCheckpointReader(directory: directory)
         try runtime.loadCheckpoint(from: reader)
+        if let scale = state.lossScale { lossScaler.restore(scale: scale, goodSteps: state.lossScaleGoodSteps ?? 0) }
         startStep = step
     }
 
@@ -176,12 +180,24 @@ public final class Trainer {
 
     /// The trainer state after `step` completed steps.
     func state(afterStep step: Int) -> TrainerState {
-        TrainerState(step: step, seed: configuration.seed, dataPosition: step * configuration.batch,
-                     configuration: TrainingSettings.tomlText(configuration), optimizer: configuration.optimizer)
+        var state = TrainerState(step: step, seed: configuration.seed, dataPosition: step * configuration.batch,
+                                 configuration: TrainingSettings.tomlText(configuration), optimizer: configuration.optimizer)
+        if lossScaler.scaling != .none {
+            state.lossScale = lossScaler.scale
+            state.lossScaleGoodSteps = lossScaler.goodSteps
+        }
+        return state
     }
 
     /// Runs one optimizer step; returns (mean loss over the global batch, gradient norm before clipping).
+    /// A step skipped by loss scaling (Inf/NaN gradients) reports a non-finite norm; ``lossScaler`` counts it.
     public func trainStep(_ step: Int) throws -> (loss: Double, gradientNorm: Double) {
+        let result = try trainStepResult(step)
+        return (result.loss, result.gradientNorm)
+    }
+
+    /// Runs one optimizer step at the configured precision, recompute and loss scale.
+    func trainStepResult(_ step: Int) throws -> ParallelRuntime.StepResult {
         optimizer.learningRate = schedule.learningRate(at: step)
         let globalIndices = (step * configuration.batch)..<((step + 1) * configuration.batch)
         // Every rank needs the whole global batch's target count for the weights; its own examples are taken
@@ -190,15 +206,18 @@ public final class Trainer {
         let totalCounted = max(globalExamples.reduce(0) { $0 + $1.countedTargets }, 1)
         // The synchronizer averages gradients over the data-parallel ranks, so each rank's share is scaled up.
         let replicas = Float(plan.dataParallelSize)
-        let result = try runtime.trainStep(maxGradientNorm: Float(configuration.gradClip)) { microBatch in
-            let examples = sampler.indices(step: step, microBatch: microBatch).map { globalExamples[$0 - globalIndices.lowerBound] }
-            let weight = Float(examples.reduce(0) { $0 + $1.countedTargets }) / Float(totalCounted)
-            return MicroBatch(tokens: examples.flatMap(\.inputs), targets: examples.flatMap(\.targets), batch: examples.count,
-                              time: configuration.context, lossScale: weight * replicas, lossWeight: Double(weight),
-                              context: ForwardContext(training: true, seed: configuration.seed, step: step,
-                                                      firstSequence: sampler.firstSequence(microBatch: microBatch)))
+        let scale = lossScaler.scale
+        let recompute = configuration.activationRecompute
+        return try ComputePrecision.with(configuration.computePrecision) {
+            try runtime.trainStep(maxGradientNorm: Float(configuration.gradClip), lossScaler: lossScaler) { microBatch in
+                let examples = sampler.indices(step: step, microBatch: microBatch).map { globalExamples[$0 - globalIndices.lowerBound] }
+                let weight = Float(examples.reduce(0) { $0 + $1.countedTargets }) / Float(totalCounted)
+                return MicroBatch(tokens: examples.flatMap(\.inputs), targets: examples.flatMap(\.targets), batch: examples.count,
+                                  time: configuration.context, lossScale: weight * replicas * scale, lossWeight: Double(weight),
+                                  context: ForwardContext(training: true, seed: configuration.seed, step: step,
+                                                          firstSequence: sampler.firstSequence(microBatch: microBatch), recompute: recompute))
+            }
         }
-        return (result.loss, result.gradientNorm)
     }
 
     /// Mean loss over up to `batches` batches of validation examples.
@@ -242,11 +261,17 @@ public final class Trainer {
         try display?.message("training \(model.parameterCount) parameters on \(dataset.summary); \(configuration.steps - startStep) steps of \(configuration.batch) × \(configuration.context) tokens; \(runtime.synchronizer.summary); \(runtime.schedule.summary)")
 
         for step in startStep..<configuration.steps {
-            let (loss, norm) = try trainStep(step)
-            guard loss.isFinite else {
+            let scaleBefore = lossScaler.scale
+            let result = try trainStepResult(step)
+            let (loss, norm) = (result.loss, result.gradientNorm)
+            if result.skipped {
+                // Loss scaling: the update was skipped on every rank and the scale adjusted; training goes on.
+                try metrics?.write(["step": step + 1, "skipped": true, "loss_scale": Double(scaleBefore), "next_loss_scale": Double(lossScaler.scale)])
+                try display?.message("step \(step + 1): gradients not finite at loss scale \(scaleBefore); step skipped, scale now \(lossScaler.scale)")
+            } else if !loss.isFinite {
                 throw ConvoyError.invalidConfiguration("the loss became \(loss) at step \(step + 1); lower --lr (now \(configuration.learningRate)) or enable --grad-clip")
             }
-            lastLoss = loss
+            if loss.isFinite { lastLoss = loss }
             windowSteps += 1
             let now = elapsed()
             if now - windowStart > 0 { tokensPerSecond = Double(windowSteps) * tokensPerStep / (now - windowStart) }
@@ -255,7 +280,7 @@ public final class Trainer {
             let remaining = Double(configuration.steps - done) * tokensPerStep / max(tokensPerSecond, 1e-9)
             let learningRate = Double(optimizer.learningRate)
             try display?.step(done, of: configuration.steps, loss: loss, tokensPerSecond: tokensPerSecond, learningRate: learningRate, elapsed: now, remaining: remaining)
-            if done % configuration.logEvery == 0 || done == configuration.steps {
+            if !result.skipped && (done % configuration.logEvery == 0 || done == configuration.steps) {
                 try metrics?.write(["step": done, "loss": loss, "lr": learningRate, "tokens_per_s": tokensPerSecond, "grad_norm": norm, "elapsed_s": now])
             }
             if configuration.evalEvery > 0 && done % configuration.evalEvery == 0 && done < configuration.steps {

@@ -19,6 +19,10 @@ public struct TrainerState: Codable, Sendable, Equatable {
     public var configuration: String
     /// The optimizer's kind, so a checkpoint is not resumed with another.
     public var optimizer: String
+    /// The loss scale to continue with (absent when the run did not scale its loss).
+    public var lossScale: Float?
+    /// Consecutive finite steps since the loss scale last changed (with ``lossScale``).
+    public var lossScaleGoodSteps: Int?
 
     /// The optimizer kind of a checkpoint that holds weights only (imported): a run of any optimizer, seed and
     /// dataset may start from it.

@@ -100,12 +100,31 @@ public struct TrainingConfiguration: Sendable, Equatable {
     /// "0" (BSP), "K" (SSP) or "inf" (ASP).
     public var staleness = "0"
 
+    // [training] mixed precision and memory
+    /// "fp32", or "bf16": matrix products with bf16 operands and fp32 accumulation, everything else fp32
+    /// (``ConvoyTensor/ComputePrecision``).
+    public var precision = "fp32"
+    /// Loss scaling: "none", "dynamic" or a fixed factor written as a number (``LossScaling``).
+    public var lossScale = "none"
+    /// Activation recompute: "none", "selective" (the attention core) or "full" (whole blocks).
+    public var recompute = "none"
+    /// How many blocks (the first ones) recompute; nil: all of them.
+    public var recomputeLayers: Int?
+
     public init() {}
 
     /// The final checkpoint's directory.
     public var finalCheckpointDirectory: String { save ?? output + "/final" }
     /// The periodic checkpoint's directory (replaced atomically each time).
     public var periodicCheckpointDirectory: String { output + "/checkpoint" }
+
+    /// The precision matrix products run at during training steps.
+    public var computePrecision: DType { precision == "bf16" ? .bfloat16 : .float32 }
+
+    /// The activation recompute the forward passes of training steps apply.
+    public var activationRecompute: ActivationRecompute {
+        ActivationRecompute(granularity: ActivationRecompute.Granularity(rawValue: recompute) ?? .none, layers: recomputeLayers)
+    }
 
     /// The model this configuration trains.
     public var modelConfiguration: GPTConfiguration {
@@ -143,6 +162,9 @@ public struct TrainingConfiguration: Sendable, Equatable {
             }
         default:
             throw ConvoyError.invalidConfiguration("data.dataset must be \"arithmetic\" or \"text\", got \"\(dataset)\"")
+        }
+        guard ddp.gradientReduceDType == .float32 || zeroStage == 0 else {
+            throw ConvoyError.invalidConfiguration("parallel.ddp.grad_reduce_dtype bf16 is implemented for data parallelism without ZeRO; use --grad-reduce-dtype fp32 with --zero-stage \(zeroStage), or --zero-stage 0")
         }
         guard minLearningRate <= learningRate else {
             throw ConvoyError.invalidConfiguration("training.min_lr \(minLearningRate) exceeds training.lr \(learningRate)")

@@ -1,4 +1,5 @@
 import ConvoyComm
+import ConvoyNN
 import ConvoyParallel
 import ConvoyTensor
 import Foundation
@@ -181,6 +182,20 @@ public enum TrainingSettings {
         optionalPath("training.save", "--save", \.save, "Directory of the final checkpoint (default: <output>/final)."),
         boolean("training.overwrite", "--overwrite", \.overwrite, "Replace the metrics and checkpoints of an earlier run in --output/--save (without it they are refused; nothing Convoy did not write is ever replaced)."),
         optionalPath("training.trace", "--trace", \.trace, "Write a Chrome trace (chrome://tracing, Perfetto) of forward, backward, all-reduces and optimizer steps."),
+        choice("training.precision", "--precision", \.precision, ["fp32", "bf16"], "Compute precision: bf16 runs matrix products with bf16 operands and fp32 accumulation; layer norm, softmax, loss, optimizer and fp32 master weights stay fp32."),
+        Setting(key: "training.loss_scale", flag: "--loss-scale", type: .text("dynamic|none|NUMBER"), help: "Loss scaling: dynamic (2^16, ×2 after 2000 good steps, ×0.5 and skip the step on Inf/NaN gradients), none, or a fixed factor (steps with Inf/NaN gradients are skipped).", apply: { configuration, value throws(SettingProblem) in
+            let text: String
+            switch value {
+            case .text(let word): text = word
+            case .integer(let number): text = String(number)
+            case .real(let number): text = String(number)
+            case .boolean: throw SettingProblem("expected dynamic, none or a positive number, got \(value)")
+            }
+            do { _ = try LossScaling(parsing: text) } catch { throw SettingProblem(CompositionRules.message(of: error)) }
+            configuration.lossScale = text
+        }, read: { .text($0.lossScale) }),
+        choice("training.recompute", "--recompute", \.recompute, ["none", "selective", "full"], "Activation recompute: selective recomputes the attention core (its T×T probabilities) in backward, full recomputes whole blocks; gradients are bit-identical to none."),
+        optionalInteger("training.recompute_layers", "--recompute-layers", \.recomputeLayers, 0...1_000_000, "Recompute only the first N blocks (default: all)."),
         optionalInteger("parallel.dp", "--dp", \.dp, 1...4096, "Data-parallel ranks (Local: threads of this process; under mpirun: the world size)."),
         Setting(key: "parallel.backend", flag: "--backend", type: .choice(["local", "mpi"]), help: "Communication backend (default: mpi under mpirun, else local).", apply: { configuration, value throws(SettingProblem) in
             guard case .text(let text) = value, ["local", "mpi"].contains(text) else { throw SettingProblem("expected \"local\" or \"mpi\", got \(value)") }
@@ -203,6 +218,10 @@ public enum TrainingSettings {
         boolean("parallel.ddp.find_unused_parameters", "--find-unused-parameters", \.ddp.findUnusedParameters, "Allow parameters without gradients."),
         boolean("parallel.ddp.overlap_param_gather", "--overlap-param-gather", \.ddp.overlapParamGather, "ZeRO: gather updated parameters in the background, each layer waiting for its own."),
         boolean("parallel.ddp.reshard_after_forward", "--reshard-after-forward", \.ddp.reshardAfterForward, "ZeRO-3: release each layer's parameters after its forward and gather them again for backward (true) or keep them (false)."),
+        Setting(key: "parallel.ddp.grad_reduce_dtype", flag: "--grad-reduce-dtype", type: .choice(["fp32", "bf16"]), help: "Element type gradients are all-reduced in (bf16: half the bytes; DDP without ZeRO); they are accumulated and stepped in fp32.", apply: { configuration, value throws(SettingProblem) in
+            guard case .text(let text) = value, ["fp32", "bf16"].contains(text) else { throw SettingProblem("expected \"fp32\" or \"bf16\", got \(value)") }
+            configuration.ddp.gradientReduceDType = text == "bf16" ? .bfloat16 : .float32
+        }, read: { .text($0.ddp.gradientReduceDType == .bfloat16 ? "bf16" : "fp32") }),
         integer("parallel.ddp.buckets_per_group", "--buckets-per-group", \.ddp.bucketsPerGroup, 1...1024, "ZeRO: consecutive buckets reduce-scattered (and gathered) by one collective."),
         integer("parallel.pipeline.pp", "--pp", \.pipeline.stages, 1...4096, "Pipeline stages (pp); with --dp the world is pp·dp ranks, without it dp = world ÷ pp."),
         optionalInteger("parallel.pipeline.micro_batch_size", "--micro-batch-size", \.microBatchSize, 1...1_000_000, "Sequences per micro-batch (checked: × accumulate steps × dp = batch)."),
