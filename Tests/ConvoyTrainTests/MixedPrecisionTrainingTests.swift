@@ -158,16 +158,18 @@ import Testing
         #expect(state.lossScale == nil)
     }
 
-    /// Full and selective recompute leave the trained weights bit-identical under a 2-stage pipeline and under
-    /// ZeRO-3, dropout on.
-    @Test(arguments: [("pp", "full"), ("pp", "selective"), ("zero3", "full"), ("zero3", "selective")])
+    /// Full and selective recompute leave the trained weights bit-identical under a 2-stage pipeline, under
+    /// ZeRO-3 and under tensor parallelism (whose attention is the engine's, by head), dropout on.
+    @Test(arguments: [("pp", "full"), ("pp", "selective"), ("zero3", "full"), ("zero3", "selective"), ("tp", "full"), ("tp", "selective")])
     func recomputeIsBitIdenticalUnderPipelinesAndZeRO3(layout: String, granularity: String) throws {
         let plain = scratchDirectory("recompute-none"), recomputed = scratchDirectory("recompute-\(granularity)")
         defer { for path in [plain, recomputed] { try? FileManager.default.removeItem(atPath: path) } }
         var configuration = try configuration(output: plain)
         configuration.precision = "fp32"
         configuration.accumulateSteps = 2
-        if layout == "pp" { try TrainingSettings.applyFlag("--pp", "2", to: &configuration) } else {
+        if layout == "pp" { try TrainingSettings.applyFlag("--pp", "2", to: &configuration) } else if layout == "tp" {
+            try TrainingSettings.applyFlag("--tp", "2", to: &configuration)
+        } else {
             configuration.dp = 2
             configuration.zeroStage = 3
         }

@@ -122,17 +122,17 @@ public final class TensorParallelEngine: PlacementDeducer {
             whole[dim] *= size
             start[dim] = rank * x[0].shape[dim]
             return Tensor.dropout(x[0], probability: probability, key: key, piece: PieceLocation(wholeShape: whole, start: start))
-        case .attention(_, let heads, let probability, let key):
+        case .attention(_, let heads, let probability, let key, let recompute):
             switch rule.output {
             case .shard(dim: 2):
                 let local = heads / size
-                return Tensor.causalSelfAttention(qkv: x[0], heads: local, dropout: probability, key: key, headOffset: rank * local, totalHeads: heads)
+                return Tensor.causalSelfAttention(qkv: x[0], heads: local, dropout: probability, key: key, recompute: recompute, headOffset: rank * local, totalHeads: heads)
             case .shard(dim: 0):
                 var shifted = key
                 shifted?.firstSequence += rank * x[0].shape[0]
-                return Tensor.causalSelfAttention(qkv: x[0], heads: heads, dropout: probability, key: shifted, totalHeads: heads)
+                return Tensor.causalSelfAttention(qkv: x[0], heads: heads, dropout: probability, key: shifted, recompute: recompute, totalHeads: heads)
             default:
-                return Tensor.causalSelfAttention(qkv: x[0], heads: heads, dropout: probability, key: key)
+                return Tensor.causalSelfAttention(qkv: x[0], heads: heads, dropout: probability, key: key, recompute: recompute)
             }
         case .embedding(_, let indices, let shape):
             guard rule.output == .partial else { return Tensor.embedding(x[0], indices: indices, shape: shape) }

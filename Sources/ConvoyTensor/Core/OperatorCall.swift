@@ -15,7 +15,7 @@ public enum OperatorCall {
     /// Inverted dropout with masks keyed by global element position.
     case dropout(Tensor, probability: Float, key: DropoutKey)
     /// Causal self-attention over a fused [Q|K|V] projection.
-    case attention(qkv: Tensor, heads: Int, probability: Float, key: DropoutKey?)
+    case attention(qkv: Tensor, heads: Int, probability: Float, key: DropoutKey?, recompute: Bool)
     /// Rows of a table.
     case embedding(weight: Tensor, indices: [Int32], shape: [Int])
     /// Mean cross-entropy of logits against targets.
@@ -46,7 +46,7 @@ public enum OperatorCall {
         case .matmul(let a, let b), .add(let a, let b): return [a, b]
         case .layerNorm(let x, let weight, let bias, _): return [x, weight, bias]
         case .gelu(let x), .dropout(let x, _, _), .permute(let x, _): return [x]
-        case .attention(let qkv, _, _, _): return [qkv]
+        case .attention(let qkv, _, _, _, _): return [qkv]
         case .embedding(let weight, _, _): return [weight]
         case .crossEntropy(let logits, _): return [logits]
         }

@@ -25,7 +25,7 @@ extension Tensor {
     /// attention would draw them.
     public static func causalSelfAttention(qkv: Tensor, heads: Int, dropout probability: Float = 0, key: DropoutKey? = nil,
                                            recompute: Bool = false, rowBlock: Int = 64, headOffset: Int = 0, totalHeads: Int? = nil) -> Tensor {
-        if totalHeads == nil, let placed = PlacementDeduction.dispatch(.attention(qkv: qkv, heads: heads, probability: probability, key: key)) { return placed }
+        if totalHeads == nil, let placed = PlacementDeduction.dispatch(.attention(qkv: qkv, heads: heads, probability: probability, key: key, recompute: recompute)) { return placed }
         precondition(qkv.rank == 3 && qkv.shape[2] % 3 == 0, "causalSelfAttention expects qkv of shape [batch, time, 3·width], got \(qkv.shape)")
         let width = qkv.shape[2] / 3
         precondition(heads > 0 && width % heads == 0, "width \(width) is not divisible by \(heads) heads")
