@@ -357,6 +357,9 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
                 let tokens = (0..<32).map { Int32($0 * 7 % 256) }
                 try model.loss(tokens, targets: tokens.map { ($0 + 1) % 256 }, batch: 2, time: 16).backward()
                 try step()
+                // Operations on a group complete in order: once this barrier has, the communication thread has
+                // let go of every earlier operation's buffers (which a Work keeps alive until it completes).
+                try group.barrier()
                 let allocator = TensorAllocator.shared
                 let measured = [TensorAllocator.MemoryCategory.parameters, .gradients, .optimizerState].reduce(0) { $0 + allocator.liveBytes(of: $1, owner: owner) }
                 return (measured, padded)
