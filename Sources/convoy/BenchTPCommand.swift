@@ -7,8 +7,8 @@ import Foundation
 
 /// `convoy bench tp`: GPT training steps (forward, backward, SGD) of one global batch on one rank, then cut
 /// across tp Local ranks (one thread each); tokens/s of both, the scaling efficiency, the tensor-parallel
-/// communication counted by a wrapping process group against Megatron's formula, and each rank's activation
-/// bytes (what the forward keeps for backward) against Korthikanti et al.'s.
+/// communication counted by a wrapping process group against Megatron's formula, and the activation bytes a
+/// transformer block keeps for backward on a rank against Korthikanti et al.'s accounting.
 struct BenchTPCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tp",
@@ -52,12 +52,10 @@ struct BenchTPCommand: ParsableCommand {
         let measuredBytes = 4 * parallel.communicatedElements
         let formulaBytes = TensorParallelCommunication.bytesPerMicroBatch(model: configuration.shape, tp: tp, sequenceParallel: sequenceParallel,
                                                                           sequences: batch, time: shape.context)
-        // Korthikanti et al., per layer s·b·h·(34 + 5·a·s/h) bytes with 2-byte activations: 10 + 24/t + 5·a·s/(h·t)
-        // without sequence parallelism (the layer norms and dropouts stay whole), everything ÷ t with it. Convoy
-        // keeps fp32 activations and fp32 masks, so the paper's bytes are doubled.
-        let s = Double(shape.context), b = Double(batch), h = Double(shape.dModel), a = Double(shape.heads), t = Double(tp)
-        let perLayer = sequenceParallel ? s * b * h * (34 + 5 * a * s / h) / t : s * b * h * (10 + 24 / t + 5 * a * s / (h * t))
-        let activationFormula = Int(2 * perLayer * Double(shape.layers))
+        // Korthikanti et al.'s per-layer activation tensors at Convoy's fp32 with dropout off (the shape options'
+        // default); see ActivationMemory.dropoutFreeFP32Bytes. Measured per transformer block, on rank 0.
+        let activationFormula = Int(ActivationMemory.dropoutFreeFP32Bytes(sequence: shape.context, batch: batch, width: shape.dModel, heads: shape.heads,
+                                                                          tp: tp, sequenceParallel: sequenceParallel))
         let rows: [(String, String)] = [
             ("model", "\(shape.summary), \(configuration.parameterCount) parameters, batch \(batch), SGD"),
             ("layout", "tp \(tp)\(sequenceParallel ? " with sequence parallelism" : ""), one thread per rank (Local)"),
@@ -66,7 +64,7 @@ struct BenchTPCommand: ParsableCommand {
             ("scaling efficiency", String(format: "%.3f", efficiency)),
             ("tp bytes per step", "\(measuredBytes) measured, \(formulaBytes) by the formula"),
             ("backward overlap", String(format: "%.3f of the column-parallel input-gradient all-reduce time ran during the weight-gradient GEMMs", parallel.overlap)),
-            ("activation bytes/rank", "\(parallel.activationBytes) measured, \(activationFormula) by the formula (fp32, ratio \(String(format: "%.3f", Double(parallel.activationBytes) / Double(activationFormula))))"),
+            ("activation bytes/layer", "\(parallel.activationBytes) measured per block on rank 0, \(activationFormula) by Korthikanti et al.'s accounting at fp32 with dropout off (ratio \(String(format: "%.3f", Double(parallel.activationBytes) / Double(activationFormula))))"),
         ]
         let keyWidth = rows.map(\.0.count).max()!
         for (key, value) in rows { print(key.padding(toLength: keyWidth, withPad: " ", startingAt: 0) + "  " + value) }
@@ -74,7 +72,8 @@ struct BenchTPCommand: ParsableCommand {
             let object: [String: Any] = [
                 "tp": tp, "sequence_parallel": sequenceParallel, "tokens_per_s_1": tokensPerSecond1, "tokens_per_s_n": tokensPerSecondN,
                 "scaling_efficiency": efficiency, "comm_bytes_measured": measuredBytes, "comm_bytes_formula": formulaBytes,
-                "activation_bytes_per_rank": parallel.activationBytes, "activation_bytes_formula": activationFormula, "state_dtype": "fp32", "overlap_fraction": parallel.overlap,
+                "activation_bytes_per_rank": parallel.activationBytes, "activation_bytes_formula": activationFormula, "state_dtype": "fp32",
+                "activation_accounting": "per transformer layer, fp32, dropout off: s·b·h·(16 + (48 + 4·a·s/h)/t), or s·b·h·(64 + 4·a·s/h)/t with sequence parallelism", "overlap_fraction": parallel.overlap,
             ]
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
@@ -91,18 +90,16 @@ struct BenchTPCommand: ParsableCommand {
             let optimizer = SGD(ParameterGroup.decayingMatrices(of: model, weightDecay: 0.1), learningRate: 1e-3)
             let generator = PhiloxRandom(seed: 5, stream: 17)
             let count = batch * time
-            var total = 0.0, activations = 0
+            var total = 0.0
             for step in 0..<(warmup + steps) {
                 let tokens = (0..<count).map { Int32(generator.block(UInt64(step * count + $0)).0 % UInt32(configuration.vocabularySize)) }
                 counting.reset()
                 tensorParallel?.engine.overlap.reset()
                 try group.barrier()
                 let start = DispatchTime.now().uptimeNanoseconds
-                let before = TensorAllocator.shared.liveBytes(of: .other, owner: group.rank)
                 let context = ForwardContext(training: true, seed: 1, step: step)
                 let body = {
                     let loss = model.loss(tokens, targets: tokens.map { ($0 + 1) % Int32(configuration.vocabularySize) }, batch: batch, time: time, context: context)
-                    activations = TensorAllocator.shared.liveBytes(of: .other, owner: group.rank) - before
                     try loss.backward()
                 }
                 if let tensorParallel { try tensorParallel.run(body) } else { try body() }
@@ -111,8 +108,13 @@ struct BenchTPCommand: ParsableCommand {
                 try group.barrier()
                 if step >= warmup { total += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
             }
-            return Measurement(secondsPerStep: total / Double(steps), communicatedElements: counting.records.reduce(0) { $0 + $1.count },
-                               activationBytes: activations, overlap: tensorParallel?.engine.overlap.overlappedFraction ?? 0)
+            let communicated = counting.records.reduce(0) { $0 + $1.count }
+            // One more forward, untimed, counts what each block keeps for backward (its mean over the blocks).
+            let perBlock = { ActivationMemory.perBlock(model: model, tokens: (0..<count).map { Int32($0 % configuration.vocabularySize) }, batch: batch,
+                                                        time: time, context: ForwardContext(training: true, seed: 1), owner: group.rank) }
+            let blockBytes = try tensorParallel.map { try $0.run(perBlock) } ?? perBlock()
+            return Measurement(secondsPerStep: total / Double(steps), communicatedElements: communicated,
+                               activationBytes: blockBytes.reduce(0, +) / Swift.max(blockBytes.count, 1), overlap: tensorParallel?.engine.overlap.overlappedFraction ?? 0)
         }
         return results[0]
     }

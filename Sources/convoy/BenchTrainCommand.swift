@@ -75,6 +75,8 @@ struct BenchTrainCommand: ParsableCommand {
             }
             let measuredPerBlock = Double(blockBytes.reduce(0, +)) / Double(max(blockBytes.count, 1))
             let megatron = ActivationMemory.megatronBytes(sequence: shape.context, batch: batch, width: shape.dModel, heads: shape.heads)
+            let dropoutFree = ActivationMemory.dropoutFreeFP32Bytes(sequence: shape.context, batch: batch, width: shape.dModel, heads: shape.heads,
+                                                                    tp: 1, sequenceParallel: false)
 
             let rows: [(String, String)] = [
                 ("model", "\(shape.summary), \(configuration.parameterCount) parameters"),
@@ -89,8 +91,8 @@ struct BenchTrainCommand: ParsableCommand {
                 ("\(precision) GEMM peak", String(format: "%.1f GFLOP/s (%@, %d threads, same run)", peak.gflops, peak.shape, threads)),
                 ("MFU", String(format: "%.3f", mfu)),
                 ("peak RSS", String(format: "%.1f MiB", Double(peakRSS) / 1048576)),
-                ("activations/block", String(format: "%.2f MiB measured (fp32 storage); Megatron s·b·h·(34+5·a·s/h) = %.2f MiB in 16-bit, %.2f MiB ×2 for fp32",
-                                             measuredPerBlock / 1048576, megatron / 1048576, 2 * megatron / 1048576)),
+                ("activations/block", String(format: "%.2f MiB measured (fp32 storage); Megatron s·b·h·(34+5·a·s/h) = %.2f MiB in 16-bit; its tensors at fp32 without dropout s·b·h·(64+4·a·s/h) = %.2f MiB",
+                                             measuredPerBlock / 1048576, megatron / 1048576, dropoutFree / 1048576)),
             ]
             let keyWidth = rows.map(\.0.count).max()!
             for (key, value) in rows { print(key.padding(toLength: keyWidth, withPad: " ", startingAt: 0) + "  " + value) }
@@ -101,7 +103,7 @@ struct BenchTrainCommand: ParsableCommand {
                     "gemm_library": library.rawValue, "gemm_version": library.version, "gemm_isa": library.isa,
                     "model_gflops": modelFLOPs / 1e9, "parameters": configuration.parameterCount, "threads": threads,
                     "precision": precision, "bf16_kernel": bf16 ? library.bf16Kernel : "none", "recompute": recompute,
-                    "activation_bytes_per_block": measuredPerBlock, "megatron_activation_bytes_16bit": megatron,
+                    "activation_bytes_per_block": measuredPerBlock, "megatron_activation_bytes_16bit": megatron, "activation_bytes_formula_fp32_dropout_off": dropoutFree,
                 ]
                 let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))

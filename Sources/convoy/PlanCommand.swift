@@ -137,7 +137,9 @@ struct PlanCommand: ParsableCommand {
         let text = "tensor parallel: tp \(t)\(plan.settings.sequenceParallel ? " with sequence parallelism" : ""); per-rank parameters \(Self.bytes(4 * elements)) "
             + "(whole model \(Self.bytes(4 * configuration.parameterCount)); vocabulary padded to \(vocabulary))\n"
             + "tensor-parallel communication per rank and step: \(Self.bytes(perStep)) (\(plan.settings.microBatches) micro-batches of \(sequences) sequence(s) × \(configuration.contextLength) tokens; "
-            + (plan.settings.sequenceParallel ? "2 all-gathers + 2 reduce-scatters" : "2 all-reduces") + " of b·s·h per layer forward and as many backward, plus the embedding, head and loss)"
+            + (plan.settings.sequenceParallel
+               ? "2 all-gathers + 2 reduce-scatters of b·s·h per layer forward, backward the same plus 2 all-gathers of the column-parallel inputs"
+               : "2 all-reduces of b·s·h per layer forward and as many backward") + ", plus the embedding, head and loss)"
         let json = "{\"tp\":\(t),\"sequence_parallel\":\(plan.settings.sequenceParallel),\"parameter_bytes_per_rank\":\(4 * elements),\"comm_bytes_per_step\":\(perStep)}"
         return (text, json)
     }

@@ -15,6 +15,23 @@ import Testing
         #expect(x.grad?.toArray() == [3, 3, 3])
     }
 
+    /// The tape holds what backward functions read, not every intermediate output: (x + x) feeds an add whose
+    /// backward reads nothing, so once the caller lets go of it only the final output stays allocated.
+    @Test func theTapeDoesNotKeepOutputsNoBackwardReads() throws {
+        let owner = 970_001  // counted apart from tests running at the same time
+        let elements = 1 << 16, bytes = elements * 4  // a multiple of 4 KiB: the allocator rounds nothing
+        let live = { TensorAllocator.shared.liveBytes(of: .other, owner: owner) }
+        try TensorAllocator.withOwner(owner) {
+            let x = Tensor(shape: [elements], values: Array(repeating: 1, count: elements), requiresGrad: true)
+            let base = live()
+            func chained(_ x: Tensor) -> Tensor { (x + x) + x }
+            let z = chained(x)
+            #expect(live() == base + bytes, "only the output should stay allocated; the intermediate sum is held by nothing but the tape")
+            try z.sum().backward()
+            #expect(x.grad?.toArray().allSatisfy { $0 == 3 } == true)
+        }
+    }
+
     @Test func backwardFromANonScalarOutput() throws {
         let x = Tensor(shape: [2, 3], values: [1, 2, 3, 4, 5, 6], requiresGrad: true)
         let y = x * x  // [2, 3]

@@ -120,7 +120,8 @@ import Testing
                 #expect(count(forward, .reduceScatter, elements: activation) == 2 * layers + 1, "\(forward)")
                 #expect(count(forward, .allReduce, elements: activation) == 0)
                 #expect(count(backward, .reduceScatter, elements: activation) == 2 * layers + 1, "\(backward)")
-                #expect(count(backward, .allGather, elements: activation) == 2 * layers + 1, "\(backward)")
+                // The duals of the forward reduce-scatters, plus the column-parallel inputs gathered again.
+                #expect(count(backward, .allGather, elements: activation) == 4 * layers + 1, "\(backward)")
                 #expect(count(backward, .allReduce, elements: activation) == 0)
             } else {
                 #expect(count(forward, .allReduce, elements: activation) == 2 * layers + 1, "\(forward)")

@@ -85,28 +85,39 @@ public enum Redistribution {
 
     /// The pieces of all ranks concatenated along `dim` (piece r at position r).
     static func gather(_ x: Tensor, dim: Int, group: any ProcessGroup) throws -> Tensor {
+        try startGather(x, dim: dim, group: group).finish()
+    }
+
+    /// Starts ``gather(_:dim:group:)``: the all-gather runs on the communication thread until `finish()`.
+    static func startGather(_ x: Tensor, dim: Int, group: any ProcessGroup) -> PendingCollective {
         let local = x.contiguous()
         let parts = group.size
         let gathered = Tensor(uninitializedShape: [parts * local.count])
-        try withExtendedLifetime((local, gathered)) {
-            try group.allGather(input: CommunicationBuffer(local), output: CommunicationBuffer(gathered))
-        }
+        // The work keeps both buffers alive until it completes.
+        let work = group.allGatherAsync(input: CommunicationBuffer(local), output: CommunicationBuffer(gathered))
         var shape = x.shape
         shape[dim] *= parts
-        let result = Tensor(uninitializedShape: shape)
-        let outer = Shape.count(Array(x.shape[..<dim])), inner = local.count / Swift.max(outer, 1)
-        let source = gathered.floatPointer, destination = result.floatPointer
-        // gathered is [rank][outer][inner]; the result is [outer][rank][inner].
-        for o in 0..<outer {
-            for r in 0..<parts {
-                (destination + (o * parts + r) * inner).update(from: source + (r * outer + o) * inner, count: inner)
+        return PendingCollective(work: work) {
+            let result = Tensor(uninitializedShape: shape)
+            let outer = Shape.count(Array(x.shape[..<dim])), inner = local.count / Swift.max(outer, 1)
+            let source = gathered.floatPointer, destination = result.floatPointer
+            // gathered is [rank][outer][inner]; the result is [outer][rank][inner].
+            for o in 0..<outer {
+                for r in 0..<parts {
+                    (destination + (o * parts + r) * inner).update(from: source + (r * outer + o) * inner, count: inner)
+                }
             }
+            return result
         }
-        return result
     }
 
     /// This rank's piece along `dim` of the sum over the group of `x`.
     static func scatter(_ x: Tensor, dim: Int, group: any ProcessGroup) throws -> Tensor {
+        try startScatter(x, dim: dim, group: group).finish()
+    }
+
+    /// Starts ``scatter(_:dim:group:)``: the reduce-scatter runs on the communication thread until `finish()`.
+    static func startScatter(_ x: Tensor, dim: Int, group: any ProcessGroup) -> PendingCollective {
         let whole = x.contiguous()
         let parts = group.size
         precondition(x.shape[dim] % parts == 0, "reduce-scatter along dim \(dim) of \(x.shape) needs a multiple of \(parts)")
@@ -122,10 +133,25 @@ public enum Redistribution {
         var shape = x.shape
         shape[dim] /= parts
         let result = Tensor(uninitializedShape: shape)
-        try withExtendedLifetime((arranged, result)) {
-            try group.reduceScatter(input: CommunicationBuffer(arranged), output: CommunicationBuffer(result), operation: .sum)
+        let work = group.reduceScatterAsync(input: CommunicationBuffer(arranged), output: CommunicationBuffer(result), operation: .sum)
+        return PendingCollective(work: work) { result }
+    }
+
+    /// A started collective on tensors: ``finish()`` waits for it and returns its result.
+    struct PendingCollective {
+        let work: Work
+        private let result: () -> Tensor
+
+        init(work: Work, result: @escaping () -> Tensor) {
+            self.work = work
+            self.result = result
         }
-        return result
+
+        /// Waits for the collective (throwing its failure) and returns the tensor it produced.
+        func finish() throws -> Tensor {
+            try work.wait()
+            return result()
+        }
     }
 
     /// This rank's piece along `dim` (a contiguous copy).

@@ -87,10 +87,19 @@ public final class TensorParallelEngine: PlacementDeducer {
     }
 
     private func apply(_ rule: PropagationRule, to call: OperatorCall) throws -> Tensor {
-        if case .linear(let x, let weight, let bias) = call, rule.partialGradients == [0], x.placement.along(MeshAxis.tp.rawValue) == .replicate {
-            // Megatron's column-parallel linear: one node whose input-gradient all-reduce overlaps its weight-gradient GEMM.
-            let output = ColumnParallelLinear.apply(x, weight: weight, bias: bias, group: group, meter: overlap)
-            return DistributedTensor.placed(output, rule.output, axis: .tp)
+        if case .linear(let x, let weight, let bias) = call, rule.partialGradients == [0] {
+            // Megatron's column-parallel linear: one node whose input-gradient reduction overlaps its weight-gradient
+            // GEMM; under sequence parallelism it keeps only the sequence shard of its input.
+            switch x.placement.along(MeshAxis.tp.rawValue) {
+            case .replicate:
+                return DistributedTensor.placed(ColumnParallelLinear.apply(x, weight: weight, bias: bias, group: group, meter: overlap),
+                                                rule.output, axis: .tp)
+            case .shard(let dim) where dim == sequenceDimension:
+                let output = try ColumnParallelLinear.applySequenceSharded(x, dim: dim, weight: weight, bias: bias, group: group, meter: overlap)
+                return DistributedTensor.placed(output, rule.output, axis: .tp)
+            default:
+                break
+            }
         }
         var moved: [Tensor] = []
         for (index, operand) in call.operands.enumerated() {

@@ -46,15 +46,16 @@ private struct BackwardPass {
         reachable = [root]
         while let node = stack.popLast() {
             for input in node.inputs {
-                if let inputNode = input.gradNode {
+                switch input {
+                case .node(let inputNode, _):
                     let id = ObjectIdentifier(inputNode)
                     nodeDependencies[id, default: 0] += 1
                     if visited.insert(id).inserted {
                         stack.append(inputNode)
                         reachable.append(inputNode)
                     }
-                } else {
-                    leafDependencies[ObjectIdentifier(input), default: 0] += 1
+                case .leaf(let leaf):
+                    leafDependencies[ObjectIdentifier(leaf), default: 0] += 1
                 }
             }
         }
@@ -87,8 +88,9 @@ private struct BackwardPass {
 
     /// Records one contribution (possibly none) to an input; when it was the last one, the input's node
     /// becomes ready, or its leaf receives its final gradient.
-    private mutating func contribute(_ gradient: Tensor?, to input: Tensor) throws {
-        if let inputNode = input.gradNode {
+    private mutating func contribute(_ gradient: Tensor?, to input: GradEdge) throws {
+        switch input {
+        case .node(let inputNode, _):
             let id = ObjectIdentifier(inputNode)
             if let gradient { pendingNodeGradients[id] = Self.sum(pendingNodeGradients[id], gradient) }
             let remaining = nodeDependencies[id]! - 1
@@ -103,13 +105,13 @@ private struct BackwardPass {
                 inputNode.release()
                 for below in inputs { try contribute(nil, to: below) }
             }
-        } else {
-            let id = ObjectIdentifier(input)
+        case .leaf(let leaf):
+            let id = ObjectIdentifier(leaf)
             if let gradient { pendingLeafGradients[id] = Self.sum(pendingLeafGradients[id], gradient) }
             let remaining = leafDependencies[id]! - 1
             leafDependencies[id] = remaining
             if remaining == 0, let final = pendingLeafGradients.removeValue(forKey: id) {
-                try input.deliverFinalGradient(final)
+                try leaf.deliverFinalGradient(final)
             }
         }
     }

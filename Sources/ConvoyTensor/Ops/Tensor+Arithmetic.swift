@@ -78,15 +78,18 @@ extension Tensor {
     public static func + (a: Tensor, b: Tensor) -> Tensor {
         if let placed = PlacementDeduction.dispatch(.add(a, b)) { return placed }
         let result = applyBinary(a, b, .add)
+        // Backward needs the shapes only: capturing a and b would keep their memory until backward.
+        let aShape = a.shape, bShape = b.shape
         return record(result, operation: "add", inputs: [a, b]) { gradient in
-            [gradient.summed(toShape: a.shape), gradient.summed(toShape: b.shape)]
+            [gradient.summed(toShape: aShape), gradient.summed(toShape: bShape)]
         }
     }
 
     public static func - (a: Tensor, b: Tensor) -> Tensor {
         let result = applyBinary(a, b, .subtract)
+        let aShape = a.shape, bShape = b.shape
         return record(result, operation: "subtract", inputs: [a, b]) { gradient in
-            [gradient.summed(toShape: a.shape), (-gradient).summed(toShape: b.shape)]
+            [gradient.summed(toShape: aShape), (-gradient).summed(toShape: bShape)]
         }
     }
 
@@ -100,9 +103,11 @@ extension Tensor {
 
     public static func / (a: Tensor, b: Tensor) -> Tensor {
         let result = applyBinary(a, b, .divide)
+        // The numerator's values are not needed (the quotient is): keep only its shape and whether it needs a gradient.
+        let aShape = a.shape, aNeedsGradient = a.requiresGrad
         return record(result, operation: "divide", inputs: [a, b]) { gradient in
             let denominator = b.detached()
-            return [a.requiresGrad ? (gradient / denominator).summed(toShape: a.shape) : nil,
+            return [aNeedsGradient ? (gradient / denominator).summed(toShape: aShape) : nil,
                     b.requiresGrad ? (-(gradient * result.detached() / denominator)).summed(toShape: b.shape) : nil]
         }
     }
