@@ -119,6 +119,17 @@ private func fixture(_ name: String) -> String {
         #expect(EventFileReader.eventFiles(in: directory).count == 2)
     }
 
+    @Test func anUnwritableDirectoryIsAOneLineError() {
+        let missing = scratchDirectory("no-such-directory")
+        do {
+            _ = try EventFileWriter(directory: missing)
+            Issue.record("an event file was created in a directory that does not exist")
+        } catch {
+            #expect("\(error)".contains("cannot create the TensorBoard event file \(missing)/events.out.tfevents."))
+            #expect("\(error)".contains("No such file or directory"))
+        }
+    }
+
     /// A training run's event file holds exactly the numbers metrics.jsonl holds, at the same steps.
     @Test func trainingWritesTheMetricsAsTensorBoardScalars() throws {
         let output = scratchDirectory("tb-train")
