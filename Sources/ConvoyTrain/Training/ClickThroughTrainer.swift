@@ -175,12 +175,14 @@ public final class ClickThroughTrainer {
         let outputLock = isLeader ? try RunDirectory.claim(for: configuration, resuming: startStep > 0) : nil
         defer { withExtendedLifetime(outputLock) {} }
         var metrics: MetricsLog?
+        let mode = roles == nil ? (workers > 1 ? "all-reduce over \(workers) workers" : "one process")
+            : "\(workers) workers + \(roles!.serverCount) servers, \(staleness.modeName), dense \(denseOnServers ? "on the servers" : "all-reduced")"
         if isLeader {
             try AtomicFile.write(Data(TrainingSettings.tomlText(configuration).utf8), to: configuration.output + "/config.toml")
             metrics = try MetricsLog(directory: configuration.output)
+            try RunPlanSummary(worldSize: workers + (roles?.serverCount ?? 0), mesh: [], features: [], layout: mode, parameters: model.parameterCount,
+                               model: "CTR: \(model.configuration.tableCount) embedding tables").write(into: configuration.output)
         }
-        let mode = roles == nil ? (workers > 1 ? "all-reduce over \(workers) workers" : "one process")
-            : "\(workers) workers + \(roles!.serverCount) servers, \(staleness.modeName), dense \(denseOnServers ? "on the servers" : "all-reduced")"
         try display?.message("training the CTR model on \(dataset.summary); \(configuration.steps) steps of \(configuration.batch); \(mode)")
         let start = DispatchTime.now().uptimeNanoseconds
         func elapsed() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }

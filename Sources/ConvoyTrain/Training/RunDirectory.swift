@@ -94,8 +94,9 @@ public enum RunDirectory {
             }
         }
         if configuration.overwrite && !resuming {
-            // The metrics would otherwise mix two runs; checkpoints are replaced by this run's saves.
+            // The metrics and TensorBoard curves would otherwise mix two runs; checkpoints are replaced by this run's saves.
             try remove(output + "/" + metricsFileName, onlyIfExists: true)
+            for events in EventFileReader.eventFiles(in: output) { try remove(events) }
         }
         return locks
     }

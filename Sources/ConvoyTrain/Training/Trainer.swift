@@ -189,6 +189,14 @@ public final class Trainer {
         return state
     }
 
+    /// The layout this run trains under, as `plan.json` records it for `convoy report`.
+    public var planSummary: RunPlanSummary {
+        let shape = configuration.modelConfiguration
+        return RunPlanSummary(worldSize: group?.size ?? 1, mesh: zip(plan.mesh.axes, plan.mesh.sizes).map { .init(axis: $0.rawValue, size: $1) },
+                              features: plan.features.sorted().map(\.meaning), layout: runtime.layoutSummary, parameters: model.parameterCount,
+                              model: "GPT: \(shape.layers) layers, d_model \(shape.width), \(shape.heads) heads, context \(shape.contextLength), vocab \(shape.vocabularySize)")
+    }
+
     /// Runs one optimizer step; returns (mean loss over the global batch, gradient norm before clipping).
     /// A step skipped by loss scaling (Inf/NaN gradients) reports a non-finite norm; ``lossScaler`` counts it.
     public func trainStep(_ step: Int) throws -> (loss: Double, gradientNorm: Double) {
@@ -251,6 +259,7 @@ public final class Trainer {
         if isLeader {
             try AtomicFile.write(Data(TrainingSettings.tomlText(configuration).utf8), to: output + "/config.toml")
             metrics = try MetricsLog(directory: output)
+            try planSummary.write(into: output)
         }
         let tokensPerStep = Double(configuration.batch * configuration.context)
         let start = DispatchTime.now().uptimeNanoseconds
@@ -281,7 +290,9 @@ public final class Trainer {
             let learningRate = Double(optimizer.learningRate)
             try display?.step(done, of: configuration.steps, loss: loss, tokensPerSecond: tokensPerSecond, learningRate: learningRate, elapsed: now, remaining: remaining)
             if !result.skipped && (done % configuration.logEvery == 0 || done == configuration.steps) {
-                try metrics?.write(["step": done, "loss": loss, "lr": learningRate, "tokens_per_s": tokensPerSecond, "grad_norm": norm, "elapsed_s": now])
+                var record: [String: Any] = ["step": done, "loss": loss, "lr": learningRate, "tokens_per_s": tokensPerSecond, "grad_norm": norm, "elapsed_s": now]
+                if lossScaler.scaling != .none { record["loss_scale"] = Double(lossScaler.scale) }
+                try metrics?.write(record)
             }
             if configuration.evalEvery > 0 && done % configuration.evalEvery == 0 && done < configuration.steps {
                 // Rank 0 alone evaluates: every rank gathers the parameters first (collective under ZeRO-3 and pipelines).
