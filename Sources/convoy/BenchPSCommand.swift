@@ -96,8 +96,8 @@ struct BenchPSCommand: ParsableCommand {
         }
         let workerSummaries = outcomes.map(\.0).filter { $0.role.hasPrefix("worker") }
         let tableElements = configuration.ctrVocabularySizes.reduce(0) { $0 + $1 } * configuration.ctrEmbeddingWidth
-        let stateBytesPerRow = 4 * (try configuration.rowOptimizer()).stateCount(width: configuration.ctrEmbeddingWidth)
-        let formula = (tableElements * 4 + configuration.ctrVocabularySizes.reduce(0, +) * stateBytesPerRow) / servers
+        let formula = ClickThroughPlan.serverTableBytes(rows: configuration.ctrVocabularySizes, width: configuration.ctrEmbeddingWidth,
+                                                        stateFloatsPerRow: try configuration.rowOptimizer().stateCount(width: configuration.ctrEmbeddingWidth), servers: servers)
         let n = Double(max(workers, 2))
         let allReduce = 2 * (n - 1) / n * Double(tableElements * 4)
         let pulled = Double(workerSummaries.map(\.bytesPulled).reduce(0, +)) / Double(workers * steps)

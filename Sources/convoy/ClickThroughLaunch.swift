@@ -11,7 +11,7 @@ enum ClickThroughLaunch {
         let summary: ClickThroughSummary
         switch try CommunicationBackend.resolve(configuration.backend) {
         case .local:
-            let ranks = (configuration.dp ?? 1) + (try configuration.serverCount)
+            let ranks = try configuration.clickThroughLocalWorldSize
             let threads = configuration.threads ?? ComputePool.defaultThreadCount
             if ranks == 1 {
                 ComputePool.setSharedThreadCount(threads)

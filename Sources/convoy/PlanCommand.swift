@@ -20,7 +20,7 @@ struct PlanCommand: ParsableCommand {
             the peak activation memory per stage (an estimate, see PipelinePlan.activationBytes).
             """)
 
-    @Option(help: "Model preset: \(ZeROMemoryPlan.modelPresets.map(\.name).joined(separator: ", ")).") var model: String = "gpt-mini"
+    @Option(help: "Model preset: \(ZeROMemoryPlan.modelPresets.map(\.name).joined(separator: ", ")); or ctr, the click-through-rate model on parameter servers.") var model: String = "gpt-mini"
     @Option(help: "Transformer blocks (overrides the preset).") var layers: Int?
     @Option(name: .customLong("d-model"), help: "Model width (overrides the preset).") var dModel: Int?
     @Option(help: "Attention heads (overrides the preset).") var heads: Int?
@@ -38,6 +38,13 @@ struct PlanCommand: ParsableCommand {
     @Option(name: .customLong("tp"), help: "Tensor-parallel ranks per layer.") var tp: Int = 1
     @Option(name: .customLong("sequence-parallel"), help: "Sequence parallelism with --tp (true or false).") var sequenceParallel: Bool = false
     @Option(name: .customLong("mesh-order"), help: "Mesh axis order, fastest-varying first.") var meshOrder: String = "tp-dp-pp"
+    @Option(name: .customLong("ps-servers"), help: "--model ctr: parameter servers S (the Local world is --dp workers + S).") var psServers: Int?
+    @Option(help: "--model ctr: ps, hybrid or allreduce (as convoy train).") var comm: String?
+    @Option(help: "--model ctr: staleness K or inf (as convoy train).") var staleness: String?
+    @Option(help: "--model ctr: global batch (as convoy train).") var batch: Int?
+    @Option(name: .customLong("ctr-vocabulary"), help: "--model ctr: rows of each table, one value or 26 (as convoy train).") var ctrVocabulary: String?
+    @Option(name: .customLong("ctr-embedding-dim"), help: "--model ctr: embedding width (as convoy train).") var ctrEmbeddingDim: Int?
+    @Option(name: .customLong("ctr-hidden"), help: "--model ctr: MLP hidden width (as convoy train).") var ctrHidden: Int?
     @Option(help: "A training TOML file: plan its model, [parallel] sections and [[placement]] instead of the flags above.") var config: String?
     @Flag(help: "Print the composition rules table (which parallel features combine, under which conditions).") var rules = false
     @Flag(help: "Print JSON lines instead of tables: the layout (or the rules), then one line per ZeRO stage.") var json = false
@@ -91,6 +98,11 @@ struct PlanCommand: ParsableCommand {
             if json { print(RulesReport.json()) } else { print(RulesReport.table()) }
             return
         }
+        if let clickThrough = try clickThroughConfiguration() {
+            let plan = try ClickThroughPlan(configuration: clickThrough)
+            print(json ? ClickThroughPlanReport.json(plan) : ClickThroughPlanReport.text(plan))
+            return
+        }
         let (configuration, layout, zeroStages) = try parallelPlan()
         let dp = layout.dataParallelSize
         let kind = try ZeROMemoryPlan.OptimizerKind(name: optimizer)
@@ -142,6 +154,25 @@ struct PlanCommand: ParsableCommand {
                : "2 all-reduces of b·s·h per layer forward and as many backward") + ", plus the embedding, head and loss)"
         let json = "{\"tp\":\(t),\"sequence_parallel\":\(plan.settings.sequenceParallel),\"parameter_bytes_per_rank\":\(4 * elements),\"comm_bytes_per_step\":\(perStep)}"
         return (text, json)
+    }
+
+    /// The training configuration of a `--model ctr` plan (the flags as `convoy train` reads them, after
+    /// `--config`), or nil for a GPT plan.
+    func clickThroughConfiguration() throws -> TrainingConfiguration? {
+        let given: [(String, String?)] = [("--ps-servers", psServers.map(String.init)), ("--comm", comm), ("--staleness", staleness), ("--batch", batch.map(String.init)),
+                                          ("--ctr-vocabulary", ctrVocabulary), ("--ctr-embedding-dim", ctrEmbeddingDim.map(String.init)),
+                                          ("--ctr-hidden", ctrHidden.map(String.init))]
+        let ctrFlags = given.compactMap { flag, value in value.map { (flag: flag, value: $0) } }
+        let fromConfig = try config.map { try TrainingSettings.resolve(configFile: $0, flags: []) }
+        guard model == "ctr" || fromConfig?.model == "ctr" else {
+            if let flag = ctrFlags.first?.flag { throw ConvoyError.invalidConfiguration("\(flag) plans the CTR model; add --model ctr") }
+            return nil
+        }
+        var flags: [(flag: String, value: String)] = [(flag: "--model", value: "ctr")] + ctrFlags
+        // --dp and --optimizer have plan defaults; a config file's values win unless they are given.
+        if config == nil || dp != 1 { flags.append((flag: "--dp", value: String(dp))) }
+        if config == nil || optimizer != "adamw" { flags.append((flag: "--optimizer", value: optimizer)) }
+        return try TrainingSettings.resolve(configFile: config, flags: flags)
     }
 
     /// The plan the flags (or `--config`) describe, validated by the same rules as training, and the ZeRO stages

@@ -38,21 +38,11 @@ extension MPIBackendSuite {
     /// locally: worker 0 compares the dense MLP, the server its rows of every table.
     func testParameterServerMatchesOneProcess(_ world: MPIProcessGroup) {
         guard world.size >= 2 else { return }
-        let scratch = NSTemporaryDirectory() + "convoy-mpi-ps-\(getpid())"
+        // One path on every rank: the ranks must agree on the whole configuration (RunAgreement).
+        guard let scratch = agreedScratch(world, "ps") else { return }
         defer { try? FileManager.default.removeItem(atPath: scratch) }
-        var reference = TrainingConfiguration()
-        reference.model = "ctr"
-        reference.ctrVocabulary = [50]
-        reference.ctrEmbeddingWidth = 4
-        reference.ctrHidden = 8
-        reference.ctrValidation = 32
-        reference.batch = 12
-        reference.steps = 4
-        reference.optimizer = "sgd"
-        reference.learningRate = 0.2
-        reference.minLearningRate = 0
-        reference.schedule = "constant"
-        reference.output = scratch + "/single"
+        // Each process trains its own one-process reference (no group: nothing to agree on).
+        let reference = clickConfiguration(output: scratch + "/single-\(world.rank)", optimizer: "sgd", learningRate: 0.2)
         do {
             let one = try ClickThroughTrainer(configuration: reference)
             _ = try one.run()
@@ -100,6 +90,80 @@ extension MPIBackendSuite {
             try world.barrier()
         } catch {
             check(false, "parameter-server training over MPI", "threw \(error)")
+        }
+    }
+
+    /// A small CTR run of 4 steps of 12 examples (50-row tables, dim 4, hidden 8), constant learning rate.
+    func clickConfiguration(output: String, optimizer: String, learningRate: Double) -> TrainingConfiguration {
+        var configuration = TrainingConfiguration()
+        configuration.model = "ctr"
+        configuration.ctrVocabulary = [50]
+        configuration.ctrEmbeddingWidth = 4
+        configuration.ctrHidden = 8
+        configuration.ctrValidation = 32
+        configuration.batch = 12
+        configuration.steps = 4
+        configuration.optimizer = optimizer
+        configuration.learningRate = learningRate
+        configuration.minLearningRate = 0
+        configuration.schedule = "constant"
+        configuration.output = output
+        return configuration
+    }
+
+    /// A scratch path named after rank 0's process id, the same on every rank (nil after a failed check).
+    func agreedScratch(_ world: MPIProcessGroup, _ label: String) -> String? {
+        let pid = Tensor(shape: [1], values: [world.rank == 0 ? Float(getpid()) : 0])
+        do { try world.broadcast(pid, root: 0) } catch {
+            check(false, "agree on a scratch directory", "threw \(error)")
+            return nil
+        }
+        return NSTemporaryDirectory() + "convoy-mpi-\(label)-\(Int(pid.scalarValue))"
+    }
+
+    /// Periodic CTR checkpoints across processes (BSP, hybrid, Adagrad, the last rank a server): the checkpoint
+    /// of step 2 of 4 verifies, and resuming from it ends with worker 0's dense MLP and the server's rows bit
+    /// for bit as the run that wrote it. Then a rank started with another learning rate is refused on every
+    /// rank, the message naming the key.
+    func testParameterServerCheckpointsAcrossProcesses(_ world: MPIProcessGroup) {
+        guard world.size >= 2, let scratch = agreedScratch(world, "ps-checkpoint") else { return }
+        defer { if world.rank == 0 { try? FileManager.default.removeItem(atPath: scratch) } }
+        var configuration = clickConfiguration(output: scratch + "/straight", optimizer: "adagrad", learningRate: 0.05)
+        configuration.psServers = 1
+        configuration.checkpointEvery = 2
+        func held(_ trainer: ClickThroughTrainer) -> [[Float]] {
+            trainer.isServer ? trainer.tables.map { $0.values.toArray() } : trainer.model.parameters.map { $0.toArray() }
+        }
+        do {
+            let straight = try ClickThroughTrainer(configuration: configuration, world: world)
+            _ = try straight.run()
+            let expected = held(straight)
+            try world.barrier()
+            let checkpoint = configuration.periodicCheckpointDirectory
+            if world.rank == 0 {
+                let index = try CheckpointIndex.read(from: checkpoint)
+                _ = try CheckpointVerifier.verify(directory: checkpoint)
+                check(index.step == 2 && index.ranks == world.size, "CTR periodic checkpoint over MPI: step 2, every rank counted", "step \(index.step), ranks \(index.ranks)")
+            }
+            var resumed = configuration
+            resumed.output = scratch + "/resumed"
+            let trainer = try ClickThroughTrainer(configuration: resumed, world: world, resume: checkpoint)
+            _ = try trainer.run()
+            if trainer.isServer || trainer.workerIndex == 0 {
+                check(trainer.startStep == 2 && held(trainer) == expected, "CTR resume over MPI is bit-identical (\(trainer.isServer ? "server rows" : "worker 0's MLP"))")
+            }
+            try world.barrier()
+        } catch {
+            check(false, "CTR periodic checkpoints over MPI", "threw \(error)")
+        }
+        var mine = configuration
+        mine.output = scratch + "/disagree"
+        if world.rank == world.size - 1 { mine.learningRate = 0.5 }
+        do {
+            _ = try ClickThroughTrainer(configuration: mine, world: world)
+            check(false, "CTR ranks with different flags are refused over MPI", "the trainer was built")
+        } catch {
+            check("\(error)".contains("training.lr") && "\(error)".contains("rank \(world.size - 1) has"), "CTR ranks with different flags are refused over MPI", "\(error)")
         }
     }
 }

@@ -108,6 +108,7 @@ final class MPIBackendSuite {
         testPipelineMatchesOneProcess(world)
         testProbeFromAnySource(world)
         testParameterServerMatchesOneProcess(world)
+        testParameterServerCheckpointsAcrossProcesses(world)
         testTensorParallelMatchesOneProcess(world)
 
         // Sum the tallies over the world; rank 0 reports.

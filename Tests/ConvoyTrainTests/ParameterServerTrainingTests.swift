@@ -245,8 +245,9 @@ func trainClickThrough(_ configuration: TrainingConfiguration, ranks: Int, datas
         #expect("\(error!)".contains("resume with the same seed"))
     }
 
-    /// A checkpoint of a PS run is written by every server (its shards) and worker 0 (dense state);
-    /// `ClickThroughCheckpoint.load` reassembles the tables whatever the number of servers, equal to the run's.
+    /// A checkpoint of a PS run is a sharded checkpoint written by every server (its table shards as row-strided
+    /// pieces) and worker 0 (the all-reduced dense state); the verifier accepts it, and
+    /// `ClickThroughCheckpoint.load` reassembles the tables whole, equal to the run's.
     @Test func checkpointShardsReassembleForAnotherServerCount() throws {
         let output = scratchDirectory("ps-checkpoint")
         defer { try? FileManager.default.removeItem(atPath: output) }
@@ -257,7 +258,13 @@ func trainClickThrough(_ configuration: TrainingConfiguration, ranks: Int, datas
         configuration.learningRate = 0.01
         let trained = ClickThroughParameters.merged(try trainClickThrough(configuration, ranks: 4))
         let directory = configuration.finalCheckpointDirectory
-        #expect(try ParameterServerCheckpoint.savedServerCount(in: directory) == 2)
+        let report = try CheckpointVerifier.verify(directory: directory)
+        #expect(report.files == 3)
+        let index = try CheckpointIndex.read(from: directory)
+        #expect(index.tensors[ParameterServerCheckpoint.tableName(0)]!.pieces.map(\.rowStride) == [2, 2])
+        // Adam keeps m and v per element and the row's own step count.
+        #expect(index.tensors["optimizer/row_state/" + ParameterServerCheckpoint.tableName(0)]!.shape == [60, 2 * 4 + 1])
+        #expect(index.step == 5)
         let loaded = try ClickThroughCheckpoint.load(from: directory)
         var reassembled = ClickThroughParameters()
         reassembled.dense = loaded.model.parameters.map { $0.toArray() }
@@ -268,6 +275,85 @@ func trainClickThrough(_ configuration: TrainingConfiguration, ranks: Int, datas
         #expect(trained.relativeError(to: reassembled) == 0)
         let metrics = try String(contentsOfFile: output + "/metrics.jsonl", encoding: .utf8)
         #expect(metrics.split(separator: "\n").filter { $0.contains("\"loss\"") }.count == 5)
+    }
+}
+
+/// Periodic checkpoints of CTR runs (`--checkpoint-every`), and the ranks' agreement on the configuration.
+@Suite(.serialized) struct ClickThroughCheckpointTests {
+    init() { CommunicationTimeout.set(60) }
+
+    /// BSP, 2 servers + 2 workers, Adagrad, checkpoints every 2 of 6 steps: saving changes nothing; the periodic
+    /// checkpoint (replaced at step 4, as GPT's is) verifies, holds the run's layout and resumes to step 6 bit
+    /// for bit with 1 server; and one process (no servers) resumes it through the same reader within 1e-5.
+    @Test(arguments: ["ps", "hybrid"])
+    func periodicCheckpointsResumeBitIdenticallyUnderBSP(comm: String) throws {
+        let straight = scratchDirectory("ctr-straight"), periodic = scratchDirectory("ctr-periodic")
+        let resumed = scratchDirectory("ctr-resumed"), single = scratchDirectory("ctr-single")
+        defer { for path in [straight, periodic, resumed, single] { try? FileManager.default.removeItem(atPath: path) } }
+        var configuration = clickConfiguration(output: straight, steps: 6)
+        configuration.psServers = 2
+        configuration.dp = 2
+        configuration.comm = comm
+        configuration.optimizer = "adagrad"
+        configuration.learningRate = 0.05
+        let expected = ClickThroughParameters.merged(try trainClickThrough(configuration, ranks: 4))
+
+        var saving = configuration
+        saving.output = periodic
+        saving.checkpointEvery = 2
+        #expect(expected.relativeError(to: ClickThroughParameters.merged(try trainClickThrough(saving, ranks: 4))) == 0)
+        let checkpoint = saving.periodicCheckpointDirectory
+        let index = try CheckpointIndex.read(from: checkpoint)
+        #expect(index.step == 4 && index.samples == 4 * configuration.batch && index.ranks == 4)
+        #expect(index.layout.contains("2 servers"))
+        _ = try CheckpointVerifier.verify(directory: checkpoint)
+        // The dense MLP's largest matrix is pieced by both servers under ps, written whole by worker 0 under hybrid.
+        let firstDense = index.names(of: .parameter).filter { $0.hasPrefix("mlp.") }.max { index.tensors[$0]!.count < index.tensors[$1]!.count }!
+        let denseFiles = Set(index.tensors[firstDense]!.pieces.map(\.file))
+        #expect(denseFiles.count == (comm == "ps" ? 2 : 1))
+
+        var oneServer = configuration
+        oneServer.output = resumed
+        oneServer.psServers = 1
+        let frozen = oneServer
+        let result = ClickThroughParameters.merged(try LocalWorld.run(size: 3, threadsPerRank: 1) { group in
+            let trainer = try ClickThroughTrainer(configuration: frozen, world: group, resume: checkpoint)
+            #expect(trainer.startStep == 4)
+            return ClickThroughParameters(trainer, summary: try trainer.run())
+        })
+        #expect(expected.relativeError(to: result) == 0)
+        let metrics = try String(contentsOfFile: resumed + "/metrics.jsonl", encoding: .utf8)
+        #expect(metrics.split(separator: "\n").filter { $0.contains("\"loss\"") }.map { $0.contains("\"step\":5") || $0.contains("\"step\":6") } == [true, true])
+
+        guard comm == "hybrid" else { return }
+        var alone = configuration
+        alone.output = single
+        alone.psServers = 0
+        alone.dp = nil
+        let trainer = try ClickThroughTrainer(configuration: alone, resume: checkpoint)
+        #expect(trainer.startStep == 4)
+        let one = ClickThroughParameters(trainer, summary: try trainer.run())
+        #expect(expected.relativeError(to: one) <= 1e-5)
+    }
+
+    /// A rank started with different flags (here a server's learning rate) is refused on every rank before
+    /// training, the message naming the key and the ranks; nothing is written.
+    @Test func ranksWithDifferentConfigurationsAreRefused() throws {
+        let output = scratchDirectory("ctr-disagree")
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        var configuration = clickConfiguration(output: output)
+        configuration.psServers = 1
+        configuration.dp = 2
+        let frozen = configuration
+        let error = #expect(throws: ConvoyError.self) {
+            _ = try LocalWorld.run(size: 3, threadsPerRank: 1) { group in
+                var mine = frozen
+                if group.rank == 2 { mine.learningRate = 0.5 }
+                return try ClickThroughTrainer(configuration: mine, world: group).run().steps
+            }
+        }
+        #expect("\(error!)".contains("training.lr") && "\(error!)".contains("rank 2 has"))
+        #expect(!FileManager.default.fileExists(atPath: output))
     }
 }
 

@@ -32,6 +32,47 @@ public struct CheckpointIndex: Codable, Equatable, Sendable {
         public var byteEnd: Int
         /// ``PieceChecksum`` of those bytes.
         public var checksum: String
+        /// When set, the piece holds rows `box.offsets[0] + i·rowStride` (i < `box.shape[0]`) of the tensor
+        /// rather than the box's consecutive rows — a parameter server's shard of a table (rows id mod S), stored
+        /// as it lies in the server's memory. Absent for a plain box.
+        public var rowStride: Int?
+
+        /// The rows of the tensor the piece holds.
+        public var rows: RowProgression {
+            RowProgression(first: box.offsets.first ?? 0, stride: rowStride ?? 1, count: box.shape.first ?? 1)
+        }
+
+        /// The box of the tensor that the piece's row `i` is (one row of it; the whole box for a scalar).
+        public func rowBox(_ i: Int) -> TensorBox {
+            guard !box.offsets.isEmpty else { return box }
+            return TensorBox(offsets: [rows.row(i)] + box.offsets.dropFirst(), shape: [1] + box.shape.dropFirst())
+        }
+
+        /// Elements of one of its rows.
+        public var rowElements: Int { box.shape.dropFirst().reduce(1, *) }
+
+        /// Whether the piece lies inside a tensor of shape `shape`.
+        public func isInside(_ shape: [Int]) -> Bool {
+            guard let stride = rowStride else { return box.isInside(shape) }
+            guard stride >= 1, !shape.isEmpty, box.shape[0] >= 0 else { return false }
+            return TensorBox(offsets: box.offsets, shape: [rows.end - rows.first] + box.shape.dropFirst()).isInside(shape)
+        }
+
+        /// Elements of `region` the piece holds.
+        public func overlapCount(with region: TensorBox) -> Int {
+            guard rowStride != nil else { return box.intersection(region)?.count ?? 0 }
+            guard let across = rowBox(0).intersection(TensorBox(offsets: [rows.first] + region.offsets.dropFirst(), shape: [1] + region.shape.dropFirst())) else { return 0 }
+            let regionRows = region.offsets[0]..<(region.offsets[0] + region.shape[0])
+            return rows.positions(in: regionRows).count * across.count
+        }
+
+        /// Whether the two pieces hold a common element.
+        public func overlaps(_ other: Piece) -> Bool {
+            guard rowStride != nil || other.rowStride != nil else { return box.intersection(other.box) != nil }
+            let across = TensorBox(offsets: Array(box.offsets.dropFirst()), shape: Array(box.shape.dropFirst()))
+                .intersection(TensorBox(offsets: Array(other.box.offsets.dropFirst()), shape: Array(other.box.shape.dropFirst())))
+            return across != nil && rows.intersects(other.rows)
+        }
     }
 
     /// One tensor of the checkpoint.
@@ -123,7 +164,7 @@ public struct CheckpointIndex: Codable, Equatable, Sendable {
         }
         for (name, entry) in index.tensors {
             for piece in entry.pieces {
-                guard piece.box.isInside(entry.shape), piece.byteEnd - piece.byteStart == piece.box.count * entry.dtype.byteSize,
+                guard piece.isInside(entry.shape), piece.byteEnd - piece.byteStart == piece.box.count * entry.dtype.byteSize,
                       !piece.file.contains("/"), piece.byteStart >= 0 else {
                     throw ConvoyError.malformedFile(path: path, reason: "tensor '\(name)' has a piece \(piece.box) in \(piece.file) that does not fit its shape \(entry.shape) or byte range")
                 }

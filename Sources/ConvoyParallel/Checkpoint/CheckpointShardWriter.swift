@@ -15,6 +15,21 @@ public enum CheckpointShardWriter {
         public var globalShape: [Int]
         public var box: TensorBox
         public var data: Tensor
+        /// Set for a row-strided piece (``CheckpointIndex/Piece/rowStride``): `data` holds rows
+        /// `box.offsets[0] + i·rowStride`.
+        public var rowStride: Int?
+
+        public init(tensor: String, role: CheckpointIndex.Role, parameter: String, state: String?, globalShape: [Int], box: TensorBox, data: Tensor,
+                    rowStride: Int? = nil) {
+            self.tensor = tensor
+            self.role = role
+            self.parameter = parameter
+            self.state = state
+            self.globalShape = globalShape
+            self.box = box
+            self.data = data
+            self.rowStride = rowStride
+        }
     }
 
     /// A written piece as the rank's piece list records it.
@@ -82,7 +97,7 @@ public enum CheckpointShardWriter {
             return WrittenPiece(tensor: source.tensor, role: source.role, parameter: source.parameter, state: source.state,
                                 shape: source.globalShape, dtype: source.data.dtype,
                                 piece: CheckpointIndex.Piece(file: file, key: entries[index].name, box: source.box, byteStart: ranges[index].lowerBound,
-                                                             byteEnd: ranges[index].upperBound, checksum: checksums[index]))
+                                                             byteEnd: ranges[index].upperBound, checksum: checksums[index], rowStride: source.rowStride))
         }
         try AtomicFile.write(try JSONEncoder().encode(RankPieces(pieces: pieces, optimizerScalars: optimizerScalars)),
                              to: directory + "/" + CheckpointIndex.rankPiecesFileName(rank: rank, of: ranks))

@@ -19,11 +19,11 @@ public enum CheckpointVerifier {
             let entry = index.tensors[name]!
             let stored = entry.pieces.reduce(0) { $0 + $1.box.count }
             for (i, piece) in entry.pieces.enumerated() {
-                guard piece.box.isInside(entry.shape) else {
+                guard piece.isInside(entry.shape) else {
                     throw ConvoyError.malformedFile(path: source, reason: "tensor '\(name)' has a piece \(piece.box) in \(piece.file) outside its shape \(entry.shape)")
                 }
-                for other in entry.pieces[(i + 1)...] where piece.box.intersection(other.box) != nil {
-                    throw ConvoyError.malformedFile(path: source, reason: "tensor '\(name)' stores elements \(piece.box.intersection(other.box)!) twice (in \(piece.file) and \(other.file))")
+                for other in entry.pieces[(i + 1)...] where piece.overlaps(other) {
+                    throw ConvoyError.malformedFile(path: source, reason: "tensor '\(name)' stores some elements twice: pieces \(piece.box)\(piece.rowStride.map { " (every \($0)th row)" } ?? "") in \(piece.file) and \(other.box)\(other.rowStride.map { " (every \($0)th row)" } ?? "") in \(other.file) overlap")
                 }
             }
             guard stored == entry.count else {

@@ -45,7 +45,7 @@ public final class ShardedCheckpointReader {
     public func checkCovers(_ tensor: String, shape: [Int], boxes: [TensorBox]) throws {
         let entry = try entry(tensor, shape: shape)
         for box in boxes {
-            let covered = entry.pieces.reduce(0) { $0 + ($1.box.intersection(box)?.count ?? 0) }
+            let covered = entry.pieces.reduce(0) { $0 + $1.overlapCount(with: box) }
             guard covered == box.count else {
                 throw ConvoyError.malformedFile(path: indexPath, reason: "does not cover tensor '\(tensor)': of its region \(box) (\(box.count) elements) the pieces hold \(covered)\(covered > box.count ? " — some more than once" : "")")
             }
@@ -65,6 +65,16 @@ public final class ShardedCheckpointReader {
         var start = 0
         for box in boxes {
             for piece in entry.pieces {
+                if piece.rowStride != nil {
+                    try readRows(of: piece, tensor: tensor, within: box, elementSize: elementSize) { region, rowBox, bytes, firstElement in
+                        bytes.withUnsafeBytes { raw in
+                            rowBox.forEachRun(of: region, into: box) { source, target, length in
+                                (base + (start + target) * elementSize).copyMemory(from: raw.baseAddress! + (source + firstElement) * elementSize, byteCount: length * elementSize)
+                            }
+                        }
+                    }
+                    continue
+                }
                 guard let region = piece.box.intersection(box) else { continue }
                 // The piece's elements from the region's first to its last, read at once (all of it when the
                 // region is the piece, checksum verified).
@@ -84,6 +94,64 @@ public final class ShardedCheckpointReader {
             start += box.count
         }
         withExtendedLifetime(destination) {}
+    }
+
+    /// For a row-strided piece: reads the span of its rows that fall in `box`'s rows at once (the whole piece,
+    /// checksum verified, when all do), then calls `body(region, rowBox, bytes, offset)` for each such row
+    /// whose box meets `box`: `region` is that intersection, and the row's elements start at element `offset`
+    /// of `bytes`.
+    private func readRows(of piece: CheckpointIndex.Piece, tensor: String, within box: TensorBox, elementSize: Int,
+                          _ body: (TensorBox, TensorBox, [UInt8], Int) -> Void) throws {
+        let positions = box.offsets.isEmpty ? 0..<piece.rows.count : piece.rows.positions(in: box.offsets[0]..<(box.offsets[0] + box.shape[0]))
+        guard !positions.isEmpty else { return }
+        let rowElements = piece.rowElements
+        let bytes = try readBytes(of: piece, tensor: tensor, elements: (positions.lowerBound * rowElements)..<(positions.upperBound * rowElements),
+                                  elementSize: elementSize, verifying: positions.count == piece.rows.count)
+        for i in positions {
+            let rowBox = piece.rowBox(i)
+            guard let region = rowBox.intersection(box) else { continue }
+            body(region, rowBox, bytes, (i - positions.lowerBound) * rowElements)
+        }
+    }
+
+    /// Reads rows `rows` (a parameter server's shard: first, first + stride, …) of the 2-or-more-dimensional
+    /// `tensor` into `destination` (those rows one after the other, whole), from pieces of any layout: plain
+    /// boxes or row-strided pieces written by any number of servers. Pieces holding none of the rows are not
+    /// read; the others are read whole, checksums verified.
+    public func read(_ tensor: String, shape: [Int], rows: RowProgression, into destination: Tensor) throws {
+        let entry = try entry(tensor, shape: shape)
+        let elementSize = entry.dtype.byteSize, rowElements = shape.dropFirst().reduce(1, *)
+        guard shape.count >= 1, destination.isContiguous, destination.dtype == entry.dtype, destination.count == rows.count * rowElements,
+              rows.count == 0 || rows.end <= shape[0] else {
+            throw ConvoyError.incompatible("rows \(rows.first), \(rows.first + rows.stride), … (\(rows.count)) of tensor '\(tensor)' (\(entry.dtype) \(shape)) cannot be read into a \(destination.dtype) tensor of \(destination.count) elements")
+        }
+        let base = destination.storage.pointer + destination.offset * elementSize
+        let rowShape = Array(shape.dropFirst())
+        var covered = 0
+        for piece in entry.pieces {
+            let held = piece.rows
+            // Does any of the piece's rows belong to `rows`? (The residues repeat after `rows.stride` rows.)
+            guard (0..<min(held.count, rows.stride)).contains(where: { rows.position(of: held.row($0)) != nil }) else { continue }
+            let bytes = try readBytes(of: piece, tensor: tensor, elements: 0..<piece.box.count, elementSize: elementSize, verifying: true)
+            let pieceRowElements = piece.rowElements
+            bytes.withUnsafeBytes { raw in
+                for i in 0..<held.count {
+                    guard let j = rows.position(of: held.row(i)) else { continue }
+                    // The piece's part of the row (a box of the row's own shape), copied into row j.
+                    let part = TensorBox(offsets: Array(piece.box.offsets.dropFirst()), shape: Array(piece.box.shape.dropFirst()))
+                    part.forEachRun(of: part, into: TensorBox(whole: rowShape)) { source, target, length in
+                        (base + (j * rowElements + target) * elementSize).copyMemory(from: raw.baseAddress! + (i * pieceRowElements + source) * elementSize,
+                                                                                   byteCount: length * elementSize)
+                    }
+                    covered += pieceRowElements
+                }
+            }
+        }
+        withExtendedLifetime(destination) {}
+        guard covered == destination.count else {
+            throw ConvoyError.malformedFile(path: indexPath, reason: "does not cover tensor '\(tensor)': of rows \(rows.first), \(rows.first + rows.stride), … (\(destination.count) elements) the pieces hold \(covered)\(covered > destination.count ? " — some more than once" : "")")
+        }
+        try FiniteValues.check(destination, name: tensor, in: directory)
     }
 
     /// Reads the parameter values of the slices `resident` into their values, and returns the optimizer state

@@ -13,7 +13,8 @@ import Foundation
 /// - **push**: row gradients (and the dense chunk's gradient) of one worker's step. Under BSP a step's pushes
 ///   are summed in worker order and applied together once all have arrived (so the update is the one-process
 ///   update of the global batch); otherwise each is applied on arrival, scaled by 1/W;
-/// - **save**: writes this server's shards into a checkpoint directory;
+/// - **save**: once every worker has pushed the step to save, writes this server's rank file of a sharded
+///   checkpoint (``ParameterServerCheckpoint``) into the directory named;
 /// - **stop**: the worker is done; the loop ends when all are.
 ///
 /// A worker that dies or stalls makes the probe (or a reply) fail with the backend's error naming the group,
@@ -27,18 +28,21 @@ public final class ParameterServer {
     public let dense: SparseTable?
     public let staleness: Staleness
     private let learningRate: @Sendable (Int) -> Float
-    private let checkpointMetadata: [String: String]
+    /// The dense parameters whose concatenation ``dense`` is a chunk of (names and shapes, for checkpoints).
+    private let denseParameters: [ParameterServerCheckpoint.DenseParameter]
 
     /// Steps each worker has pushed (its clock).
     private var clocks: [Int]
     private var stopped = 0
     private var waitingPulls: [(worker: Int, source: Int, message: MessageBuffer)] = []
+    /// Saves waiting until every worker has pushed their step: (step, directory, the asking rank).
+    private var waitingSaves: [(step: Int, directory: String, source: Int)] = []
     /// BSP: the pushes of the step being gathered, by worker.
     private var gathered: [Int: MessageBuffer] = [:]
     private var statistics = ParameterServerStatistics()
 
     public init(group: any ProcessGroup, roles: ParameterServerRoles, tables: [SparseTable], dense: SparseTable?, staleness: Staleness,
-                learningRate: @escaping @Sendable (Int) -> Float, startClock: Int = 0, checkpointMetadata: [String: String] = [:]) throws {
+                learningRate: @escaping @Sendable (Int) -> Float, startClock: Int = 0, denseParameters: [ParameterServerCheckpoint.DenseParameter] = []) throws {
         guard let index = roles.serverIndex(ofRank: group.rank) else {
             throw ConvoyError.invalidConfiguration("rank \(group.rank) is not a parameter server (servers: \(roles.serverRanks))")
         }
@@ -49,7 +53,7 @@ public final class ParameterServer {
         self.dense = dense
         self.staleness = staleness
         self.learningRate = learningRate
-        self.checkpointMetadata = checkpointMetadata
+        self.denseParameters = denseParameters
         clocks = Array(repeating: startClock, count: roles.workerCount)
     }
 
@@ -61,8 +65,8 @@ public final class ParameterServer {
             try group.receive(message.communicationBuffer, from: found.source, tag: ParameterServerTag.request)
             try serve(message, from: found.source)
         }
-        guard waitingPulls.isEmpty else {
-            throw ConvoyError.invalidArgument("parameter server \(serverIndex): every worker stopped while \(waitingPulls.count) pulls still waited for their staleness bound")
+        guard waitingPulls.isEmpty && waitingSaves.isEmpty else {
+            throw ConvoyError.invalidArgument("parameter server \(serverIndex): every worker stopped while \(waitingPulls.count) pulls and \(waitingSaves.count) saves still waited for their step")
         }
         statistics.tableBytes = tables.reduce(dense?.byteCount ?? 0) { $0 + $1.byteCount }
         statistics.clocks = clocks
@@ -107,14 +111,9 @@ public final class ParameterServer {
             let required = try reader.integer()
             let length = try reader.integer()
             let bytes = try reader.ids(length).map { UInt8(truncatingIfNeeded: $0) }
-            guard clocks.min()! >= required else {
-                throw ConvoyError.invalidArgument("parameter server \(serverIndex): a save at step \(required) arrived before every worker reached it (clocks \(clocks))")
-            }
-            try ParameterServerCheckpoint.writeShard(tables: tables, dense: dense, server: serverIndex, of: roles.serverCount,
-                                                     into: String(decoding: bytes, as: UTF8.self), step: required, metadata: checkpointMetadata)
-            let reply = MessageBuffer(count: 1)
-            reply.words[0] = 0
-            try group.send(reply.communicationBuffer, to: source, tag: ParameterServerTag.reply)
+            // A periodic save may arrive while slower workers are still pushing that step: it waits for them.
+            waitingSaves.append((required, String(decoding: bytes, as: UTF8.self), source))
+            try answerReadyPulls()
         case .stop:
             stopped += 1
         }
@@ -157,6 +156,29 @@ public final class ParameterServer {
             try group.send(reply.communicationBuffer, to: pull.source, tag: ParameterServerTag.reply)
         }
         waitingPulls = remaining
+        let ready = waitingSaves.filter { $0.step <= slowest }
+        waitingSaves.removeAll { $0.step <= slowest }
+        for save in ready { try write(save) }
+    }
+
+    /// Writes this server's rank file of a checkpoint (its table shards as row-strided pieces and its dense
+    /// chunk) into the directory a worker named, and tells it whether that worked; a failure also ends the
+    /// server, with its error.
+    private func write(_ save: (step: Int, directory: String, source: Int)) throws {
+        var failure: Error?
+        do {
+            var sources = ParameterServerCheckpoint.sources(tables: tables)
+            if let dense {
+                let total = denseParameters.reduce(0) { $0 + $1.count }
+                sources += ParameterServerCheckpoint.sources(dense: denseParameters, range: ChunkLayout.range(total: total, parts: roles.serverCount, rank: serverIndex),
+                                                             values: dense.values, state: dense.state)
+            }
+            try CheckpointShardWriter.write(sources, optimizerScalars: [:], rank: group.rank, of: group.size, into: save.directory)
+        } catch { failure = error }
+        let reply = MessageBuffer(count: 1)
+        reply.words[0] = failure == nil ? 0 : 1
+        try group.send(reply.communicationBuffer, to: save.source, tag: ParameterServerTag.reply)
+        if let failure { throw failure }
     }
 
     /// One push's rows and dense chunk, as pointers into its message.

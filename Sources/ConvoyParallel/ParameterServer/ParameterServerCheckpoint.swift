@@ -3,104 +3,137 @@ import ConvoyNN
 import ConvoyTensor
 import Foundation
 
-/// The servers' part of a checkpoint: one safetensors file per server with its rows of every table (values and
-/// per-row optimizer state) and its chunk of the dense parameters, plus the layout in the file's metadata
-/// (rows dealt by id mod S; dense chunks by ``ChunkLayout``). Any number of servers can load any such
-/// checkpoint: each new server takes its rows (id mod S' == s') from every old shard, so resuming with a
-/// different `--ps-servers` continues from the same values.
+/// How the CTR model's parameter-server state goes into a sharded checkpoint (``CheckpointIndex``): every
+/// server writes its own rank file, the first worker writes what the workers hold, and the index lists every
+/// tensor in whole-table coordinates, so `convoy checkpoint info/verify` read it like any other and any
+/// number of servers (or one process) loads it.
+///
+/// - A table is the parameter `tables.<t>.weight` of shape [rows, width]. Server s of S holds rows id ≡ s
+///   (mod S), which are not a box of the table: it writes them as one row-strided piece
+///   (``CheckpointIndex/Piece/rowStride`` S, first row s), straight from its memory. Its lazy per-row
+///   optimizer state is `optimizer/row_state/tables.<t>.weight`, [rows, state width], pieced alike.
+/// - A dense parameter keeps its model name and shape. On the servers (`--comm ps`) each holds a chunk of the
+///   concatenated dense parameters (``ChunkLayout``), written as the boxes of each parameter the chunk covers
+///   (as ZeRO shards are); on the workers (hybrid) the first worker writes it whole. Its row-wise optimizer
+///   state is `optimizer/row_state/<name>`, [elements, state width].
 public enum ParameterServerCheckpoint {
-    public static func shardFileName(server: Int, of servers: Int) -> String { "ps-server-\(server)-of-\(servers).safetensors" }
+    /// The optimizer state name of the row-wise rules (``RowOptimizer``).
+    public static let rowState = "row_state"
 
-    /// Writes server `server`'s (of `servers`) tables and dense chunk into `directory` (atomically: temporary
-    /// file, fsync, rename). One process's whole tables are server 0 of 1.
-    public static func writeShard(tables: [SparseTable], dense: SparseTable?, server: Int, of servers: Int, into directory: String,
-                                  step: Int, metadata: [String: String] = [:]) throws {
-        var tensors: [String: Tensor] = [:]
+    /// The index name of table `table`.
+    public static func tableName(_ table: Int) -> String { "tables.\(table).weight" }
+
+    /// A dense parameter as the checkpoint stores it.
+    public struct DenseParameter: Sendable {
+        public var name: String
+        public var shape: [Int]
+        public var count: Int { shape.reduce(1, *) }
+
+        public init(name: String, shape: [Int]) {
+            self.name = name
+            self.shape = shape
+        }
+    }
+
+    /// The pieces of `tables` (whole tables, or one server's shards as row-strided pieces) and their row state.
+    public static func sources(tables: [SparseTable]) -> [CheckpointShardWriter.Source] {
+        var sources: [CheckpointShardWriter.Source] = []
+        for table in tables where table.localRows > 0 {
+            let name = tableName(table.table), stride = table.shardCount > 1 ? table.shardCount : nil
+            sources.append(.init(tensor: name, role: .parameter, parameter: name, state: nil, globalShape: [table.rows, table.width],
+                                 box: TensorBox(offsets: [table.shardIndex, 0], shape: [table.localRows, table.width]), data: table.values, rowStride: stride))
+            if let state = table.state {
+                sources.append(.init(tensor: CheckpointIndex.name(of: name, role: .optimizer, state: rowState), role: .optimizer, parameter: name, state: rowState,
+                                     globalShape: [table.rows, table.stateWidth], box: TensorBox(offsets: [table.shardIndex, 0], shape: [table.localRows, table.stateWidth]),
+                                     data: state, rowStride: stride))
+            }
+        }
+        return sources
+    }
+
+    /// The pieces of elements `range` of the concatenated dense `parameters` — a server's chunk, held in
+    /// `values` (`range.count` floats) and `state` ([range.count, state width], nil for SGD).
+    public static func sources(dense parameters: [DenseParameter], range: Range<Int>, values: Tensor, state: Tensor?) -> [CheckpointShardWriter.Source] {
+        var sources: [CheckpointShardWriter.Source] = []
+        forEachOverlap(parameters, range) { parameter, local, offset in
+            let view = Tensor(storage: values.storage, shape: [local.count], offset: values.offset + offset)
+            let slice = CheckpointSlice(parameter: parameter.name, globalShape: parameter.shape, boxes: TensorBox.boxes(coveringFlat: local, of: parameter.shape),
+                                        values: view, optimizerKey: parameter.name, isPrimaryCopy: true, distinctAlongDataParallel: true)
+            sources += CheckpointShardWriter.sources(of: slice, role: .parameter, data: view)
+            if let state {
+                let width = state.shape[1]
+                sources.append(.init(tensor: CheckpointIndex.name(of: parameter.name, role: .optimizer, state: rowState), role: .optimizer, parameter: parameter.name,
+                                     state: rowState, globalShape: [parameter.count, width], box: TensorBox(offsets: [local.lowerBound, 0], shape: [local.count, width]),
+                                     data: Tensor(storage: state.storage, shape: [local.count, width], offset: state.offset + offset * width)))
+            }
+        }
+        return sources
+    }
+
+    /// The pieces of whole dense parameters a worker holds, with their row state (``DenseRowOptimizer``'s, nil
+    /// entries for SGD).
+    public static func sources(dense parameters: [(name: String, parameter: Parameter)], states: [Tensor?]) -> [CheckpointShardWriter.Source] {
+        var sources: [CheckpointShardWriter.Source] = []
+        for (index, (name, parameter)) in parameters.enumerated() {
+            sources += CheckpointShardWriter.sources(of: CheckpointSlice(whole: parameter, name: name), role: .parameter, data: parameter)
+            if index < states.count, let state = states[index] {
+                sources.append(.init(tensor: CheckpointIndex.name(of: name, role: .optimizer, state: rowState), role: .optimizer, parameter: name, state: rowState,
+                                     globalShape: state.shape, box: TensorBox(whole: state.shape), data: state))
+            }
+        }
+        return sources
+    }
+
+    /// Fills `tables` (whole tables or one server's shards) and their row state from a checkpoint written by any
+    /// number of servers (or one process).
+    public static func load(tables: [SparseTable], from reader: ShardedCheckpointReader) throws {
         for table in tables {
-            tensors["table.\(table.table).values"] = table.values
-            if let state = table.state { tensors["table.\(table.table).state"] = state }
+            let name = tableName(table.table)
+            let rows = RowProgression(first: table.shardIndex, stride: table.shardCount, count: table.localRows)
+            try reader.read(name, shape: [table.rows, table.width], rows: rows, into: table.values)
+            guard let state = table.state else { continue }
+            try reader.read(CheckpointIndex.name(of: name, role: .optimizer, state: rowState), shape: [table.rows, table.stateWidth], rows: rows, into: state)
         }
-        if let dense {
-            tensors["dense.values"] = dense.values
-            if let state = dense.state { tensors["dense.state"] = state }
-        }
-        var info = metadata
-        info["layout"] = "rows: id mod servers; dense: ChunkLayout"
-        info["servers"] = String(servers)
-        info["server"] = String(server)
-        info["step"] = String(step)
-        info["optimizer"] = tables.first?.optimizer.kind.rawValue ?? dense?.optimizer.kind.rawValue ?? ""
-        info["table_rows"] = tables.map { String($0.rows) }.joined(separator: ",")
-        try SafeTensors(tensors: tensors, metadata: info).write(to: directory + "/" + shardFileName(server: server, of: servers))
     }
 
-    /// How many servers wrote the checkpoint in `directory` (from its shard files).
-    public static func savedServerCount(in directory: String) throws -> Int {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        let counts = Set(names.compactMap { name -> Int? in
-            guard name.hasPrefix("ps-server-"), name.hasSuffix(".safetensors"), let of = name.range(of: "-of-") else { return nil }
-            return Int(name[of.upperBound...].dropLast(".safetensors".count))
-        })
-        guard counts.count == 1, let count = counts.first else {
-            throw ConvoyError.incompatible("checkpoint \(directory) holds no parameter-server shards (ps-server-*-of-*.safetensors) or shards of several layouts (\(counts.sorted())); resume from a checkpoint of a --ps-servers run")
-        }
-        for server in 0..<count where !FileManager.default.fileExists(atPath: directory + "/" + shardFileName(server: server, of: count)) {
-            throw ConvoyError.incompatible("checkpoint \(directory) lacks \(shardFileName(server: server, of: count)); it is incomplete")
-        }
-        return count
-    }
-
-    /// Fills `tables` (this server's shards, empty of history) and `dense` (its chunk of `denseCount` elements)
-    /// from a checkpoint written by any number of servers.
-    public static func load(from directory: String, into tables: [SparseTable], dense: SparseTable?, denseRange: Range<Int>, denseCount: Int) throws {
-        let saved = try savedServerCount(in: directory)
-        for old in 0..<saved {
-            let path = directory + "/" + shardFileName(server: old, of: saved)
-            let file = try SafeTensors.read(contentsOf: path)
-            for table in tables {
-                let values = try tensor(file, "table.\(table.table).values", path: path, width: table.width)
-                let state = table.state == nil ? nil : try tensor(file, "table.\(table.table).state", path: path, width: table.stateWidth)
-                guard Int(file.metadata["table_rows"]?.split(separator: ",").dropFirst(table.table).first ?? "") == table.rows else {
-                    throw ConvoyError.incompatible("\(path) holds table \(table.table) with \(file.metadata["table_rows"] ?? "?") rows; the model has \(table.rows) (same vocabulary sizes needed)")
-                }
-                let source = values.floatPointer, stateSource = state?.floatPointer
-                for localRow in 0..<values.shape[0] {
-                    let id = localRow * saved + old
-                    guard id % table.shardCount == table.shardIndex else { continue }
-                    let row = id / table.shardCount
-                    (table.values.floatPointer + row * table.width).update(from: source + localRow * table.width, count: table.width)
-                    if let stateSource, let target = table.state {
-                        (target.floatPointer + row * table.stateWidth).update(from: stateSource + localRow * table.stateWidth, count: table.stateWidth)
-                    }
-                }
-            }
-            if let dense {
-                let oldRange = ChunkLayout.range(total: denseCount, parts: saved, rank: old)
-                let overlap = max(oldRange.lowerBound, denseRange.lowerBound)..<min(oldRange.upperBound, denseRange.upperBound)
-                guard !overlap.isEmpty else { continue }
-                let values = try tensor(file, "dense.values", path: path, width: 1)
-                let state = dense.state == nil ? nil : try tensor(file, "dense.state", path: path, width: dense.stateWidth)
-                guard values.shape[0] == oldRange.count else {
-                    throw ConvoyError.incompatible("\(path) holds \(values.shape[0]) dense values; its chunk of \(denseCount) should have \(oldRange.count) (a different model)")
-                }
-                for element in overlap {
-                    dense.values.floatPointer[element - denseRange.lowerBound] = values.floatPointer[element - oldRange.lowerBound]
-                    if let state, let target = dense.state {
-                        (target.floatPointer + (element - denseRange.lowerBound) * dense.stateWidth)
-                            .update(from: state.floatPointer + (element - oldRange.lowerBound) * dense.stateWidth, count: dense.stateWidth)
-                    }
-                }
+    /// Fills a server's chunk `range` of the concatenated dense `parameters` (`values`: range.count floats;
+    /// `state`: [range.count, state width]) from a checkpoint of any layout.
+    public static func load(dense parameters: [DenseParameter], range: Range<Int>, values: Tensor, state: Tensor?, from reader: ShardedCheckpointReader) throws {
+        try forEachOverlap(parameters, range) { parameter, local, offset in
+            let view = Tensor(storage: values.storage, shape: [local.count], offset: values.offset + offset)
+            try reader.read(parameter.name, shape: parameter.shape, boxes: TensorBox.boxes(coveringFlat: local, of: parameter.shape), into: view)
+            try FiniteValues.check(view, name: parameter.name, in: reader.directory)
+            if let state {
+                let width = state.shape[1]
+                try reader.read(CheckpointIndex.name(of: parameter.name, role: .optimizer, state: rowState), shape: [parameter.count, width],
+                                boxes: [TensorBox(offsets: [local.lowerBound, 0], shape: [local.count, width])],
+                                into: Tensor(storage: state.storage, shape: [local.count, width], offset: state.offset + offset * width))
             }
         }
     }
 
-    private static func tensor(_ file: SafeTensors, _ name: String, path: String, width: Int) throws -> Tensor {
-        guard let tensor = file.tensors[name] else {
-            throw ConvoyError.incompatible("\(path) has no tensor '\(name)'; it was saved for another model or optimizer")
+    /// Fills whole dense parameters a worker holds, and their row state, from a checkpoint of any layout.
+    public static func load(dense parameters: [(name: String, parameter: Parameter)], states: [Tensor?], from reader: ShardedCheckpointReader) throws {
+        for (index, (name, parameter)) in parameters.enumerated() {
+            let whole = Tensor(uninitializedShape: parameter.shape)
+            try reader.read(name, shape: parameter.shape, boxes: [TensorBox(whole: parameter.shape)], into: whole)
+            try FiniteValues.check(whole, name: name, in: reader.directory)
+            withExtendedLifetime(whole) { parameter.contiguousFloats.update(from: whole.floatPointer, count: parameter.count) }
+            if index < states.count, let state = states[index] {
+                try reader.read(CheckpointIndex.name(of: name, role: .optimizer, state: rowState), shape: state.shape, boxes: [TensorBox(whole: state.shape)], into: state)
+            }
         }
-        guard tensor.rank == 2, tensor.shape[1] == width else {
-            throw ConvoyError.incompatible("\(path): '\(name)' has shape \(tensor.shape), expected [rows, \(width)] (another model or optimizer)")
+    }
+
+    /// Calls `body(parameter, its elements in range, their offset from range's start)` for every parameter that
+    /// elements `range` of the concatenation of `parameters` meet.
+    private static func forEachOverlap(_ parameters: [DenseParameter], _ range: Range<Int>, _ body: (DenseParameter, Range<Int>, Int) throws -> Void) rethrows {
+        var start = 0
+        for parameter in parameters {
+            defer { start += parameter.count }
+            let low = max(start, range.lowerBound), high = min(start + parameter.count, range.upperBound)
+            guard low < high else { continue }
+            try body(parameter, (low - start)..<(high - start), low - range.lowerBound)
         }
-        return tensor.converted(to: .float32).contiguous()
     }
 }

@@ -143,10 +143,12 @@ public final class ParameterServerClient {
         for work in sends { try work.wait() }
     }
 
-    /// Asks every server to write its shards into `directory` once every worker has pushed `step` steps, and
-    /// waits until all have.
+    /// Asks every server to write its rank file of a checkpoint into `directory` once every worker has pushed
+    /// `step` steps, and waits until all have.
+    ///
+    /// - Throws: naming the server, when one could not write (it ends with its own error).
     public func save(into directory: String, step: Int) throws {
-        var replies: [Work] = []
+        var replies: [(work: Work, message: MessageBuffer)] = []
         var sends: [Work] = []
         for server in 0..<roles.serverCount {
             var writer = MessageWriter()
@@ -157,9 +159,16 @@ public final class ParameterServerClient {
             writer.ids(bytes.map { Int32($0) })
             let rank = roles.serverRanks[server]
             sends.append(group.sendAsync(MessageBuffer(writer).communicationBuffer, to: rank, tag: ParameterServerTag.request))
-            replies.append(group.receiveAsync(MessageBuffer(count: 1).communicationBuffer, from: rank, tag: ParameterServerTag.reply))
+            let reply = MessageBuffer(count: 1)
+            replies.append((group.receiveAsync(reply.communicationBuffer, from: rank, tag: ParameterServerTag.reply), reply))
         }
-        for work in sends + replies { try work.wait() }
+        for work in sends { try work.wait() }
+        for (server, reply) in replies.enumerated() {
+            try reply.work.wait()
+            guard reply.message.words[0] == 0 else {
+                throw ConvoyError.io("parameter server \(server) (rank \(roles.serverRanks[server])) could not write its part of the checkpoint in \(directory) (its error is reported there); the previous checkpoint is untouched")
+            }
+        }
     }
 
     /// Tells every server this worker is done.

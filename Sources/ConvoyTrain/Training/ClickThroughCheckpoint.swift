@@ -2,70 +2,44 @@ import ConvoyNN
 import ConvoyParallel
 import ConvoyTensor
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
-/// A CTR checkpoint: the tables as parameter-server shards (``ParameterServerCheckpoint``: every server writes
-/// its own; one process writes its whole tables as server 0 of 1), the dense MLP (``Model/saveWeights(to:)``:
-/// `dense.safetensors`), the workers' row-optimizer state of the dense parameters they update
-/// (`dense-optimizer.safetensors`) and `trainer.json` (model
-/// kind, step, seed, configuration). Assembled in a temporary sibling directory, fsynced and renamed into
-/// place; safetensors and JSON only.
+/// A CTR checkpoint is a sharded checkpoint (``ConvoyParallel/CheckpointIndex``) like GPT's: every parameter
+/// server writes its rank file (its table shards as row-strided pieces and its chunk of the dense
+/// parameters, ``ConvoyParallel/ParameterServerCheckpoint``), the first worker writes what the workers hold
+/// (the all-reduced dense parameters with their row-wise optimizer state; the whole tables when there are no
+/// servers), and `trainer.json` is a ``TrainerState`` whose configuration says `model.kind = "ctr"`.
+///
+/// It is assembled in a temporary sibling directory, fsynced and renamed into place by
+/// ``TrainingCheckpoint/publish(temporary:ranks:writers:state:layout:model:exportWeights:extraFiles:to:failingAt:)``
+/// — the same replacement rules as GPT's — and `convoy checkpoint info/verify` read it. Any number of servers
+/// (or one process) loads it: each takes the rows it holds from every piece.
 public enum ClickThroughCheckpoint {
-    public static let denseOptimizerFileName = "dense-optimizer.safetensors"
-
-    /// What `trainer.json` of a CTR checkpoint holds.
-    public struct State: Codable, Sendable {
-        public var model: String
-        public var step: Int
-        public var seed: UInt64
-        public var servers: Int
-        public var configuration: String
-    }
-
-    /// Writes the checkpoint of worker 0's `trainer` (the servers write their shards when `client` asks them).
-    static func save(trainer: ClickThroughTrainer, client: ParameterServerClient?, to directory: String) throws {
+    /// Saves the checkpoint of `trainer` (the first worker) after `step` steps to `directory`: the servers, asked
+    /// through `client`, write their rank files once every worker has pushed `step` steps; then this worker
+    /// writes its own and publishes the checkpoint.
+    static func save(trainer: ClickThroughTrainer, client: ParameterServerClient?, step: Int, to directory: String) throws {
         let configuration = trainer.configuration
-        let target = URL(fileURLWithPath: directory).standardizedFileURL
-        let parent = target.deletingLastPathComponent().path
-        try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
-        let temporary = parent + "/.\(target.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false)
-        var published = false
-        defer { if !published { try? FileManager.default.removeItem(atPath: temporary) } }
-        if let client {
-            try client.save(into: temporary, step: configuration.steps)
-        } else {
-            try ParameterServerCheckpoint.writeShard(tables: trainer.tables, dense: nil, server: 0, of: 1, into: temporary, step: configuration.steps)
+        let rank = trainer.world?.rank ?? 0, ranks = trainer.world?.size ?? 1
+        let temporary = try TrainingCheckpoint.prepareTemporaryDirectory(
+            for: directory, tag: CheckpointTemporary.tag(unique: "ctr-step\(step)-\(UInt32.random(in: 0...UInt32.max))"))
+        do {
+            try client?.save(into: temporary, step: step)
+            try CheckpointShardWriter.write(trainer.checkpointSources(), optimizerScalars: [:], rank: rank, of: ranks, into: temporary)
+        } catch {
+            try? FileManager.default.removeItem(atPath: temporary)
+            throw error
         }
-        try trainer.model.saveWeights(to: temporary)
-        try SafeTensors(tensors: trainer.denseOptimizerStates, metadata: ["model": "ctr"]).write(to: temporary + "/" + denseOptimizerFileName)
-        let state = State(model: "ctr", step: configuration.steps, seed: configuration.seed, servers: try configuration.serverCount,
-                          configuration: TrainingSettings.tomlText(configuration))
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try AtomicFile.write(try encoder.encode(state), to: temporary + "/" + TrainingCheckpoint.trainerFileName)
-        try AtomicFile.syncDirectory(temporary)
-        // Only a Convoy checkpoint (or nothing) is ever replaced.
-        try RunDirectory.checkReplaceable(checkpoint: target.path)
-        if FileManager.default.fileExists(atPath: target.path) { try FileManager.default.removeItem(atPath: target.path) }
-        guard rename(temporary, target.path) == 0 else {
-            throw ConvoyError.io("could not move the new checkpoint into \(target.path): \(String(cString: strerror(errno)))")
-        }
-        published = true
-        try AtomicFile.syncDirectory(parent)
+        let state = TrainerState(step: step, seed: configuration.seed, dataPosition: step * configuration.batch,
+                                 configuration: TrainingSettings.tomlText(configuration), optimizer: configuration.optimizer)
+        try TrainingCheckpoint.publish(temporary: temporary, ranks: ranks, writers: ((trainer.roles?.serverRanks ?? []) + [rank]).sorted(), state: state,
+                                       layout: trainer.layoutSummary, model: nil, exportWeights: false, to: directory)
     }
 
-    /// The state of the checkpoint in `directory`, checked against the run that resumes from it.
-    static func state(in directory: String, resumedBy configuration: TrainingConfiguration) throws -> State {
-        let path = directory + "/" + TrainingCheckpoint.trainerFileName
-        guard let data = FileManager.default.contents(atPath: path) else { throw ConvoyError.io("--resume \(directory) is not a checkpoint: cannot read \(path)") }
-        guard let state = try? JSONDecoder().decode(State.self, from: data), state.model == "ctr" else {
-            throw ConvoyError.incompatible("\(path) does not describe a CTR checkpoint")
-        }
-        var saved = TrainingConfiguration()
-        try TrainingSettings.apply(toml: state.configuration, source: path, to: &saved)
+    /// The checkpoint `requested` resolves to (or its aside copy) and its step, checked against the run that
+    /// resumes from it: a CTR checkpoint of the same seed, model shape, optimizer, `--comm` and global batch
+    /// (the numbers of servers and workers may differ).
+    static func resumePoint(_ requested: String, resumedBy configuration: TrainingConfiguration) throws -> (directory: String, step: Int) {
+        let (directory, state, saved) = try read(requested)
         guard state.seed == configuration.seed else {
             throw ConvoyError.incompatible("checkpoint \(directory) was trained with seed \(state.seed), the run uses --seed \(configuration.seed); resume with the same seed")
         }
@@ -76,34 +50,32 @@ public enum ClickThroughCheckpoint {
         guard state.step <= configuration.steps else {
             throw ConvoyError.incompatible("checkpoint \(directory) is at step \(state.step), beyond --steps \(configuration.steps)")
         }
-        return state
+        return (directory, state.step)
     }
 
-    /// Loads the workers' dense optimizer state of the checkpoint in `directory`.
-    static func loadDenseOptimizer(from directory: String, into optimizer: DenseRowOptimizer) throws {
-        let path = directory + "/" + denseOptimizerFileName
-        try optimizer.load(try SafeTensors.read(contentsOf: path).tensors, source: path)
-    }
-
-    /// Reads a CTR checkpoint for evaluation: its configuration, the dense model and every table whole (from
-    /// shards written by any number of servers).
-    public static func load(from directory: String) throws -> (configuration: TrainingConfiguration, model: CTRModel, tables: [SparseTable]) {
-        let statePath = directory + "/" + TrainingCheckpoint.trainerFileName
-        guard let data = FileManager.default.contents(atPath: statePath) else {
-            throw ConvoyError.io("\(directory) is not a checkpoint: cannot read \(statePath)")
-        }
-        guard let state = try? JSONDecoder().decode(State.self, from: data), state.model == "ctr" else {
-            throw ConvoyError.incompatible("\(statePath) does not describe a CTR checkpoint; evaluate GPT checkpoints without --model ctr")
-        }
-        var configuration = TrainingConfiguration()
-        try TrainingSettings.apply(toml: state.configuration, source: statePath, to: &configuration)
+    /// Reads a CTR checkpoint for evaluation: its configuration, the dense model and every table whole.
+    public static func load(from requested: String) throws -> (configuration: TrainingConfiguration, model: CTRModel, tables: [SparseTable]) {
+        let (directory, _, configuration) = try read(requested)
         let model = try CTRModel(configuration.ctrConfiguration, seed: configuration.seed)
-        try model.loadWeights(from: directory)
-        let rule = try configuration.rowOptimizer()
+        let reader = try ShardedCheckpointReader(directory: directory)
+        try ParameterServerCheckpoint.load(dense: model.namedParameters(), states: [], from: reader)
+        // Evaluation needs the rows only, not their optimizer state.
         let tables = configuration.ctrVocabularySizes.enumerated().map { table, rows in
-            SparseTable(table: table, rows: rows, width: configuration.ctrEmbeddingWidth, optimizer: rule, initializer: RowInitializer(seed: configuration.seed))
+            SparseTable(table: table, rows: rows, width: configuration.ctrEmbeddingWidth, optimizer: RowOptimizer(kind: .sgd), initializer: RowInitializer(seed: configuration.seed))
         }
-        try ParameterServerCheckpoint.load(from: directory, into: tables, dense: nil, denseRange: 0..<0, denseCount: 0)
+        try ParameterServerCheckpoint.load(tables: tables, from: reader)
         return (configuration, model, tables)
+    }
+
+    /// The resolved directory, trainer state and configuration of the CTR checkpoint `requested`.
+    private static func read(_ requested: String) throws -> (String, TrainerState, TrainingConfiguration) {
+        let directory = try TrainingCheckpoint.resolvedDirectory(requested)
+        let state = try TrainingCheckpoint.readState(from: directory)
+        var configuration = TrainingConfiguration()
+        try TrainingSettings.apply(toml: state.configuration, source: directory + "/" + TrainingCheckpoint.trainerFileName, to: &configuration)
+        guard configuration.model == "ctr" else {
+            throw ConvoyError.incompatible("\(directory) is a checkpoint of --model \(configuration.model), not of the CTR model; use a checkpoint written by convoy train --model ctr")
+        }
+        return (directory, state, configuration)
     }
 }

@@ -61,6 +61,8 @@ public final class ClickThroughTrainer {
     /// The dense parameters held by the servers (`--comm ps` or a `[[placement]]` with `comm = "ps"`); the
     /// others are all-reduced among the workers and updated by each.
     private let serverParameters: [Parameter]
+    /// The dense parameters the workers hold and update (all-reduced), by name.
+    private let workerParameters: [(name: String, parameter: Parameter)]
     /// Called at the start of every step of worker w (tests slow one worker down with it).
     private let stepHook: (@Sendable (_ worker: Int, _ step: Int) -> Void)?
     private let display: ProgressDisplay?
@@ -75,21 +77,16 @@ public final class ClickThroughTrainer {
                 resume: String? = nil, display: ProgressDisplay? = nil, stepHook: (@Sendable (Int, Int) -> Void)? = nil) throws {
         try configuration.validate()
         guard configuration.model == "ctr" else { throw ConvoyError.invalidConfiguration("ClickThroughTrainer trains --model ctr, not \(configuration.model)") }
+        // Servers and workers alike: every rank must have resolved the same configuration (collective).
+        _ = try RunAgreement.establish(configuration, group: world)
         self.configuration = configuration
         self.world = world
         self.stepHook = stepHook
         let worldSize = world?.size ?? 1, rank = world?.rank ?? 0
         staleness = try configuration.parsedStaleness()
         rule = try configuration.rowOptimizer()
-        let servers = try configuration.serverCount, placed = try configuration.placedServerRanks()
-        roles = servers > 0 ? try ParameterServerRoles(worldSize: worldSize, servers: placed == nil ? servers : nil, serverRanks: placed) : nil
-        workers = worldSize - servers
-        if let dp = configuration.dp, dp != workers {
-            throw ConvoyError.invalidConfiguration("--dp \(dp) workers, but the world of \(worldSize) ranks less \(servers) servers leaves \(workers); under mpirun use \(dp + servers) processes")
-        }
-        guard configuration.batch % workers == 0 else {
-            throw ConvoyError.invalidConfiguration("training.batch \(configuration.batch) is not divisible by the \(workers) workers; use a multiple of \(workers)")
-        }
+        roles = try configuration.clickThroughRoles(worldSize: worldSize)
+        workers = roles?.workerCount ?? worldSize
         dataset = try given ?? configuration.makeClickDataset()
         guard dataset.vocabularySizes == configuration.ctrVocabularySizes else {
             throw ConvoyError.invalidConfiguration("the data's tables (\(dataset.vocabularySizes.count)) do not match the model's")
@@ -98,6 +95,9 @@ public final class ClickThroughTrainer {
         let named = model.namedParameters()
         serverParameters = named.filter { configuration.denseSynchronisation(of: $0.name) == "ps" }.map(\.parameter)
         let reduced = named.filter { configuration.denseSynchronisation(of: $0.name) != "ps" }
+        workerParameters = reduced
+        let serverLayout = named.filter { configuration.denseSynchronisation(of: $0.name) == "ps" }
+            .map { ParameterServerCheckpoint.DenseParameter(name: $0.name, shape: $0.parameter.shape) }
         denseOnServers = !serverParameters.isEmpty
         if let roles { workerIndex = roles.workerIndex(ofRank: rank) } else { workerIndex = rank }
         self.display = workerIndex == 0 ? display : nil
@@ -107,8 +107,9 @@ public final class ClickThroughTrainer {
         } else {
             workerGroup = world
         }
-        let saved = try resume.map { try ClickThroughCheckpoint.state(in: $0, resumedBy: configuration) }
+        let saved = try resume.map { try ClickThroughCheckpoint.resumePoint($0, resumedBy: configuration) }
         startStep = saved?.step ?? 0
+        let reader = try saved.map { try ShardedCheckpointReader(directory: $0.directory) }
         let initializer = RowInitializer(seed: configuration.seed)
         let sizes = configuration.ctrVocabularySizes, width = configuration.ctrEmbeddingWidth
         let denseValues = serverParameters.flatMap { $0.toArray() }
@@ -120,13 +121,16 @@ public final class ClickThroughTrainer {
                 let range = ChunkLayout.range(total: denseValues.count, parts: roles.serverCount, rank: serverIndex)
                 denseShard = SparseTable(table: -1, denseValues: Array(denseValues[range]), optimizer: rule)
             }
-            if let resume {
-                try ParameterServerCheckpoint.load(from: resume, into: tables, dense: denseShard,
-                                                   denseRange: ChunkLayout.range(total: denseValues.count, parts: roles.serverCount, rank: serverIndex), denseCount: denseValues.count)
+            if let reader {
+                try ParameterServerCheckpoint.load(tables: tables, from: reader)
+                if let denseShard {
+                    try ParameterServerCheckpoint.load(dense: serverLayout, range: ChunkLayout.range(total: denseValues.count, parts: roles.serverCount, rank: serverIndex),
+                                                       values: denseShard.values, state: denseShard.state, from: reader)
+                }
             }
             let frozen = configuration
             server = try ParameterServer(group: world!, roles: roles, tables: tables, dense: denseShard, staleness: staleness,
-                                         learningRate: { frozen.learningRateSchedule.learningRate(at: $0) }, startClock: startStep)
+                                         learningRate: { frozen.learningRateSchedule.learningRate(at: $0) }, startClock: startStep, denseParameters: serverLayout)
             return
         }
         if let roles, let world {
@@ -135,15 +139,12 @@ public final class ClickThroughTrainer {
         } else {
             tables = sizes.enumerated().map { SparseTable(table: $0, rows: $1, width: width, optimizer: rule, initializer: initializer) }
         }
-        if let resume {
-            if !tables.isEmpty { try ParameterServerCheckpoint.load(from: resume, into: tables, dense: nil, denseRange: 0..<0, denseCount: 0) }
-            try model.loadWeights(from: resume)
+        if !reduced.isEmpty { denseOptimizer = DenseRowOptimizer(parameters: reduced.map(\.parameter), rule: rule) }
+        if let reader {
+            try ParameterServerCheckpoint.load(tables: tables, from: reader)
+            try ParameterServerCheckpoint.load(dense: reduced, states: denseOptimizer?.states ?? [], from: reader)
         }
-        if !reduced.isEmpty {
-            if let workerGroup, workerGroup.size > 1 { dataParallel = try DataParallel(module: ParameterSubset(reduced), group: workerGroup) }
-            denseOptimizer = DenseRowOptimizer(parameters: reduced.map(\.parameter), rule: rule)
-            if let resume { try ClickThroughCheckpoint.loadDenseOptimizer(from: resume, into: denseOptimizer!) }
-        }
+        if !reduced.isEmpty, let workerGroup, workerGroup.size > 1 { dataParallel = try DataParallel(module: ParameterSubset(reduced), group: workerGroup) }
     }
 
     /// The step training starts from (0, or the resumed checkpoint's).
@@ -175,15 +176,13 @@ public final class ClickThroughTrainer {
         let outputLock = isLeader ? try RunDirectory.claim(for: configuration, resuming: startStep > 0) : nil
         defer { withExtendedLifetime(outputLock) {} }
         var metrics: MetricsLog?
-        let mode = roles == nil ? (workers > 1 ? "all-reduce over \(workers) workers" : "one process")
-            : "\(workers) workers + \(roles!.serverCount) servers, \(staleness.modeName), dense \(denseOnServers ? "on the servers" : "all-reduced")"
         if isLeader {
             try AtomicFile.write(Data(TrainingSettings.tomlText(configuration).utf8), to: configuration.output + "/config.toml")
             metrics = try MetricsLog(directory: configuration.output)
-            try RunPlanSummary(worldSize: workers + (roles?.serverCount ?? 0), mesh: [], features: [], layout: mode, parameters: model.parameterCount,
+            try RunPlanSummary(worldSize: workers + (roles?.serverCount ?? 0), mesh: [], features: [], layout: layoutSummary, parameters: model.parameterCount,
                                model: "CTR: \(model.configuration.tableCount) embedding tables").write(into: configuration.output)
         }
-        try display?.message("training the CTR model on \(dataset.summary); \(configuration.steps) steps of \(configuration.batch); \(mode)")
+        try display?.message("training the CTR model on \(dataset.summary); \(configuration.steps) steps of \(configuration.batch); \(layoutSummary)")
         let start = DispatchTime.now().uptimeNanoseconds
         func elapsed() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         var lastLoss = Double.nan
@@ -208,6 +207,9 @@ public final class ClickThroughTrainer {
                 try metrics?.write(["step": done, "val_logloss": logLoss, "val_auc": auc, "elapsed_s": elapsed()])
                 try display?.message(String(format: "step %d: validation AUC %.4f, log loss %.4f", done, auc, logLoss))
             }
+            if isLeader && configuration.checkpointEvery > 0 && done % configuration.checkpointEvery == 0 && done < configuration.steps {
+                try ClickThroughCheckpoint.save(trainer: self, client: client, step: done, to: configuration.periodicCheckpointDirectory)
+            }
         }
         let seconds = elapsed()
         var summary = ClickThroughSummary(
@@ -222,7 +224,7 @@ public final class ClickThroughTrainer {
             var record: [String: Any] = ["step": configuration.steps, "val_logloss": logLoss, "val_auc": auc, "max_staleness_observed": summary.maxStalenessObserved]
             if let best = dataset.bestAchievableAUC { record["best_auc"] = best }
             try metrics?.write(record)
-            try ClickThroughCheckpoint.save(trainer: self, client: client, to: configuration.finalCheckpointDirectory)
+            try ClickThroughCheckpoint.save(trainer: self, client: client, step: configuration.steps, to: configuration.finalCheckpointDirectory)
             summary.checkpoint = configuration.finalCheckpointDirectory
         }
         try client?.stop()
@@ -349,8 +351,17 @@ public final class ClickThroughTrainer {
                 BinaryClassificationMetrics.auc(scores: probabilities, labels: labels))
     }
 
-    /// The dense optimizer's state (workers whose dense parameters are not on the servers).
-    var denseOptimizerStates: [String: Tensor] { denseOptimizer?.namedStates() ?? [:] }
+    /// What this worker writes into a checkpoint: the tables when it holds them whole (no servers), and the
+    /// dense parameters the workers hold with their optimizer state (the servers write the rest).
+    func checkpointSources() -> [CheckpointShardWriter.Source] {
+        ParameterServerCheckpoint.sources(tables: tables) + ParameterServerCheckpoint.sources(dense: workerParameters, states: denseOptimizer?.states ?? [])
+    }
+
+    /// The layout in words (progress line, checkpoint index).
+    public var layoutSummary: String {
+        guard let roles else { return workers > 1 ? "CTR, all-reduce over \(workers) workers" : "CTR, one process" }
+        return "CTR, \(workers) workers + \(roles.serverCount) servers (table rows by id mod \(roles.serverCount)), \(staleness.modeName), dense \(denseOnServers ? "on the servers" : "all-reduced")"
+    }
 }
 
 /// Some of a model's parameters as a module of their own: the dense parameters the workers all-reduce when

@@ -59,20 +59,23 @@ public enum TrainingCheckpoint {
     /// `exportWeights`) the Hugging Face export of `model` read back from the pieces, then the index — last —
     /// and renames the directory into place. On failure `temporary` is removed and any previous checkpoint
     /// at `directory` is left as it was.
-    public static func publish(temporary: String, ranks: Int, state: TrainerState, layout: String, model: any LanguageModel, exportWeights: Bool,
-                               extraFiles: [String: Data] = [:], to directory: String, failingAt failure: SaveStage? = nil) throws {
+    ///
+    /// - Parameters:
+    ///   - writers: the ranks that wrote pieces (default: all); `model` is needed only with `exportWeights`.
+    public static func publish(temporary: String, ranks: Int, writers: [Int]? = nil, state: TrainerState, layout: String, model: (any LanguageModel)?,
+                               exportWeights: Bool, extraFiles: [String: Data] = [:], to directory: String, failingAt failure: SaveStage? = nil) throws {
         let target = URL(fileURLWithPath: directory).standardizedFileURL
         let parent = target.deletingLastPathComponent().path
         var published = false
         defer { if !published { try? FileManager.default.removeItem(atPath: temporary) } }
 
         if failure == .afterPieces { throw ConvoyError.io("simulated failure while saving \(directory)") }
-        let index = try CheckpointIndexAssembler.assemble(in: temporary, ranks: ranks, step: state.step, samples: state.dataPosition, layout: layout)
+        let index = try CheckpointIndexAssembler.assemble(in: temporary, ranks: ranks, writers: writers, step: state.step, samples: state.dataPosition, layout: layout)
         for (name, contents) in extraFiles { try AtomicFile.write(contents, to: temporary + "/" + name) }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try AtomicFile.write(try encoder.encode(state), to: temporary + "/" + trainerFileName)
-        if exportWeights {
+        if exportWeights, let model {
             // One parameter at a time, read from the pieces: no rank holds the whole model for the export either.
             let reader = ShardedCheckpointReader(directory: temporary, index: index)
             try model.exportWeights(to: temporary, shape: { try reader.entry($0).shape }) { try reader.readWhole($0) }

@@ -56,12 +56,30 @@ extension TrainingConfiguration {
         if let section = placements.first(where: { $0.role == nil && $0.comm == nil }) {
             throw ConvoyError.invalidConfiguration("[[placement]] modules = \"\(section.modules)\" devices = \"\(section.devices)\" places GPT stages; --model ctr takes sections with role = \"server\" (server devices) or comm = \"ps\"|\"allreduce\" (per-module dense synchronisation)")
         }
-        if checkpointEvery != 0 {
-            throw ConvoyError.invalidConfiguration("--checkpoint-every is not supported for --model ctr yet (the final checkpoint is written at the end); leave it at 0")
-        }
         if accumulateSteps != 1 {
             throw ConvoyError.invalidConfiguration("--model ctr takes one batch per step; leave --accumulate-steps at 1")
         }
+    }
+
+    /// The parameter-server roles of `--model ctr` in a world of `worldSize` ranks (nil: no servers), after
+    /// checking what only the world size decides: S < world, `--dp` = world − S, the batch divisible by the
+    /// workers. `convoy train` (every rank, when it starts) and `convoy plan` check with this one function.
+    public func clickThroughRoles(worldSize: Int) throws -> ParameterServerRoles? {
+        let servers = try serverCount, placed = try placedServerRanks()
+        let roles = servers > 0 ? try ParameterServerRoles(worldSize: worldSize, servers: placed == nil ? servers : nil, serverRanks: placed) : nil
+        let workers = worldSize - servers
+        if let dp, dp != workers {
+            throw ConvoyError.invalidConfiguration("--dp \(dp) workers, but the world of \(worldSize) ranks less \(servers) servers leaves \(workers); under mpirun use \(dp + servers) processes")
+        }
+        guard batch % workers == 0 else {
+            throw ConvoyError.invalidConfiguration("training.batch \(batch) is not divisible by the \(workers) workers; use a multiple of \(workers)")
+        }
+        return roles
+    }
+
+    /// The ranks a Local run of `--model ctr` starts: `--dp` workers (default 1) and the servers.
+    public var clickThroughLocalWorldSize: Int {
+        get throws { (dp ?? 1) + (try serverCount) }
     }
 
     /// The server ranks `[[placement]] role = "server"` names (nil: none; then the last `--ps-servers` ranks).
