@@ -70,6 +70,10 @@ let package = Package(
         ),
         .testTarget(name: "ConvoyCommTests", dependencies: ["ConvoyComm", "ConvoyTensor"]),
         .testTarget(name: "ConvoyParallelTests", dependencies: ["ConvoyParallel", "ConvoyComm", "ConvoyNN", "ConvoyTensor"]),
-        .testTarget(name: "ConvoyTrainTests", dependencies: ["ConvoyTrain", "ConvoyParallel", "ConvoyNN", "ConvoyTensor"]),
+        .testTarget(
+            name: "ConvoyTrainTests",
+            dependencies: ["ConvoyTrain", "ConvoyParallel", "ConvoyNN", "ConvoyTensor"],
+            resources: [.copy("Fixtures")]
+        ),
     ]
 )
