@@ -44,14 +44,47 @@ import Testing
     @Test func aRunStartsFromTheHuggingFaceWeightsAndSavesAHuggingFaceDirectory() throws {
         let output = scratchDirectory("ft-start")
         defer { for path in [output, output + "-cache"] { try? FileManager.default.removeItem(atPath: path) } }
-        let trainer = try Trainer(configuration: try TrainingSettings.resolve(configFile: nil, flags: flags(output: output, tokenizer: "bytes")))
+        let trainer = try Trainer(configuration: try TrainingSettings.resolve(configFile: nil, flags: flags(output: output, tokenizer: nil, [("--steps", "8")])))
         let reference = try GPTCheckpoint.load(from: fixture)
         #expect(weights(trainer.model) == weights(reference))
+        // The corpus is the BPE's ids, from the token cache.
+        let tokenizer = try TokenizerLoader.load(path: fixture)
+        let corpus = try Data(contentsOf: URL(fileURLWithPath: fixture + "/corpus.txt"))
+        let dataset = try #require(trainer.dataset as? TextDataset)
+        #expect(dataset.trainingTokenCount + dataset.validationTokenCount == tokenizer.encode(bytes: [UInt8](corpus)).count)
+        let before = trainer.validationLoss(batches: 4)!
         let summary = try trainer.run()
-        #expect(summary.finalLoss.isFinite)
-        let saved = try GPTCheckpoint.load(from: output + "/final")
+        #expect(summary.finalLoss.isFinite && summary.validationLoss! < before, "validation loss \(before) → \(summary.validationLoss!)")
+        let final = output + "/final"
+        let saved = try GPTCheckpoint.load(from: final)
         #expect(saved.configuration.vocabularySize == 384 && saved.configuration.contextLength == 32)
         #expect(weights(saved) == weights(trainer.model))
+        // The tokenizer files travel with the weights, and the checkpoint's tokenizer is the run's.
+        for name in ["tokenizer.json", "tokenizer_config.json", "config.json", "model.safetensors"] {
+            #expect(FileManager.default.fileExists(atPath: final + "/" + name), "\(name) missing")
+        }
+        let copied = try TokenizerFiles.tokenizer(ofCheckpoint: final)
+        #expect(copied.fingerprint == tokenizer.fingerprint && copied.encode(bytes: [UInt8](corpus)) == tokenizer.encode(bytes: [UInt8](corpus)))
+        // Generation decodes with it: the prompt's ids, then new ids whose bytes the tokenizer gives back.
+        let prompt = copied.encode("The convoy moved")
+        let generated = try TextGenerator(model: saved).generate(prompt: prompt, maxNewTokens: 6, temperature: 0, seed: 0)
+        #expect(generated.count == 6 && generated.allSatisfy { $0 >= 0 && $0 < 384 })
+        #expect(copied.decodeBytes(prompt + generated).starts(with: Array("The convoy moved".utf8)))
+    }
+
+    @Test func aTokenizerLargerThanTheModelIsRefused() throws {
+        let output = scratchDirectory("ft-vocab")
+        defer { for path in [output, output + "-cache"] { try? FileManager.default.removeItem(atPath: path) } }
+        // Without --init-from: a 300-id model cannot hold the BPE's 384 ids.
+        let configuration = try TrainingSettings.resolve(configFile: nil, flags: [
+            ("--data", fixture + "/corpus.txt"), ("--tokenizer", fixture), ("--vocab-size", "300"), ("--context", "16"), ("--layers", "1"),
+            ("--d-model", "16"), ("--heads", "2"), ("--batch", "4"), ("--steps", "1"), ("--output", output), ("--token-cache", output + "-cache"),
+        ])
+        #expect(performing: { _ = try Trainer(configuration: configuration) },
+                throws: { "\($0)".contains("has 384 token ids but the model's vocabulary is 300; use --vocab-size 384 or more") })
+        // Without --vocab-size the model takes the tokenizer's.
+        let sized = try TrainingSettings.resolve(configFile: nil, flags: [("--data", fixture + "/corpus.txt"), ("--tokenizer", fixture)])
+        #expect(sized.vocabularySize == 384)
     }
 
     /// (dp, zero stage, pp, tp): the same losses after 4 SGD steps as one process from the same first weights.
@@ -59,7 +92,7 @@ import Testing
     func everyLayoutFineTunesLikeOneProcess(dp: Int, zeroStage: Int, pp: Int, tp: Int) throws {
         let single = scratchDirectory("ft-single"), parallel = scratchDirectory("ft-parallel")
         defer { for path in [single, parallel, single + "-cache", parallel + "-cache"] { try? FileManager.default.removeItem(atPath: path) } }
-        let tokenizer = "bytes"
+        let tokenizer: String? = nil  // the directory's BPE (384 ids, so the vocabulary-parallel cut sees ids past 256)
         let one = try Trainer(configuration: try TrainingSettings.resolve(configFile: nil, flags: flags(output: single, tokenizer: tokenizer)))
         let losses = try (0..<4).map { try one.trainStep($0).loss }
         var layout: [(String, String)] = [("--dp", String(dp)), ("--zero-stage", String(zeroStage)), ("--pp", String(pp)), ("--tp", String(tp))]

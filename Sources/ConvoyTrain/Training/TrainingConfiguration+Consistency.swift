@@ -16,7 +16,7 @@ extension TrainingConfiguration {
         case "text":
             let path = dataPath.map { URL(fileURLWithPath: $0).standardizedFileURL.resolvingSymlinksInPath().path } ?? "?"
             // The byte tokenizer gives the same ids whether read into memory or through the token cache.
-            let tokens = tokenizer.flatMap { $0 == TokenizerFiles.byteTokenizerName ? nil : ", tokenizer \($0)" } ?? ""
+            let tokens = tokenizer.flatMap { $0 == TokenizerLoader.byteTokenizerName ? nil : ", tokenizer \($0)" } ?? ""
             return "text file \(path) (validation fraction \(validationFraction)\(tokens))"
         default:
             return "arithmetic with \(digits) digits and \(heldOut) held-out problems"

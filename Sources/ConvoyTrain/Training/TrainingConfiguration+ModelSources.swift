@@ -50,8 +50,8 @@ extension TrainingConfiguration {
 
     /// Sizes the model's vocabulary to the tokenizer's when the run gives no `--vocab-size`.
     mutating func adoptTokenizerVocabulary() throws {
-        guard vocabularySize == nil, dataset == "text", let tokenizer, tokenizer != TokenizerFiles.byteTokenizerName else { return }
-        vocabularySize = max(ByteTokenizer.vocabularySize, try TokenizerFiles.load(tokenizer).vocabularySize)
+        guard vocabularySize == nil, dataset == "text", let tokenizer, tokenizer != TokenizerLoader.byteTokenizerName else { return }
+        vocabularySize = max(ByteTokenizer.vocabularySize, try TokenizerLoader.load(path: tokenizer).vocabularySize)
     }
 
     /// The checks of these settings against the rest of the configuration.
@@ -68,7 +68,7 @@ extension TrainingConfiguration {
     func checkVocabulary(of tokenizer: any TextTokenizer) throws {
         let vocabulary = modelConfiguration.vocabularySize
         guard tokenizer.vocabularySize <= vocabulary else {
-            throw ConvoyError.invalidConfiguration("tokenizer \(self.tokenizer ?? TokenizerFiles.byteTokenizerName) has \(tokenizer.vocabularySize) token ids but the model's vocabulary is \(vocabulary); use --vocab-size \(tokenizer.vocabularySize) or more (or leave it out to take the tokenizer's)")
+            throw ConvoyError.invalidConfiguration("tokenizer \(self.tokenizer ?? TokenizerLoader.byteTokenizerName) has \(tokenizer.vocabularySize) token ids but the model's vocabulary is \(vocabulary); use --vocab-size \(tokenizer.vocabularySize) or more (or leave it out to take the tokenizer's)")
         }
     }
 

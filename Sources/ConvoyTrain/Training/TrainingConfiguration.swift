@@ -266,7 +266,7 @@ public struct TrainingConfiguration: Sendable, Equatable {
             guard let tokenizer else {
                 return try TextDataset(path: dataPath!, contextLength: context, seed: seed, validationFraction: validationFraction)
             }
-            let tokens = try cachedTokens(tokenizer: try TokenizerFiles.load(tokenizer), display: display)
+            let tokens = try cachedTokens(tokenizer: try TokenizerLoader.load(path: tokenizer), display: display)
             return try TextDataset(tokens: tokens, name: dataPath!, contextLength: context, seed: seed, validationFraction: validationFraction)
         default:
             return try ArithmeticDataset(seed: seed, digits: digits, contextLength: context, heldOutCount: heldOut)

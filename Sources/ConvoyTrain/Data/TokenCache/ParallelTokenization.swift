@@ -2,9 +2,10 @@ import ConvoyTensor
 import Foundation
 
 /// Tokenises a corpus on several threads with exactly the ids of one serial `encode`: the corpus is cut at the
-/// tokenizer's safe points (``TextTokenizer/safeCut(in:near:)``) into chunks of about `chunkBytes`, chunks
+/// tokenizer's safe points (``TextTokenizer/chunkBoundaries(of:chunkBytes:)``) into chunks of about `chunkBytes`, chunks
 /// are encoded in waves of a few per thread, and each wave's ids are handed on in corpus order — so memory
-/// holds a wave of chunks, never the whole corpus's ids.
+/// holds a wave of chunks, never the whole corpus's ids (``TextTokenizer/encodeInParallel(bytes:chunkBytes:pool:)``
+/// is the in-memory form, for text already held in an array).
 public struct ParallelTokenization {
     public let tokenizer: any TextTokenizer
     /// Threads that encode chunks (1: serial, the reference the parallel result equals).
@@ -18,25 +19,11 @@ public struct ParallelTokenization {
         self.chunkBytes = max(1, chunkBytes)
     }
 
-    /// The chunks `corpus` is cut into: consecutive ranges covering it, each ending at a safe cut point.
-    public func chunks(of corpus: UnsafeBufferPointer<UInt8>) -> [Range<Int>] {
-        var ranges: [Range<Int>] = []
-        var start = 0
-        while start < corpus.count {
-            let target = start + chunkBytes
-            // A cut must move forward, so a tokenizer answering at or before `start` ends the chunk at the target.
-            var end = target >= corpus.count ? corpus.count : tokenizer.safeCut(in: corpus, near: target)
-            if end <= start || end > corpus.count { end = min(target, corpus.count) }
-            ranges.append(start..<end)
-            start = end
-        }
-        return ranges
-    }
-
     /// Encodes `corpus`, calling `emit` with the ids of consecutive parts in order (their concatenation is
     /// `tokenizer.encode(bytes: corpus)`) and `progress` with the bytes encoded so far after each part.
     public func encode(_ corpus: UnsafeBufferPointer<UInt8>, emit: ([Int32]) throws -> Void, progress: (Int) throws -> Void = { _ in }) throws {
-        let ranges = chunks(of: corpus)
+        let boundaries = tokenizer.chunkBoundaries(of: corpus, chunkBytes: chunkBytes)
+        let ranges = zip(boundaries, boundaries.dropFirst()).map { $0..<$1 }
         let pool = ComputePool(threadCount: threads)
         let wave = threads * 4
         var first = 0
