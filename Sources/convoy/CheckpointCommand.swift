@@ -85,6 +85,8 @@ struct CheckpointExportCommand: ParsableCommand {
         let reader = try ShardedCheckpointReader(directory: resolved)
         let parameters = reader.index.names(of: .parameter).map { (name: $0, shape: reader.index.tensors[$0]!.shape, dtype: DType.float32) }
         try GPTCheckpoint.export(configuration.modelConfiguration, parameters: parameters, to: output) { try reader.readWhole($0) }
+        // The tokenizer files a fine-tuning run copied in go along, so AutoTokenizer loads the export too.
+        for (name, contents) in try TokenizerFiles.files(of: resolved) { try AtomicFile.write(contents, to: output + "/" + name) }
         print("wrote \(output)/\(GPTCheckpoint.weightsFileName) and \(GPTCheckpoint.configFileName) (\(parameters.count) tensors, step \(state.step))")
     }
 }

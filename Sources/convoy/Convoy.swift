@@ -12,7 +12,7 @@ struct Convoy: ParsableCommand {
         commandName: "convoy",
         abstract: "Convoy: hybrid-parallel training of GPT models.",
         version: "0.1.0",
-        subcommands: [TrainCommand.self, EvalCommand.self, GenerateCommand.self, BenchCommand.self, LaunchCommand.self, PlanCommand.self, CheckpointCommand.self, ReportCommand.self, InfoCommand.self],
+        subcommands: [TrainCommand.self, EvalCommand.self, GenerateCommand.self, TokenizeCommand.self, BenchCommand.self, LaunchCommand.self, PlanCommand.self, CheckpointCommand.self, ReportCommand.self, InfoCommand.self],
         defaultSubcommand: nil)
 
     /// Errors a person can cause (bad flags, files, checkpoints) end in one clear line and exit status 1,

@@ -8,16 +8,16 @@ import Foundation
 struct EvalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "eval",
-        abstract: "Evaluate a checkpoint: cross-entropy on a file's bytes (--data), or held-out accuracy (--task arithmetic).",
+        abstract: "Evaluate a checkpoint: cross-entropy on a file's tokens (--data; its tokenizer, or bytes), or held-out accuracy (--task arithmetic).",
         discussion: """
-        With --data, window i has inputs bytes[i·T ..< (i+1)·T] and targets bytes[i·T+1 ..< (i+1)·T+1], \
+        With --data (tokenised by the checkpoint's tokenizer files, or as bytes when it has none), window i has inputs tokens[i·T ..< (i+1)·T] and targets tokens[i·T+1 ..< (i+1)·T+1], \
         for i in 0 ..< min((length−1)/T, B·K). With --task arithmetic, the held-out problems are those of the \
         run that trained the checkpoint (its seed, digits and held-out count, from trainer.json), unless given.
         """)
 
     @Option(help: "Checkpoint directory (model.safetensors + config.json).") var checkpoint: String
     @Option(help: "Model of the checkpoint: gpt (default) or ctr (reports AUC and log loss on the run's validation data, or --data TSV).") var model: String = "gpt"
-    @Option(help: "File whose bytes are the tokens.") var data: String?
+    @Option(help: "Text file to score (tokenised with the checkpoint's tokenizer).") var data: String?
     @Option(help: "Task to score instead of a file: arithmetic (exact-match accuracy on held-out additions).") var task: String?
     @Option(help: "Context length T of each window (with --data).") var context: Int?
     @Option(help: "Arithmetic: the seed that chose the held-out problems (default: the checkpoint's).") var seed: Int?
@@ -62,14 +62,16 @@ struct EvalCommand: ParsableCommand {
         guard let contents = FileManager.default.contents(atPath: data) else {
             throw ConvoyError.io("cannot read --data \(data)")
         }
-        let bytes = [UInt8](contents)
-        var windows = bytes.count > 1 ? (bytes.count - 1) / context : 0
+        // The text is read with the checkpoint's tokenizer (its copied files), or as bytes.
+        let tokenizer = try TokenizerFiles.tokenizer(ofCheckpoint: directory)
+        guard model.configuration.vocabularySize >= tokenizer.vocabularySize else {
+            throw ConvoyError.incompatible("the checkpoint's vocabulary (\(model.configuration.vocabularySize)) cannot hold the \(tokenizer.vocabularySize) ids of its tokenizer")
+        }
+        let tokens = tokenizer.encode(bytes: [UInt8](contents))
+        var windows = tokens.count > 1 ? (tokens.count - 1) / context : 0
         if let maxBatches { windows = min(windows, batch * maxBatches) }
         guard windows > 0 else {
-            throw ConvoyError.invalidArgument("\(data) has \(bytes.count) bytes: too short for one window of \(context) tokens plus a target")
-        }
-        guard model.configuration.vocabularySize >= 256 else {
-            throw ConvoyError.incompatible("the checkpoint's vocabulary (\(model.configuration.vocabularySize)) cannot hold byte tokens (256)")
+            throw ConvoyError.invalidArgument("\(data) has \(tokens.count) tokens: too short for one window of \(context) tokens plus a target")
         }
         var totalLoss = 0.0
         var start = 0
@@ -82,8 +84,8 @@ struct EvalCommand: ParsableCommand {
                 for window in start..<(start + count) {
                     let base = window * context
                     for i in 0..<context {
-                        inputs.append(Int32(bytes[base + i]))
-                        targets.append(Int32(bytes[base + i + 1]))
+                        inputs.append(tokens[base + i])
+                        targets.append(tokens[base + i + 1])
                     }
                 }
                 let loss = model.loss(inputs, targets: targets, batch: count, time: context)
@@ -92,12 +94,12 @@ struct EvalCommand: ParsableCommand {
                 start += count
             }
         }
-        let tokens = windows * context
-        let mean = totalLoss / Double(tokens)
+        let scored = windows * context
+        let mean = totalLoss / Double(scored)
         if json {
-            print("{\"loss\": \(mean), \"tokens\": \(tokens)}")
+            print("{\"loss\": \(mean), \"tokens\": \(scored)}")
         } else {
-            print(String(format: "loss %.6f over %d tokens (%d windows of %d)", mean, tokens, windows, context))
+            print(String(format: "loss %.6f over %d tokens (%d windows of %d)", mean, scored, windows, context))
         }
     }
 

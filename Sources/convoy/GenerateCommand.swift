@@ -5,7 +5,7 @@ import ConvoyTrain
 
 /// `convoy generate`: continues a prompt with a trained checkpoint.
 struct GenerateCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "generate", abstract: "Continue a prompt with a checkpoint (temperature 0 is greedy).")
+    static let configuration = CommandConfiguration(commandName: "generate", abstract: "Continue a prompt with a checkpoint and its tokenizer (temperature 0 is greedy).")
 
     @Option(help: "Checkpoint directory.") var checkpoint: String
     @Option(help: "Text to continue.") var prompt: String
@@ -24,15 +24,17 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         if let threads { ComputePool.setSharedThreadCount(threads) }
-        let model = try TrainingCheckpoint.loadModel(from: checkpoint)
+        let directory = try TrainingCheckpoint.resolvedDirectory(checkpoint)
+        let model = try TrainingCheckpoint.loadModel(from: directory)
         model.eval()
-        let tokenizer = ByteTokenizer()
-        // Streamed token by token (the tokens are bytes), so a long generation shows as it goes and a closed
-        // pipe stops it at once.
+        let tokenizer = try TokenizerFiles.tokenizer(ofCheckpoint: directory)
+        // Streamed token by token (each token's bytes as soon as it is generated; a character split over two
+        // tokens completes on the terminal when its last byte arrives), so a long generation shows as it goes
+        // and a closed pipe stops it at once.
         try StandardOutput.write(prompt)
         _ = try TextGenerator(model: model).generate(
             prompt: tokenizer.encode(prompt), maxNewTokens: maxTokens, temperature: Float(temperature), seed: UInt64(seed),
-            onToken: { try StandardOutput.write([UInt8(truncatingIfNeeded: $0)]) })
+            onToken: { try StandardOutput.write(tokenizer.decodeBytes([$0])) })
         try StandardOutput.write("\n")
     }
 }

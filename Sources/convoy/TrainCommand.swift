@@ -52,6 +52,8 @@ struct TrainCommand: ParsableCommand {
                 // (A resume keeps the checkpoint's global batch and fits the accumulation steps to this world.)
                 let checked = resume == nil ? configuration : try Trainer.fittingAccumulation(configuration, worldSize: ranks)
                 _ = try DistributedSampler(globalBatch: checked.batch, worldSize: plan.dataParallelSize, rank: 0, microBatches: checked.accumulateSteps)
+                // Tokenise into the cache before the ranks start, so none waits on a collective meanwhile.
+                if configuration.tokenizer != nil { _ = try configuration.makeDataset(display: display) }
                 let resume = self.resume
                 let summaries = try LocalWorld.run(size: ranks, threadsPerRank: max(1, threads / ranks)) { group in
                     let trainer = try Trainer(configuration: configuration, group: group, resume: resume, display: display, timeline: timeline)

@@ -61,8 +61,8 @@ private func message(of error: ConvoyError?) -> String { error.map { "\($0)" } ?
 
     @Test func splitsAtTheRequestedFraction() throws {
         let data = try dataset()
-        #expect(data.trainingByteCount == 900)
-        #expect(data.validationByteCount == 100)
+        #expect(data.trainingTokenCount == 900)
+        #expect(data.validationTokenCount == 100)
         #expect(data.validationCount == (100 - 1) / 8)
     }
 
@@ -148,7 +148,7 @@ private func message(of error: ConvoyError?) -> String { error.map { "\($0)" } ?
         let fromFile = try withTemporaryFile(lettersThenDigits) { path in
             try TextDataset(path: path, contextLength: 8, seed: 7, validationFraction: 0.1)
         }
-        #expect(fromFile.trainingByteCount == 900)
+        #expect(fromFile.trainingTokenCount == 900)
         #expect(fromFile.validationCount == fromBytes.validationCount)
         #expect((0..<50).map(fromFile.trainingExample) == (0..<50).map(fromBytes.trainingExample))
         #expect((0..<12).map(fromFile.validationExample) == (0..<12).map(fromBytes.validationExample))
@@ -157,8 +157,8 @@ private func message(of error: ConvoyError?) -> String { error.map { "\($0)" } ?
     @Test func zeroValidationFractionTrainsOnEverything() throws {
         let data = try dataset(fraction: 0)
         #expect(data.validationCount == 0)
-        #expect(data.validationByteCount == 0)
-        #expect(data.trainingByteCount == lettersThenDigits.count)
+        #expect(data.validationTokenCount == 0)
+        #expect(data.trainingTokenCount == lettersThenDigits.count)
         // With the whole file for training, windows now reach into the digits at the end.
         let offsets = (0..<5000).map(data.trainingOffset)
         #expect(offsets.max() == lettersThenDigits.count - 8 - 1)
@@ -249,7 +249,7 @@ private func message(of error: ConvoyError?) -> String { error.map { "\($0)" } ?
 
     @Test func acceptsTheLargestValidationFraction() throws {
         let data = try dataset(fraction: 0.5)
-        #expect(data.trainingByteCount == 500)
+        #expect(data.trainingTokenCount == 500)
         #expect(data.validationCount == (500 - 1) / 8)
     }
 }

@@ -121,6 +121,11 @@ public enum GPTCheckpoint {
         return configuration
     }
 
+    /// The Convoy name of a tensor named `name` in a GPT-2 file (with or without the `transformer.` prefix).
+    public static func convoyName(of name: String) -> String {
+        name.hasPrefix(namePrefix) ? String(name.dropFirst(namePrefix.count)) : name
+    }
+
     /// Loads a checkpoint directory into a new model.
     public static func load(from directory: String) throws -> GPT {
         let model = try GPT(readConfiguration(from: directory), seed: 0)
@@ -135,7 +140,7 @@ public enum GPTCheckpoint {
         let file = try SafeTensors.read(contentsOf: path)
         var byName: [String: Tensor] = [:]
         for (rawName, tensor) in file.tensors {
-            let name = rawName.hasPrefix(namePrefix) ? String(rawName.dropFirst(namePrefix.count)) : rawName
+            let name = convoyName(of: rawName)
             // Buffers GPT-2 may store, and the tied head, carry no independent weights.
             if name == "lm_head.weight" || name.hasSuffix(".attn.bias") || name.hasSuffix(".attn.masked_bias") { continue }
             guard byName[name] == nil else { throw ConvoyError.malformedFile(path: path, reason: "tensor '\(name)' appears twice (with and without the 'transformer.' prefix)") }

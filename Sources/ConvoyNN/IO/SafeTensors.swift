@@ -97,6 +97,21 @@ public struct SafeTensors: Sendable {
         let headerBytes = UnsafeRawBufferPointer(rebasing: buffer[8..<(8 + headerLength)])
         let data = UnsafeRawBufferPointer(rebasing: buffer[(8 + headerLength)...])
 
+        let (metadata, entries) = try parseHeader(headerBytes, dataLength: data.count, malformed: malformed)
+
+        // Everything is validated: only now allocate and copy.
+        var tensors: [String: Tensor] = [:]
+        tensors.reserveCapacity(entries.count)
+        for entry in entries {
+            tensors[entry.name] = makeTensor(entry, source: data.baseAddress.map { $0 + entry.begin })
+        }
+        return SafeTensors(tensors: tensors, metadata: metadata)
+    }
+
+    /// Parses and validates a header's JSON (the bytes after the length prefix) for a data section of
+    /// `dataLength` bytes: every entry's dtype, shape and offsets, and that no two tensors overlap.
+    private static func parseHeader(_ headerBytes: UnsafeRawBufferPointer, dataLength: Int,
+                                    malformed: (String) -> ConvoyError) throws -> (metadata: [String: String], entries: [Entry]) {
         guard String(validating: headerBytes, as: UTF8.self) != nil else {
             throw malformed("header is not valid UTF-8")
         }
@@ -126,7 +141,7 @@ public struct SafeTensors: Sendable {
                 }
                 continue
             }
-            entries.append(try parseEntry(name: name, value: value, dataLength: data.count, malformed: malformed))
+            entries.append(try parseEntry(name: name, value: value, dataLength: dataLength, malformed: malformed))
         }
 
         // Offsets may come in any order; sorted by start, each non-empty tensor must begin at or after the
@@ -140,13 +155,53 @@ public struct SafeTensors: Sendable {
             previous = entry
         }
 
-        // Everything is validated: only now allocate and copy.
-        var tensors: [String: Tensor] = [:]
-        tensors.reserveCapacity(entries.count)
-        for entry in entries {
-            tensors[entry.name] = makeTensor(entry, source: data.baseAddress.map { $0 + entry.begin })
+        return (metadata, entries)
+    }
+
+    /// Where one tensor's bytes are in a safetensors file, as its validated header says.
+    public struct Location: Sendable {
+        public var name: String
+        public var storage: SafeTensorsStorageType
+        public var shape: [Int]
+        /// The tensor's bytes, as absolute offsets in the file.
+        public var bytes: Range<Int>
+    }
+
+    /// Reads and validates only the header of the safetensors file at `path` (not its data): where each
+    /// tensor is, so a caller can read just the parts it needs.
+    ///
+    /// - Throws: ``ConvoyError/io(_:)`` when the file cannot be read, ``ConvoyError/malformedFile(path:reason:)``
+    ///   when its header is not valid (the same checks as ``read(contentsOf:)``).
+    public static func locations(inFileAt path: String) throws -> [Location] {
+        func malformed(_ reason: String) -> ConvoyError { .malformedFile(path: path, reason: reason) }
+        guard let handle = FileHandle(forReadingAtPath: path) else { throw ConvoyError.io("cannot open safetensors file \(path)") }
+        defer { try? handle.close() }
+        let fileLength: Int
+        let prefix: Data
+        do {
+            fileLength = Int(try handle.seekToEnd())
+            try handle.seek(toOffset: 0)
+            prefix = try handle.read(upToCount: 8) ?? Data()
+        } catch {
+            throw ConvoyError.io("cannot read safetensors file \(path): \(error.localizedDescription)")
         }
-        return SafeTensors(tensors: tensors, metadata: metadata)
+        guard prefix.count == 8 else { throw malformed("file is \(prefix.count) bytes, shorter than the 8-byte header length prefix") }
+        let declared = prefix.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        guard declared <= UInt64(maximumHeaderBytes) else {
+            throw malformed("huge header: declared header length \(declared) bytes exceeds the \(maximumHeaderBytes)-byte limit")
+        }
+        let headerLength = Int(declared)
+        guard headerLength <= fileLength - 8 else {
+            throw malformed("header length \(headerLength) runs past the end of the file (\(fileLength - 8) bytes after the length prefix)")
+        }
+        let header: Data
+        do { header = try handle.read(upToCount: headerLength) ?? Data() } catch {
+            throw ConvoyError.io("cannot read safetensors file \(path): \(error.localizedDescription)")
+        }
+        guard header.count == headerLength else { throw malformed("the header is shorter than its declared \(headerLength) bytes") }
+        let entries = try header.withUnsafeBytes { try parseHeader($0, dataLength: fileLength - 8 - headerLength, malformed: malformed).entries }
+        let dataStart = 8 + headerLength
+        return entries.map { Location(name: $0.name, storage: $0.storage, shape: $0.shape, bytes: (dataStart + $0.begin)..<(dataStart + $0.end)) }
     }
 
     private static func parseEntry(

@@ -13,7 +13,8 @@ public enum PieceChecksum {
         return String(repeating: "0", count: 16 - digits.count) + digits
     }
 
-    static func compute(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+    /// The checksum of `bytes` as a number (``hex(_:)`` writes it out).
+    public static func compute(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
         let prime: UInt64 = 0x0000_0100_0000_01B3
         var lanes: (UInt64, UInt64, UInt64, UInt64) = (0xCBF2_9CE4_8422_2325, 0x84222325CBF29CE4, 0x9CE484222325CBF2, 0x2325CBF29CE48422)
         let words = bytes.count / 8

@@ -10,6 +10,7 @@ public final class ProgressDisplay: @unchecked Sendable {
     public let isTerminal: Bool
     private let plainEvery: Int
     private var lastDraw: Double = 0
+    private var lastTenth = -1
 
     /// `isTerminal` defaults to whether standard output is a terminal.
     public init(plainEvery: Int, isTerminal: Bool = isatty(STDOUT_FILENO) == 1) {
@@ -30,6 +31,27 @@ public final class ProgressDisplay: @unchecked Sendable {
             lastDraw = elapsed
             try write("\r\u{1B}[2K" + line + (step == total ? "\n" : ""))
         } else if step % plainEvery == 0 || step == total {
+            try write(line + "\n")
+        }
+    }
+
+    /// Reports progress through `total` bytes (tokenising a corpus): on a terminal a bar with the share done,
+    /// bytes/s and ETA, redrawn in place; otherwise a plain line at every tenth.
+    public func progress(_ label: String, done: Int, total: Int, elapsed: Double) throws {
+        let share = total > 0 ? Double(done) / Double(total) : 1
+        let rate = elapsed > 0 ? Double(done) / elapsed : 0
+        let width = 30, filled = Int(share * Double(width))
+        let bar = String(repeating: "#", count: filled) + String(repeating: " ", count: width - filled)
+        let line = String(format: "%@ [%@] %3.0f%% | %.1f MB/s | ETA %@", label, bar, share * 100, rate / 1e6,
+                          Self.duration(rate > 0 ? Double(total - done) / rate : .nan))
+        if isTerminal {
+            guard elapsed - lastDraw >= 0.1 || done == total else { return }
+            lastDraw = elapsed
+            try write("\r\u{1B}[2K" + line + (done == total ? "\n" : ""))
+        } else {
+            let tenth = Int(share * 10)
+            guard tenth > lastTenth else { return }
+            lastTenth = tenth
             try write(line + "\n")
         }
     }

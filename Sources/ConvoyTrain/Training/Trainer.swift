@@ -67,7 +67,15 @@ public final class Trainer {
         try MemoryEstimate(plan: plan, optimizerStateBytesPerParameter: try ZeROMemoryPlan.OptimizerKind(name: configuration.optimizer).stateBytesPerParameter,
                            microBatchSize: configuration.microBatchSize ?? max(configuration.batch / (plan.dataParallelSize * configuration.accumulateSteps), 1),
                            ranksInProcess: group is LocalProcessGroup ? group?.size ?? 1 : 1).check()
-        dataset = try configuration.makeDataset()
+        // With a tokenizer, the leader tokenises into the token cache (when it is not there yet) and the other
+        // ranks then map the file it left.
+        var leaderDataset: (any TrainingDataset)?
+        if configuration.tokenizer != nil, let group, group.size > 1 {
+            try Self.agreeOnSuccess(group, otherwise: "another rank could not prepare the tokens of \(configuration.dataPath ?? "the corpus") (its error is reported there)") {
+                if group.rank == 0 { leaderDataset = try configuration.makeDataset(display: display) }
+            }
+        }
+        dataset = try leaderDataset ?? configuration.makeDataset(display: (group?.rank ?? 0) == 0 ? display : nil)
         sampler = try DistributedSampler(globalBatch: configuration.batch, worldSize: plan.dataParallelSize, rank: dataParallelRank,
                                          microBatches: configuration.accumulateSteps)
         model = try configuration.makeModel()
@@ -79,7 +87,12 @@ public final class Trainer {
         lossScaler = LossScaler(try LossScaling(parsing: configuration.lossScale))
         self.display = (group?.rank ?? 0) == 0 ? display : nil
         self.timeline = timeline
-        if let resume { try restore(from: resume) }
+        if let resume {
+            try restore(from: resume)
+        } else if let initFrom = configuration.initFrom {
+            // The Hugging Face file read as a checkpoint: each rank reads its part of each weight, as on resume.
+            try runtime.loadCheckpoint(from: ShardedCheckpointReader(directory: initFrom, index: try CheckpointIndex(huggingFaceDirectory: initFrom)))
+        }
     }
 
     /// `configuration` with accumulation steps that split the global batch evenly over the data-parallel
@@ -156,8 +169,11 @@ public final class Trainer {
         try everyRankSucceeds(directory) {
             guard isLeader else { return }
             let manifest = try PlacementManifest(model: model, mesh: plan.mesh).encoded()
+            // The tokenizer travels with the weights, so generate, eval and AutoTokenizer read the text as trained.
+            let tokenizerFiles = try configuration.tokenizer.map { try TokenizerFiles.files(of: $0) } ?? [:]
             try TrainingCheckpoint.publish(temporary: temporary, ranks: group?.size ?? 1, state: state(afterStep: step), layout: runtime.layoutSummary,
-                                           model: model, exportWeights: exportWeights, extraFiles: [PlacementManifest.fileName: manifest],
+                                           model: model, exportWeights: exportWeights,
+                                           extraFiles: tokenizerFiles.merging([PlacementManifest.fileName: manifest]) { _, placement in placement },
                                            to: directory, failingAt: failure)
         }
     }
@@ -166,14 +182,18 @@ public final class Trainer {
     /// part of saving `directory` failed rethrows its error, the others throw one saying so, and none waits
     /// for a rank that gave up.
     private func everyRankSucceeds(_ directory: String, _ body: () throws -> Void) throws {
+        try Self.agreeOnSuccess(group, otherwise: "another rank could not write its part of the checkpoint \(directory) (its error is reported there); the previous checkpoint is untouched", body)
+    }
+
+    /// Runs `body`, then agrees with every rank of `group` on whether all succeeded (collective): a rank whose
+    /// `body` failed rethrows its error, the others throw `otherwise`.
+    private static func agreeOnSuccess(_ group: (any ProcessGroup)?, otherwise message: String, _ body: () throws -> Void) throws {
         var failure: Error?
         do { try body() } catch { failure = error }
         if let group, group.size > 1 {
             let failed = Tensor(shape: [1], values: [failure == nil ? 0 : 1])
             try group.allReduce(failed, operation: .max)
-            if failure == nil && failed.scalarValue > 0 {
-                throw ConvoyError.io("another rank could not write its part of the checkpoint \(directory) (its error is reported there); the previous checkpoint is untouched")
-            }
+            if failure == nil && failed.scalarValue > 0 { throw ConvoyError.io(message) }
         }
         if let failure { throw failure }
     }

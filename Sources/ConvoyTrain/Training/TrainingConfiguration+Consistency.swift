@@ -15,7 +15,9 @@ extension TrainingConfiguration {
         switch dataset {
         case "text":
             let path = dataPath.map { URL(fileURLWithPath: $0).standardizedFileURL.resolvingSymlinksInPath().path } ?? "?"
-            return "text file \(path) (validation fraction \(validationFraction))"
+            // The byte tokenizer gives the same ids whether read into memory or through the token cache.
+            let tokens = tokenizer.flatMap { $0 == TokenizerLoader.byteTokenizerName ? nil : ", tokenizer \($0)" } ?? ""
+            return "text file \(path) (validation fraction \(validationFraction)\(tokens))"
         default:
             return "arithmetic with \(digits) digits and \(heldOut) held-out problems"
         }
@@ -25,6 +27,6 @@ extension TrainingConfiguration {
     /// `checkpoint` it resumes.
     public func checkSameDataset(as saved: TrainingConfiguration, checkpoint: String) throws {
         guard saved.datasetDescription != datasetDescription else { return }
-        throw ConvoyError.incompatible("checkpoint \(checkpoint) was trained on \(saved.datasetDescription); this run uses \(datasetDescription). Resume with the same --dataset, --data, --digits and --held-out")
+        throw ConvoyError.incompatible("checkpoint \(checkpoint) was trained on \(saved.datasetDescription); this run uses \(datasetDescription). Resume with the same --dataset, --data, --tokenizer, --digits and --held-out")
     }
 }

@@ -15,6 +15,13 @@ public struct TrainingConfiguration: Sendable, Equatable {
     public var heads = 4
     public var context = 16
     public var dropout: Double = 0
+    /// Token ids the model has (nil: the tokenizer's count, 256 for bytes); `--init-from` sets it.
+    public var vocabularySize: Int?
+    /// Position embeddings: the longest context the model takes (nil: `context`); `--init-from` sets it
+    /// from `n_positions`, and `context` may then be shorter.
+    public var positions: Int?
+    /// A Hugging Face GPT-2 directory whose weights (and shape, and tokenizer) the run starts from.
+    public var initFrom: String?
     /// CTR: width of every embedding row.
     public var ctrEmbeddingWidth = 16
     /// CTR: width of the MLP's hidden layers.
@@ -24,6 +31,11 @@ public struct TrainingConfiguration: Sendable, Equatable {
     /// "arithmetic" (built-in) or "text" (needs `dataPath`).
     public var dataset = "arithmetic"
     public var dataPath: String?
+    /// The tokenizer of `dataPath` (a tokenizer.json, a directory with one, or "bytes"); nil: bytes, read
+    /// into memory. Any tokenizer given goes through the memory-mapped token cache.
+    public var tokenizer: String?
+    /// The token cache's directory (nil: ``TokenCache/defaultDirectory(environment:)``).
+    public var tokenCache: String?
     public var digits = 2
     public var heldOut = 1000
     public var validationFraction: Double = 0.1
@@ -128,7 +140,7 @@ public struct TrainingConfiguration: Sendable, Equatable {
 
     /// The model this configuration trains.
     public var modelConfiguration: GPTConfiguration {
-        GPTConfiguration(vocabularySize: ByteTokenizer.vocabularySize, contextLength: context, layers: layers, heads: heads, width: dModel,
+        GPTConfiguration(vocabularySize: vocabularySize ?? ByteTokenizer.vocabularySize, contextLength: positions ?? context, layers: layers, heads: heads, width: dModel,
                          embeddingDropout: Float(dropout), attentionDropout: Float(dropout), residualDropout: Float(dropout))
     }
 
@@ -143,6 +155,7 @@ public struct TrainingConfiguration: Sendable, Equatable {
             throw ConvoyError.invalidConfiguration("[[placement]] role and comm describe parameter servers of --model ctr; a GPT placement has modules and devices")
         }
         if optimizer == "adagrad" { throw ConvoyError.invalidConfiguration("--optimizer adagrad is the sparse-table rule of --model ctr; GPT trains with adamw, adam, sgd, momentum or nesterov") }
+        try validateModelSources()
         guard dModel % heads == 0 else {
             throw ConvoyError.invalidConfiguration("model.d_model \(dModel) is not divisible by model.heads \(heads); choose a d_model that is a multiple of heads")
         }
@@ -245,11 +258,16 @@ public struct TrainingConfiguration: Sendable, Equatable {
         }
     }
 
-    /// The dataset this configuration trains on.
-    public func makeDataset() throws -> any TrainingDataset {
+    /// The dataset this configuration trains on; with a tokenizer, its tokens come from the token cache
+    /// (tokenised first when they are not there, shown on `display`).
+    public func makeDataset(display: ProgressDisplay? = nil) throws -> any TrainingDataset {
         switch dataset {
         case "text":
-            return try TextDataset(path: dataPath!, contextLength: context, seed: seed, validationFraction: validationFraction)
+            guard let tokenizer else {
+                return try TextDataset(path: dataPath!, contextLength: context, seed: seed, validationFraction: validationFraction)
+            }
+            let tokens = try cachedTokens(tokenizer: try TokenizerLoader.load(path: tokenizer), display: display)
+            return try TextDataset(tokens: tokens, name: dataPath!, contextLength: context, seed: seed, validationFraction: validationFraction)
         default:
             return try ArithmeticDataset(seed: seed, digits: digits, contextLength: context, heldOutCount: heldOut)
         }

@@ -135,6 +135,9 @@ public enum TrainingSettings {
         integer("model.d_model", "--d-model", \.dModel, 1...65536, "Model width."),
         integer("model.heads", "--heads", \.heads, 1...1024, "Attention heads."),
         integer("model.context", "--context", \.context, 1...1_048_576, "Context length in tokens."),
+        optionalInteger("model.vocab_size", "--vocab-size", \.vocabularySize, 256...16_777_216, "Token ids of the model (default: the tokenizer's; 256 for bytes). --init-from takes it from config.json."),
+        optionalInteger("model.positions", "--positions", \.positions, 1...1_048_576, "Position embeddings, the longest context the model takes (default: --context). --init-from takes it from n_positions."),
+        optionalPath("model.init_from", "--init-from", \.initFrom, "Start from a Hugging Face GPT-2 directory (config.json + model.safetensors): its shape, weights and tokenizer; the final checkpoint is again such a directory, with the tokenizer files copied in."),
         real("model.dropout", "--dropout", \.dropout, 0...1, openUpper: true, "Dropout probability (embeddings, attention, residuals)."),
         integer("model.ctr_embedding_dim", "--ctr-embedding-dim", \.ctrEmbeddingWidth, 1...4096, "CTR: width of every embedding row."),
         integer("model.ctr_hidden", "--ctr-hidden", \.ctrHidden, 1...65536, "CTR: width of the MLP's two hidden layers."),
@@ -143,6 +146,8 @@ public enum TrainingSettings {
             configuration.dataPath = try text(value, or: "a file path")
             configuration.dataset = "text"
         }, read: { $0.dataPath.map { .text($0) } }),
+        optionalPath("data.tokenizer", "--tokenizer", \.tokenizer, "Tokenizer of --data: a tokenizer.json, a directory with tokenizer.json or vocab.json + merges.txt, or bytes. The corpus is tokenised once, in parallel, into a memory-mapped token cache (default: bytes, read into memory)."),
+        optionalPath("data.token_cache", "--token-cache", \.tokenCache, "Directory of the token cache (default: $CONVOY_CACHE/tokens, else ~/.cache/convoy/tokens)."),
         integer("data.digits", "--digits", \.digits, 1...9, "Maximum digits per arithmetic operand."),
         integer("data.held_out", "--held-out", \.heldOut, 1...1_000_000, "Arithmetic problems held out of training to measure accuracy."),
         real("data.validation_fraction", "--validation-fraction", \.validationFraction, 0...0.5, "Share of a text file kept for validation."),
@@ -402,6 +407,12 @@ public enum TrainingSettings {
             try apply(toml: text, source: configFile, to: &configuration)
         }
         for (flag, value) in flags { try applyFlag(flag, value, to: &configuration) }
+        // What the user set (by flag, or to a value other than the default in the file) decides which shape
+        // settings may conflict with an --init-from directory.
+        let defaults = TrainingConfiguration()
+        let explicitlySet = Set(flags.compactMap { byFlag[$0.flag]?.key } + all.filter { $0.read(configuration) != $0.read(defaults) }.map(\.key))
+        try configuration.adoptInitialModel(explicitlySet: explicitlySet)
+        try configuration.adoptTokenizerVocabulary()
         // --data switches the dataset to text, so an explicit `--dataset arithmetic` beside it is a contradiction.
         if flags.contains(where: { $0.flag == "--dataset" && $0.value == "arithmetic" }), let path = configuration.dataPath {
             throw TrainingConfiguration.contradictoryDataset(path)
