@@ -6,7 +6,9 @@ import ConvoyTensor
 /// (``BytePairMerger``).
 ///
 /// Beyond `tokenizers`, any bytes encode, including invalid UTF-8 (see ``GPT2PreTokenizer`` for how an
-/// invalid byte is classified), and `decodeBytes(encode(bytes: b)) == b` for every `b`. Load one with
+/// invalid byte is classified), and `decodeBytes(encode(bytes: b)) == b` for every `b`. The one exception
+/// is an added token with `lstrip` or `rstrip` (RoBERTa's `<mask>`, not GPT-2's tokens): as in
+/// `tokenizers`, it swallows the whitespace beside it, which decoding cannot restore. Load one with
 /// ``TokenizerLoader/load(path:)``.
 public struct ByteLevelBPETokenizer: TextTokenizer {
     /// A token matched in the raw text before pre-tokenisation (`added_tokens` of `tokenizer.json`).
