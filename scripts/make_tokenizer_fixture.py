@@ -7,6 +7,8 @@ Writes into Tests/ConvoyTrainTests/Fixtures/bpe-tiny/:
   tokenizer-string-merges.json    the same tokenizer with merges in the older "a b" string form
   vocab.json, merges.txt          the same model in GPT-2's two-file form
   encodings.json                  test inputs (hex bytes) and the ids `tokenizers` gives them
+  variants.json                   edits of tokenizer.json (added tokens with lstrip, rstrip, single_word and
+                                  normalized; ignore_merges; use_regex false) and `tokenizers`' ids under each
 
 Valid UTF-8 inputs are encoded with `Tokenizer.encode`. `tokenizers` cannot take invalid UTF-8 (it encodes
 Python strings), so for inputs with invalid bytes the script applies Convoy's documented rule using the
@@ -157,6 +159,51 @@ def encode_bytes(tok, data):
     return ids
 
 
+VARIANTS = [
+    {"name": "added tokens", "added_tokens": [
+        {"id": 757, "content": "<mask>", "single_word": False, "lstrip": True, "rstrip": False, "normalized": False, "special": True},
+        {"id": 758, "content": "<r>", "single_word": False, "lstrip": False, "rstrip": True, "normalized": False, "special": True},
+        {"id": 759, "content": "[SW]", "single_word": True, "lstrip": False, "rstrip": False, "normalized": False, "special": True},
+        {"id": 760, "content": "hello", "single_word": False, "lstrip": False, "rstrip": False, "normalized": True, "special": False},
+        {"id": 761, "content": "<mask>s", "single_word": False, "lstrip": False, "rstrip": False, "normalized": True, "special": False},
+        {"id": 762, "content": "<|endoftext|>!", "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True},
+    ]},
+    {"name": "ignore merges", "ignore_merges": True},
+    {"name": "no regex", "use_regex": False},
+]
+
+
+def variant_document(base, variant):
+    document = json.loads(json.dumps(base))
+    document["added_tokens"] += variant.get("added_tokens", [])
+    if "ignore_merges" in variant:
+        document["model"]["ignore_merges"] = variant["ignore_merges"]
+    if "use_regex" in variant:
+        document["pre_tokenizer"]["use_regex"] = variant["use_regex"]
+    return document
+
+
+def write_variants(out, rng):
+    """Edits of tokenizer.json that exercise rarer options, and `tokenizers`' ids under each."""
+    with open(os.path.join(out, "tokenizer.json"), encoding="utf-8") as f:
+        base = json.load(f)
+    texts = [
+        "a <mask> b", "a   <mask>b", "<mask>", "  <mask>  ", "x<r>   y", "<r>\n\n z", "[SW] ok", "a[SW]b", "a [SW] b", "é[SW]",
+        "[SW]1", "hello world", "sayhello", "<mask>s and <mask> s", "<|endoftext|>! <|endoftext|>", "Hello hello HELLO",
+        "the theory of them", "  the   thermal\tthe", "x <mask>\t<r> [SW]hello",
+    ]
+    for _ in range(12):
+        texts.append(random_string(rng).replace("<|end", rng.choice(["<mask>", "<r>", " [SW] ", "hello", "<|end"])))
+    variants = []
+    for variant in VARIANTS:
+        document = variant_document(base, variant)
+        tok = Tokenizer.from_str(json.dumps(document))
+        cases = [{"hex": t.encode().hex(), "ids": tok.encode(t, add_special_tokens=False).ids} for t in texts]
+        variants.append({key: value for key, value in variant.items()} | {"cases": cases})
+    with open(os.path.join(out, "variants.json"), "w", encoding="utf-8") as f:
+        json.dump(variants, f)
+
+
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "Tests/ConvoyTrainTests/Fixtures/bpe-tiny")
@@ -211,6 +258,8 @@ def main():
         invalid.append(bytes(data))
     for data in invalid:
         cases.append({"hex": data.hex(), "ids": encode_bytes(tok, data)})
+
+    write_variants(out, rng)
 
     with open(os.path.join(out, "encodings.json"), "w", encoding="utf-8") as f:
         json.dump({"special": SPECIAL, "special_id": tok.token_to_id(SPECIAL), "vocab_size": tok.get_vocab_size(), "cases": cases}, f)

@@ -92,6 +92,36 @@ import Testing
         #expect(pieces("\u{1C}\u{1C} x") == ["\u{1C}\u{1C}", " x"])
     }
 
+    /// Rarer options (added tokens with lstrip, rstrip, single_word and normalized, overlapping added tokens;
+    /// ignore_merges; use_regex false), each an edit of tokenizer.json with ids from `tokenizers`.
+    @Test func optionVariantsGiveTheIDsOfTokenizers() throws {
+        let directory = scratchDirectory("tokenizer-variants")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let data = try Data(contentsOf: URL(fileURLWithPath: Self.fixtureDirectory + "/variants.json"))
+        let variants = try #require(try JSONSerialization.jsonObject(with: data) as? [[String: Any]])
+        #expect(variants.count == 3)
+        for variant in variants {
+            let path = try editedTokenizerJSON(directory) { root in
+                root["added_tokens"] = (root["added_tokens"] as! [Any]) + ((variant["added_tokens"] as? [Any]) ?? [])
+                var model = root["model"] as! [String: Any]
+                if let ignoreMerges = variant["ignore_merges"] { model["ignore_merges"] = ignoreMerges }
+                root["model"] = model
+                var preTokenizer = root["pre_tokenizer"] as! [String: Any]
+                if let useRegex = variant["use_regex"] { preTokenizer["use_regex"] = useRegex }
+                root["pre_tokenizer"] = preTokenizer
+            }
+            let tokenizer = try TokenizerLoader.loadByteLevelBPE(path: path)
+            let cases = variant["cases"] as! [[String: Any]]
+            #expect(cases.count > 20)
+            for entry in cases {
+                let bytes = Self.hexBytes(entry["hex"] as! String)
+                let expected = (entry["ids"] as! [Any]).map { Int32(($0 as! NSNumber).intValue) }
+                #expect(tokenizer.encode(bytes: bytes) == expected, "\(variant["name"] ?? ""): \(String(decoding: bytes, as: UTF8.self).debugDescription)")
+            }
+        }
+    }
+
     // MARK: - Properties
 
     /// Random text mixing what tokenisers find hard: invalid bytes, long whitespace runs, contractions,

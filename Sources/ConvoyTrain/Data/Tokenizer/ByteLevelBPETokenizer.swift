@@ -6,7 +6,9 @@ import ConvoyTensor
 /// (``BytePairMerger``).
 ///
 /// Beyond `tokenizers`, any bytes encode, including invalid UTF-8 (see ``GPT2PreTokenizer`` for how an
-/// invalid byte is classified), and `decodeBytes(encode(bytes: b)) == b` for every `b`. Load one with
+/// invalid byte is classified), and `decodeBytes(encode(bytes: b)) == b` for every `b`. The one exception
+/// is an added token with `lstrip` or `rstrip` (RoBERTa's `<mask>`, not GPT-2's tokens): as in
+/// `tokenizers`, it swallows the whitespace beside it, which decoding cannot restore. Load one with
 /// ``TokenizerLoader/load(path:)``.
 public struct ByteLevelBPETokenizer: TextTokenizer {
     /// A token matched in the raw text before pre-tokenisation (`added_tokens` of `tokenizer.json`).
@@ -111,25 +113,34 @@ public struct ByteLevelBPETokenizer: TextTokenizer {
         output.reserveCapacity(bytes.count / 3 + 16)
         var cache = BPEPieceCache()
         var merger = BytePairMerger()
-        GPT2PreTokenizer.withClassTable { classes in
-            bytes.withUnsafeBufferPointer { buffer in
-                byteIDs.withUnsafeBufferPointer { byteIDs in
-                    addedTokens.forEachSegment(buffer, 0..<buffer.count) { segment, addedID in
-                        if let addedID {
-                            output.append(addedID)
-                            return
-                        }
-                        var start = segment.lowerBound
-                        while start < segment.upperBound {
-                            let end = splitsPieces ? GPT2PreTokenizer.pieceEnd(buffer, from: start, to: segment.upperBound, classes: classes) : segment.upperBound
-                            encodePiece(buffer, start..<end, byteIDs, &cache, &merger, &output)
-                            start = end
-                        }
-                    }
+        bytes.withUnsafeBufferPointer { buffer in
+            byteIDs.withUnsafeBufferPointer { byteIDs in
+                forEachPiece(buffer) { piece, addedID in
+                    if let addedID { output.append(addedID) } else { encodePiece(buffer, piece, byteIDs, &cache, &merger, &output) }
                 }
             }
         }
         return output
+    }
+
+    /// Calls `body` for each added token (its range and id) and each piece of the text between (its range
+    /// and nil), in order.
+    @inline(__always)
+    private func forEachPiece(_ buffer: UnsafeBufferPointer<UInt8>, _ body: (Range<Int>, Int32?) -> Void) {
+        GPT2PreTokenizer.withClassTable { classes in
+            addedTokens.forEachSegment(buffer, 0..<buffer.count) { segment, addedID in
+                if let addedID {
+                    body(segment, addedID)
+                    return
+                }
+                var start = segment.lowerBound
+                while start < segment.upperBound {
+                    let end = splitsPieces ? GPT2PreTokenizer.pieceEnd(buffer, from: start, to: segment.upperBound, classes: classes) : segment.upperBound
+                    body(start..<end, nil)
+                    start = end
+                }
+            }
+        }
     }
 
     /// The ids of the piece `bytes[range]`, from the cache or by merging.
@@ -158,14 +169,8 @@ public struct ByteLevelBPETokenizer: TextTokenizer {
         var merger = BytePairMerger()
         bytes.withUnsafeBufferPointer { buffer in
             byteIDs.withUnsafeBufferPointer { byteIDs in
-                addedTokens.forEachSegment(buffer, 0..<buffer.count) { segment, addedID in
-                    if let addedID { output.append(addedID); return }
-                    var start = segment.lowerBound
-                    while start < segment.upperBound {
-                        let end = splitsPieces ? GPT2PreTokenizer.withClassTable { GPT2PreTokenizer.pieceEnd(buffer, from: start, to: segment.upperBound, classes: $0) } : segment.upperBound
-                        merger.merge(buffer, start..<end, byteIDs: byteIDs, merges: merges, useHeap: useHeap, into: &output)
-                        start = end
-                    }
+                forEachPiece(buffer) { piece, addedID in
+                    if let addedID { output.append(addedID) } else { merger.merge(buffer, piece, byteIDs: byteIDs, merges: merges, useHeap: useHeap, into: &output) }
                 }
             }
         }
