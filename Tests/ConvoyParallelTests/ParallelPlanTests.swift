@@ -31,7 +31,6 @@ let planModel = GPTConfiguration(vocabularySize: 32, contextLength: 8, layers: 4
             ([.expertParallel], settings { $0.order = [.tp, .ep, .dp, .pp]; $0.expertParallelSize = 2 }, 2),
             ([.zero3, .pipeline], settings { $0.zeroStage = 3; $0.pipeline.stages = 2; $0.dataParallelSize = 2 }, 4),
             ([.zero3, .interleavedPipeline], settings { $0.zeroStage = 3; $0.pipeline.virtualStages = 2; $0.dataParallelSize = 2 }, 2),
-            ([.zero3, .tensorParallel], settings { $0.zeroStage = 3; $0.tensorParallelSize = 2; $0.dataParallelSize = 2 }, 4),
             ([.sequenceParallel, .pipeline], settings { $0.tensorParallelSize = 2; $0.sequenceParallel = true; $0.pipeline.stages = 2 }, 4),
         ]
         let refused = CompositionRules.table.filter { if case .refused = $0.verdict { return true } else { return false } }

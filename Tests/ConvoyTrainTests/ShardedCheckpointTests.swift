@@ -38,7 +38,8 @@ struct CheckpointLayout: CustomStringConvertible, Sendable {
            CheckpointLayout(description: "tp 2", ranks: 2, tp: 2),
            CheckpointLayout(description: "tp 2 × dp 2 ZeRO-1", ranks: 4, zeroStage: 1, tp: 2),
            CheckpointLayout(description: "tp 2 sequence parallel", ranks: 2, tp: 2, sequenceParallel: true),
-           CheckpointLayout(description: "tp 2 × pp 2", ranks: 4, pp: 2, accumulate: 2, tp: 2)]
+           CheckpointLayout(description: "tp 2 × pp 2", ranks: 4, pp: 2, accumulate: 2, tp: 2),
+           CheckpointLayout(description: "tp 2 × dp 2 ZeRO-3", ranks: 4, zeroStage: 3, tp: 2)]
 }
 
 @Suite(.serialized) struct ShardedCheckpointTests {

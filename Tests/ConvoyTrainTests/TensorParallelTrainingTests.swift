@@ -25,6 +25,7 @@ import Testing
     /// (tp, dp, pp, zero stage, sequence parallel, optimizer): whole weights after training equal one process's.
     @Test(arguments: [(2, 1, 1, 0, false, "sgd"), (4, 1, 1, 0, false, "sgd"), (2, 1, 1, 0, true, "sgd"), (2, 2, 1, 0, false, "sgd"),
                       (2, 1, 2, 0, false, "sgd"), (2, 2, 2, 1, false, "sgd"), (2, 1, 1, 0, false, "adamw"), (2, 2, 1, 2, false, "adamw"),
+                      (2, 2, 1, 3, false, "sgd"), (2, 2, 1, 3, true, "adamw"),
                       // The same AdamW run with data parallelism alone, for scale: its error is of the same order.
                       (1, 2, 1, 0, false, "adamw")])
     func tensorParallelTrainingMatchesOneProcess(tp: Int, dp: Int, pp: Int, zeroStage: Int, sequenceParallel: Bool, optimizer: String) throws {
@@ -76,7 +77,7 @@ import Testing
         #expect(message([("--sequence-parallel", "true")]).contains("needs tp > 1"))
         #expect(message([("--tp", "4"), ("--sequence-parallel", "true"), ("--context", "10")]).contains("context length 10 is not divisible"))
         #expect(message([("--tp", "2"), ("--pp", "2"), ("--sequence-parallel", "true")]).contains("sequence parallelism with a pipeline"))
-        #expect(message([("--tp", "2"), ("--dp", "2"), ("--zero-stage", "3")]).contains("ZeRO stage 3 with tensor parallelism"))
+        #expect(message([("--tp", "2"), ("--dp", "2"), ("--zero-stage", "3")]) == "accepted")
         #expect(message([("--tp", "2"), ("--sequence-parallel", "true")]) == "accepted")
         // A world dp·tp·pp does not divide is refused by the trainer.
         var configuration = try configuration(output: scratchDirectory("tp-bad"), optimizer: "sgd")

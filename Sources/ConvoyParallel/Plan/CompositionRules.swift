@@ -108,7 +108,7 @@ public enum CompositionRules {
         CompositionRule([.devicePlacement, .tensorParallel], .conditional("the tensor-parallel groups are the device groups' tuples (tp = the tuple size; --tp must agree)")),
         CompositionRule([.tensorParallel, .pipeline], .allowed("each stage's tensor-parallel ranks cut its layers; whole activations cross stage boundaries; the tied vocabulary-sharded embedding's pieces are summed across the first and last stage piece by piece")),
         CompositionRule([.tensorParallel, .dataParallel], .allowed("each tensor-parallel piece is averaged across its data-parallel replicas (the dp groups hold ranks with the same tp position)")),
-        CompositionRule([.tensorParallel, .zero3], .refused("ZeRO stage 3 with tensor parallelism is not supported yet: stage 3 gathers and releases parameters around each layer while tensor parallelism replaces them by pieces and assembles them for exports; use --zero-stage 1 or 2 with --tp")),
+        CompositionRule([.tensorParallel, .zero3], .allowed("stage 3 shards each rank's tensor-parallel pieces across its data-parallel replicas and gathers them layer by layer over dp; exports gather over dp first, then assemble the pieces over tp")),
         CompositionRule([.sequenceParallel, .pipeline], .refused("sequence parallelism with a pipeline is not supported yet: stage boundaries send whole activations; use --sequence-parallel false with --pp")),
     ]
 

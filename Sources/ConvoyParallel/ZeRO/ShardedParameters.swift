@@ -168,6 +168,9 @@ final class ShardedParameters {
         if !backwardFollows || (reshardAfterForward && unit != layerUnitCount - 1) { release(unit) }
         guard backwardFollows else { return output }
         let passthrough = Tensor(storage: output.storage, shape: output.shape, strides: output.strides, offset: output.offset)
+        // The same tensor to the operators that follow: under tensor parallelism its placement (e.g. Shard(sequence))
+        // decides how they compute.
+        passthrough.placement = output.placement
         return Tensor.record(passthrough, operation: "ZeRO-3 gather of \(units[unit].name) before backward", inputs: [output]) { [weak self] gradient in
             try self?.ensureGathered(unit)
             if unit > 0 { self?.prefetch(unit - 1) }
