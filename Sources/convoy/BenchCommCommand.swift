@@ -13,7 +13,10 @@ struct BenchCommCommand: ParsableCommand {
         Bus bandwidth = algorithm bandwidth × 2(n−1)/n for all-reduce, × (n−1)/n for reduce-scatter and \
         all-gather, × 1 for broadcast and send/receive. Local backend: also the memory-traffic rate of an \
         all-reduce (2·n·bytes per operation) against a plain parallel copy with one thread per rank, measured \
-        in the same run. MPI backend (under mpirun): also the same all-reduce through MPI_Allreduce called         directly, by default with the algorithm Convoy's non-blocking path uses (Rabenseifner), so the ratio is         Convoy's own cost; the two are timed in alternating rounds and the best round of each is kept, so load on         a shared machine affects both alike. Only rank 0 prints.
+        in the same run. MPI backend (under mpirun): also the same all-reduce through MPI_Allreduce called \
+        directly, by default with the algorithm Convoy's non-blocking path uses (Rabenseifner), so the ratio is \
+        Convoy's own cost; the two are timed in alternating rounds and the best round of each is kept, so load on \
+        a shared machine affects both alike. Only rank 0 prints.
         """)
 
     enum Operation: String, ExpressibleByArgument, CaseIterable {
