@@ -83,17 +83,7 @@ public struct SafeTensors: Sendable {
     private static func decode(_ buffer: UnsafeRawBufferPointer, path: String) throws -> SafeTensors {
         func malformed(_ reason: String) -> ConvoyError { .malformedFile(path: path, reason: reason) }
 
-        guard buffer.count >= 8 else {
-            throw malformed("file is \(buffer.count) bytes, shorter than the 8-byte header length prefix")
-        }
-        let declaredHeaderLength = UInt64(littleEndian: buffer.loadUnaligned(fromByteOffset: 0, as: UInt64.self))
-        guard declaredHeaderLength <= UInt64(maximumHeaderBytes) else {
-            throw malformed("huge header: declared header length \(declaredHeaderLength) bytes exceeds the \(maximumHeaderBytes)-byte limit")
-        }
-        let headerLength = Int(declaredHeaderLength)
-        guard headerLength <= buffer.count - 8 else {
-            throw malformed("header length \(headerLength) runs past the end of the file (\(buffer.count - 8) bytes after the length prefix)")
-        }
+        let headerLength = try headerLength(prefix: buffer, fileLength: buffer.count, malformed: malformed)
         let headerBytes = UnsafeRawBufferPointer(rebasing: buffer[8..<(8 + headerLength)])
         let data = UnsafeRawBufferPointer(rebasing: buffer[(8 + headerLength)...])
 
@@ -185,15 +175,7 @@ public struct SafeTensors: Sendable {
         } catch {
             throw ConvoyError.io("cannot read safetensors file \(path): \(error.localizedDescription)")
         }
-        guard prefix.count == 8 else { throw malformed("file is \(prefix.count) bytes, shorter than the 8-byte header length prefix") }
-        let declared = prefix.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
-        guard declared <= UInt64(maximumHeaderBytes) else {
-            throw malformed("huge header: declared header length \(declared) bytes exceeds the \(maximumHeaderBytes)-byte limit")
-        }
-        let headerLength = Int(declared)
-        guard headerLength <= fileLength - 8 else {
-            throw malformed("header length \(headerLength) runs past the end of the file (\(fileLength - 8) bytes after the length prefix)")
-        }
+        let headerLength = try prefix.withUnsafeBytes { try Self.headerLength(prefix: $0, fileLength: fileLength, malformed: malformed) }
         let header: Data
         do { header = try handle.read(upToCount: headerLength) ?? Data() } catch {
             throw ConvoyError.io("cannot read safetensors file \(path): \(error.localizedDescription)")
@@ -202,6 +184,23 @@ public struct SafeTensors: Sendable {
         let entries = try header.withUnsafeBytes { try parseHeader($0, dataLength: fileLength - 8 - headerLength, malformed: malformed).entries }
         let dataStart = 8 + headerLength
         return entries.map { Location(name: $0.name, storage: $0.storage, shape: $0.shape, bytes: (dataStart + $0.begin)..<(dataStart + $0.end)) }
+    }
+
+    /// The header length declared by the 8-byte little-endian prefix at the start of `prefix`, checked against
+    /// the size limit and the file's length (what both the in-memory decode and the header-only read check).
+    private static func headerLength(prefix: UnsafeRawBufferPointer, fileLength: Int, malformed: (String) -> ConvoyError) throws -> Int {
+        guard prefix.count >= 8 else {
+            throw malformed("file is \(prefix.count) bytes, shorter than the 8-byte header length prefix")
+        }
+        let declared = UInt64(littleEndian: prefix.loadUnaligned(fromByteOffset: 0, as: UInt64.self))
+        guard declared <= UInt64(maximumHeaderBytes) else {
+            throw malformed("huge header: declared header length \(declared) bytes exceeds the \(maximumHeaderBytes)-byte limit")
+        }
+        let headerLength = Int(declared)
+        guard headerLength <= fileLength - 8 else {
+            throw malformed("header length \(headerLength) runs past the end of the file (\(fileLength - 8) bytes after the length prefix)")
+        }
+        return headerLength
     }
 
     private static func parseEntry(

@@ -15,17 +15,12 @@ extension TextTokenizer {
     }
 
     /// The ids of `bytes`, encoded in chunks of about `chunkBytes` on `pool`'s threads: the same ids as
-    /// `encode(bytes:)`, because every cut is a safe cut.
+    /// `encode(bytes:)`, because every cut is a safe cut (``ParallelTokenization``, collecting every part).
     public func encodeInParallel(bytes: [UInt8], chunkBytes: Int = 1 << 20, pool: ComputePool) -> [Int32] {
-        let boundaries = bytes.withUnsafeBufferPointer { chunkBoundaries(of: $0, chunkBytes: chunkBytes) }
-        let chunkCount = boundaries.count - 1
-        guard chunkCount > 1 else { return encode(bytes: bytes) }
-        let results = ChunkResults(count: chunkCount)
-        pool.parallelFor(chunkCount) { chunks in
-            for chunk in chunks {
-                results.store(encode(bytes: Array(bytes[boundaries[chunk]..<boundaries[chunk + 1]])), at: chunk)
-            }
+        var ids: [Int32] = []
+        bytes.withUnsafeBufferPointer { corpus in
+            ParallelTokenization(tokenizer: self, pool: pool, chunkBytes: chunkBytes).encode(corpus, emit: { ids += $0 }, progress: { _ in })
         }
-        return results.joined()
+        return ids
     }
 }
