@@ -9,10 +9,34 @@ public final class Work: @unchecked Sendable {
     private let condition = NSCondition()
     private var finished = false
     private var failure: Error?
-    /// What the operation is, for timeout messages ("all-reduce #12 on group dp").
-    public let summary: String
+    /// The backend that polls its operations on the waiting thread, if it does (MPI); otherwise a waiter sleeps
+    /// until the backend's own thread finishes the operation.
+    private let driver: (any WorkDriver)?
+    /// Builds ``summary`` when it is first needed: most operations succeed and never show it, and formatting
+    /// it costs microseconds, a visible share of a small operation.
+    private var describe: (() -> String)?
+    private var summaryText: String?
 
-    public init(summary: String) { self.summary = summary }
+    public init(summary: String) {
+        self.summaryText = summary
+        self.driver = nil
+    }
+
+    init(driver: any WorkDriver, summary describe: @escaping () -> String) {
+        self.describe = describe
+        self.driver = driver
+    }
+
+    /// What the operation is, for timeout messages ("all-reduce #12 on group dp").
+    public var summary: String {
+        condition.lock()
+        defer { condition.unlock() }
+        if let summaryText { return summaryText }
+        let text = describe?() ?? ""
+        summaryText = text
+        describe = nil
+        return text
+    }
 
     /// A work item that is already complete.
     public static func completed(_ summary: String, error: Error? = nil) -> Work {
@@ -68,7 +92,9 @@ public final class Work: @unchecked Sendable {
     /// more precise error — which ranks did not arrive — is what the caller sees.
     public func wait(timeout: Double? = nil) throws {
         let limit = timeout ?? 3 * CommunicationTimeout.seconds + 5
-        let deadline = Date().addingTimeInterval(limit)
+        if let driver { driver.drive(until: self, deadline: .now + .seconds(limit)) }
+        // A driver returns once the operation has finished or the limit has passed.
+        let deadline = Date().addingTimeInterval(driver == nil ? limit : 0)
         condition.lock()
         while !finished {
             if !condition.wait(until: deadline) && !finished {
@@ -80,6 +106,13 @@ public final class Work: @unchecked Sendable {
         condition.unlock()
         if let failure { throw failure }
     }
+}
+
+/// A backend that advances its operations on the thread that waits for one of them, rather than making the
+/// waiter sleep until another thread wakes it.
+protocol WorkDriver: AnyObject, Sendable {
+    /// Advances the backend on the calling thread until `work` has finished or `deadline` passes.
+    func drive(until work: Work, deadline: ContinuousClock.Instant)
 }
 
 /// A message a probe found waiting: who sent it and how many elements it holds. The message itself stays

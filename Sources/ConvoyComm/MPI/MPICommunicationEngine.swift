@@ -2,28 +2,46 @@ import CMPI
 import Foundation
 import Synchronization
 
-/// The FIFO queue and communication thread of one group.
-final class MPICommunicationEngine: @unchecked Sendable {
+/// The FIFO queue of one group, and the threads that move its operations through MPI.
+///
+/// Who drives the operations (starts them, tests them with `MPI_Test`, enforces their deadlines and finishes
+/// their ``Work`` in issue order — one ``step()``):
+/// - The **issuing thread** starts an operation at once when no other thread is stepping (``submit(_:)``), so
+///   the transfer begins without waiting for another thread to wake.
+/// - A **waiting thread** (``Work/wait(timeout:)``) polls the group itself until its operation completes
+///   (``drive(until:deadline:)``), as a blocking `MPI_Allreduce` would; meanwhile the communication thread
+///   sleeps, so a rank has one thread polling MPI rather than two competing for its core, and the result
+///   needs no hand-off to reach the waiter.
+/// - The group's **communication thread** polls when nobody waits: operations then progress while the caller
+///   computes (gradient buckets during backward), since Open MPI advances a non-blocking collective only
+///   inside MPI calls.
+///
+/// One lock (`stepLock`) makes these take turns on the stepping state; every MPI call also holds the
+/// process-wide MPI lock (``MPIRuntime``).
+final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
     private let communicator: MPI_Comm
     private let groupName: String
     private let groupSize: Int
     private let freesCommunicator: Bool
 
-    // Shared with issuing threads, guarded by `condition`.
+    // Shared with issuing and waiting threads, guarded by `condition`.
     private let condition = NSCondition()
     private var submitted: [MPIOperation] = []
     private var shuttingDown = false
+    /// Threads polling the group in ``drive(until:deadline:)``; the communication thread sleeps while any do.
+    private var drivers = 0
 
-    // Owned by the communication thread.
+    // The stepping state, guarded by `stepLock` (whoever holds it runs ``step()``).
+    private let stepLock = NSLock()
     private var waiting: [MPIOperation] = []
     private var running: [MPIOperation] = []
     /// Timed-out operations MPI still holds; tested now and then so their requests are released if they finish.
     private var abandoned: [MPIOperation] = []
     private var brokenBy: String?
 
-    /// How long the thread polls with only a yield between tests after the last sign of progress before it
-    /// sleeps between tests. Open MPI advances a non-blocking collective only inside MPI calls, so polling
-    /// tightly while data moves keeps large transfers as fast as a blocking call (which spins as well).
+    /// How long a poller tests with only a yield in between after the last sign of progress, before it sleeps
+    /// between tests. Open MPI advances a non-blocking collective only inside MPI calls, so polling tightly
+    /// while data moves keeps large transfers as fast as a blocking call (which spins as well).
     private static let spinWindow = Duration.milliseconds(20)
     /// Microseconds to sleep between tests once `idle` has passed without progress (beyond the spin window).
     /// Short at first, since a large transfer is still moving and Open MPI advances it only inside MPI calls;
@@ -33,7 +51,12 @@ final class MPICommunicationEngine: @unchecked Sendable {
         idle < .milliseconds(100) ? 50 : idle < .seconds(1) ? 250 : 1000
     }
 
-    /// How long an idle thread keeps looking for new work before it sleeps on the queue.
+    /// Waits before the next test, `idle` after the last progress.
+    private static func pause(afterIdling idle: Duration) {
+        if idle < spinWindow { sched_yield() } else { usleep(pollInterval(afterIdling: idle)) }
+    }
+
+    /// How long an idle communication thread keeps looking for new work before it sleeps on the queue.
     private static let idleSpinWindow = Duration.microseconds(200)
 
     init(communicator: MPI_Comm, groupName: String, groupSize: Int, freesCommunicator: Bool) {
@@ -46,11 +69,16 @@ final class MPICommunicationEngine: @unchecked Sendable {
         thread.start()
     }
 
+    /// Queues `operation` and, when no other thread is stepping, starts it on the calling thread.
     func submit(_ operation: MPIOperation) {
         condition.lock()
         submitted.append(operation)
         condition.signal()
         condition.unlock()
+        guard stepLock.try() else { return }  // the stepping thread admits it in its next step
+        admitSubmitted()
+        _ = startWaiting()
+        stepLock.unlock()
     }
 
     /// Lets the thread finish the queued work, free the communicator and exit.
@@ -61,43 +89,89 @@ final class MPICommunicationEngine: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// Steps the group on the calling thread until `work` has finished or `deadline` passes (the operations'
+    /// own deadlines are enforced in the steps, so an operation fails with its precise timeout first).
+    func drive(until work: Work, deadline: ContinuousClock.Instant) {
+        condition.lock()
+        drivers += 1
+        condition.unlock()
+        var lastProgress = ContinuousClock.now
+        while !work.isCompleted {
+            stepLock.lock()
+            admitSubmitted()
+            let progressed = step()
+            stepLock.unlock()
+            let now = ContinuousClock.now
+            if progressed {
+                lastProgress = now
+            } else if now >= deadline {
+                break
+            } else {
+                Self.pause(afterIdling: now - lastProgress)
+            }
+        }
+        stepLock.lock()
+        let stillBusy = !waiting.isEmpty || !running.isEmpty || !abandoned.isEmpty
+        stepLock.unlock()
+        condition.lock()
+        drivers -= 1
+        // The communication thread takes over what remains in flight; with nothing left it sleeps on until
+        // the next submission wakes it.
+        if drivers == 0 && stillBusy { condition.signal() }
+        condition.unlock()
+    }
+
+    /// Moves the submitted operations, in issue order, to the end of `waiting`. Call it holding `stepLock`,
+    /// so that two threads never interleave two batches.
+    private func admitSubmitted() {
+        condition.lock()
+        if !submitted.isEmpty {
+            waiting.append(contentsOf: submitted)
+            submitted.removeAll(keepingCapacity: true)
+        }
+        condition.unlock()
+    }
+
+    /// The communication thread: polls while operations are in flight and nobody waits on them; sleeps while a
+    /// waiter drives the group, and when there is nothing to do.
     private func run() {
         var lastProgress = ContinuousClock.now
         while true {
             condition.lock()
-            if submitted.isEmpty && waiting.isEmpty && running.isEmpty && !shuttingDown
-                && ContinuousClock.now - lastProgress < Self.idleSpinWindow {
-                // Work often comes in bursts (gradient buckets): catch the next item without a wake-up.
-                condition.unlock()
-                sched_yield()
-                continue
-            }
-            while submitted.isEmpty && waiting.isEmpty && running.isEmpty && !shuttingDown {
-                if abandoned.isEmpty {
-                    condition.wait()
-                } else {
-                    _ = condition.wait(until: Date(timeIntervalSinceNow: 0.01))
-                    break
-                }
-            }
-            let arrivals = submitted
-            submitted.removeAll(keepingCapacity: true)
+            while drivers > 0 && !shuttingDown { condition.wait() }
             let stopping = shuttingDown
+            let arrived = !submitted.isEmpty
             condition.unlock()
 
-            if !arrivals.isEmpty {
-                waiting.append(contentsOf: arrivals)
-                lastProgress = .now
-            }
-            if stopping && waiting.isEmpty && running.isEmpty {
+            stepLock.lock()
+            admitSubmitted()
+            let busy = !waiting.isEmpty || !running.isEmpty
+            if stopping && !busy {
                 release()
+                stepLock.unlock()
                 return
             }
-            if step() {
+            let progressed = (busy || !abandoned.isEmpty) && step()
+            let holdsAbandoned = !abandoned.isEmpty
+            stepLock.unlock()
+
+            if progressed || arrived {
                 lastProgress = .now
-            } else if !waiting.isEmpty || !running.isEmpty {
-                let idle = ContinuousClock.now - lastProgress
-                if idle < Self.spinWindow { sched_yield() } else { usleep(Self.pollInterval(afterIdling: idle)) }
+            } else if busy {
+                Self.pause(afterIdling: ContinuousClock.now - lastProgress)
+            } else if ContinuousClock.now - lastProgress < Self.idleSpinWindow {
+                // Work often comes in bursts (gradient buckets): catch the next item without a wake-up.
+                sched_yield()
+            } else {
+                condition.lock()
+                while submitted.isEmpty && !shuttingDown && drivers == 0 {
+                    if holdsAbandoned {
+                        _ = condition.wait(until: Date(timeIntervalSinceNow: 0.01))
+                        break
+                    }
+                    condition.wait()
+                }
+                condition.unlock()
             }
         }
     }
@@ -195,19 +269,21 @@ final class MPICommunicationEngine: @unchecked Sendable {
     }
 
     private func poll() -> Bool {
-        let active = running.filter { $0.phase == .running || $0.phase == .cancelling }
-        guard !active.isEmpty || !abandoned.isEmpty else { return false }
+        // Called in a tight loop while a waiter polls: no allocation unless something finishes.
+        func isActive(_ operation: MPIOperation) -> Bool { operation.phase == .running || operation.phase == .cancelling }
+        guard running.contains(where: isActive) || !abandoned.isEmpty else { return false }
         var finished: [MPIOperation] = []
-        var checked = false
+        var changed = false
         do {
             try MPIRuntime.withLock {
-                for operation in active {
+                for operation in running where isActive(operation) {
                     var flag: Int32 = 0
                     if case .probe(let tag, let datatype) = operation.role {
                         let code = MPI_Iprobe(convoy_mpi_any_source(), Int32(tag), communicator, &flag, &operation.status)
                         if code != convoy_mpi_success() {
                             operation.failure = MPIRuntime.backendErrorLocked(code: code, operation: operation.summary)
                             operation.phase = .done
+                            changed = true
                         } else if flag != 0 {
                             var count: Int32 = 0
                             _ = MPI_Get_count(&operation.status, datatype, &count)
@@ -220,12 +296,13 @@ final class MPICommunicationEngine: @unchecked Sendable {
                     if code != convoy_mpi_success() {
                         operation.failure = MPIRuntime.backendErrorLocked(code: code, operation: operation.summary)
                         operation.phase = .done
+                        changed = true
                         continue
                     }
                     guard flag != 0 else { continue }
+                    changed = true
                     if operation.checking {
                         finishCheck(operation)
-                        checked = true
                         continue
                     }
                     if operation.phase == .cancelling {
@@ -256,7 +333,7 @@ final class MPICommunicationEngine: @unchecked Sendable {
             }
         } catch {
             // MPI was finalized underneath us: nothing in flight can complete any more.
-            for operation in active where operation.phase != .done {
+            for operation in running where isActive(operation) {
                 operation.failure = CommunicationError.backend("\(operation.summary) was still in flight when MPI was finalized: \(error)")
                 operation.phase = .done
             }
@@ -267,7 +344,7 @@ final class MPICommunicationEngine: @unchecked Sendable {
             do { try operation.completion?() } catch { operation.failure = error }
             operation.phase = .done
         }
-        return checked || !finished.isEmpty || active.contains { $0.phase == .done }
+        return changed || !finished.isEmpty
     }
 
     private func enforceDeadlines() -> Bool {

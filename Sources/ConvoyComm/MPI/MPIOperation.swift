@@ -26,7 +26,8 @@ final class MPIOperation: @unchecked Sendable {
     enum Phase { case waiting, running, cancelling, done }
 
     let sequence: Int
-    let summary: String
+    /// "all-reduce float32 count 7 sum #3 on group 'dp' (rank 1)", built when first needed (``Work/summary``).
+    var summary: String { work.summary }
     let groupName: String
     let rank: Int
     let worldRanks: [Int]
@@ -53,11 +54,10 @@ final class MPIOperation: @unchecked Sendable {
     var checking = false
     var checkTable: UnsafeMutablePointer<Int64>?
 
-    init(sequence: Int, summary: String, groupName: String, rank: Int, worldRanks: [Int], role: Role, reads: [MemorySpan],
-         writes: [MemorySpan], timeout: Double, check: [Int64]? = nil,
+    init(sequence: Int, summary: @escaping () -> String, groupName: String, rank: Int, worldRanks: [Int], role: Role, reads: [MemorySpan],
+         writes: [MemorySpan], timeout: Double, check: [Int64]? = nil, driver: MPICommunicationEngine,
          start: @escaping (MPI_Comm, MPIScratch, UnsafeMutablePointer<MPI_Request?>) throws -> MPIStep) {
         self.sequence = sequence
-        self.summary = summary
         self.groupName = groupName
         self.rank = rank
         self.worldRanks = worldRanks
@@ -68,7 +68,7 @@ final class MPIOperation: @unchecked Sendable {
         self.deadline = .now + .seconds(timeout)
         self.check = check
         self.start = start
-        self.work = Work(summary: summary)
+        self.work = Work(driver: driver, summary: summary)
     }
 
     /// Whether running this and `other` at the same time could let one see the other's half-done writes.

@@ -155,17 +155,17 @@ public final class MPIProcessGroup: ProcessGroup {
     // MARK: Point to point
 
     public func sendAsync(_ buffer: CommunicationBuffer, to destination: Int, tag: Int) -> Work {
-        let what = "send to rank \(destination) tag \(tag) (\(buffer.dtype) count \(buffer.count))"
-        if let problem = peerProblem(destination, "destination") ?? tagProblem(tag) ?? countProblem(buffer.count, "buffer") { return rejected(what, problem) }
-        return enqueue(what, reads: [buffer], writes: [], role: .send(peer: destination, tag: tag)) { communicator, scratch, request in
+        func what() -> String { "send to rank \(destination) tag \(tag) (\(buffer.dtype) count \(buffer.count))" }
+        if let problem = peerProblem(destination, "destination") ?? tagProblem(tag) ?? countProblem(buffer.count, "buffer") { return rejected(what(), problem) }
+        return enqueue(what(), reads: [buffer], writes: [], role: .send(peer: destination, tag: tag)) { communicator, scratch, request in
             MPIStep(code: MPI_Isend(scratch.address(of: buffer), Int32(buffer.count), buffer.dtype.mpiTransferType, Int32(destination), Int32(tag), communicator, request))
         }
     }
 
     public func receiveAsync(_ buffer: CommunicationBuffer, from source: Int, tag: Int) -> Work {
-        let what = "receive from rank \(source) tag \(tag) (\(buffer.dtype) count \(buffer.count))"
-        if let problem = peerProblem(source, "source") ?? tagProblem(tag) ?? countProblem(buffer.count, "buffer") { return rejected(what, problem) }
-        return enqueue(what, reads: [], writes: [buffer], role: .receive(peer: source, tag: tag, count: buffer.count, datatype: buffer.dtype.mpiTransferType)) { communicator, scratch, request in
+        func what() -> String { "receive from rank \(source) tag \(tag) (\(buffer.dtype) count \(buffer.count))" }
+        if let problem = peerProblem(source, "source") ?? tagProblem(tag) ?? countProblem(buffer.count, "buffer") { return rejected(what(), problem) }
+        return enqueue(what(), reads: [], writes: [buffer], role: .receive(peer: source, tag: tag, count: buffer.count, datatype: buffer.dtype.mpiTransferType)) { communicator, scratch, request in
             MPIStep(code: MPI_Irecv(scratch.address(of: buffer), Int32(buffer.count), buffer.dtype.mpiTransferType, Int32(source), Int32(tag), communicator, request))
         }
     }
@@ -238,7 +238,7 @@ public final class MPIProcessGroup: ProcessGroup {
 
     // MARK: Issuing
 
-    private func enqueue(_ what: String, reads: [CommunicationBuffer], writes: [CommunicationBuffer], role: MPIOperation.Role,
+    private func enqueue(_ what: @autoclosure @escaping () -> String, reads: [CommunicationBuffer], writes: [CommunicationBuffer], role: MPIOperation.Role,
                          start: @escaping (MPI_Comm, MPIScratch, UnsafeMutablePointer<MPI_Request?>) throws -> MPIStep) -> Work {
         let sequence = counters.withLock { counters in
             switch role {
@@ -254,12 +254,12 @@ public final class MPIProcessGroup: ProcessGroup {
             }
         }
         // "all-reduce float32 count 7 sum #3 on group 'dp' (rank 1)", "receive #0 from rank 2 tag 5 (...) ...".
-        let summary: String
-        if case .collective = role {
-            summary = "\(what) #\(sequence) on group '\(name)' (rank \(rank))"
-        } else {
-            let verb = what.prefix { $0 != " " }
-            summary = "\(verb) #\(sequence)\(what.dropFirst(verb.count)) on group '\(name)' (rank \(rank))"
+        let name = self.name, rank = self.rank
+        let summary = { () -> String in
+            let description = what()
+            if case .collective = role { return "\(description) #\(sequence) on group '\(name)' (rank \(rank))" }
+            let verb = description.prefix { $0 != " " }
+            return "\(verb) #\(sequence)\(description.dropFirst(verb.count)) on group '\(name)' (rank \(rank))"
         }
         // The debug mode (read once, here): the ranks first exchange what they issued and compare.
         var check: [Int64]?
@@ -269,7 +269,7 @@ public final class MPIProcessGroup: ProcessGroup {
         let operation = MPIOperation(
             sequence: sequence, summary: summary, groupName: name, rank: rank, worldRanks: worldRanks, role: role,
             reads: reads.map(MemorySpan.init), writes: writes.map(MemorySpan.init),
-            timeout: CommunicationTimeout.seconds, check: check, start: start)
+            timeout: CommunicationTimeout.seconds, check: check, driver: engine, start: start)
         engine.submit(operation)
         return operation.work
     }
