@@ -106,8 +106,11 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
                 lastProgress = now
             } else if now >= deadline {
                 break
-            } else {
-                Self.pause(afterIdling: now - lastProgress)
+            } else if now - lastProgress >= Self.spinWindow {
+                // Within the spin window the waiter tests back to back, as a blocking MPI call does: a transfer
+                // moves only while some thread is inside MPI, and a yield between tests slows it measurably.
+                // (Open MPI yields inside its own progress loop when the node is oversubscribed.)
+                usleep(Self.pollInterval(afterIdling: now - lastProgress))
             }
         }
         stepLock.lock()
