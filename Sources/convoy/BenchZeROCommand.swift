@@ -55,9 +55,9 @@ struct BenchZeROCommand: ParsableCommand {
         /// Rank 0, per timed step: bytes of the parameter all-gathers and of the gradient reductions it issued.
         var gatherBytesPerStep: Int
         var reductionBytesPerStep: Int
-        /// Rank 0: milliseconds of each round's gradient reduction (the run's collective over the whole gradient,
-        /// conversions included), fp32 and bf16 alternately.
-        var reductionMilliseconds: (fp32: [Double], bf16: [Double])
+        /// Rank 0: milliseconds of each round's gradient reduction (the run's collective over the whole gradient),
+        /// fp32 and bf16 alternately.
+        var reductionMilliseconds: ReductionTimes
     }
 
     static func dtype(_ name: String) -> DType { name == "bf16" ? .bfloat16 : .float32 }
@@ -65,30 +65,37 @@ struct BenchZeROCommand: ParsableCommand {
     /// Times the gradient reduction of `count` elements as the run does it — an all-reduce at stage 0, a
     /// reduce-scatter at stages 1–3 — in fp32 and in bf16 (a rounded copy reduced and widened back), alternately
     /// for `rounds` rounds after a barrier each; milliseconds per reduction on this rank.
-    static func timeGradientReduction(group: any ProcessGroup, count: Int, stage: Int, rounds: Int) throws -> (fp32: [Double], bf16: [Double]) {
+    static func timeGradientReduction(group: any ProcessGroup, count: Int, stage: Int, rounds: Int) throws -> ReductionTimes {
         let padded = (count + group.size - 1) / group.size * group.size
         let gradients = Tensor.zeros([padded])
         for index in 0..<padded { gradients.floatPointer[index] = Float(index % 97) * 1e-3 }
-        var times: (fp32: [Double], bf16: [Double]) = ([], [])
+        var times = ReductionTimes()
         for _ in 0..<rounds {
             for dtype in [DType.float32, .bfloat16] {
                 try group.barrier()
                 let start = Timeline.now
                 let sent = gradients.converted(to: dtype)
                 let output = Tensor(uninitializedShape: [stage == 0 ? padded : padded / group.size], dtype: dtype)
+                let launched = Timeline.now
                 if stage == 0 {
                     try group.allReduceAsync(CommunicationBuffer(sent), operation: .average).wait()
-                    withExtendedLifetime(output) {}
-                    _ = sent.converted(to: .float32)
                 } else {
                     try group.reduceScatterAsync(input: CommunicationBuffer(sent), output: CommunicationBuffer(output), operation: .average).wait()
-                    _ = output.converted(to: .float32)
                 }
-                let milliseconds = Double(Timeline.now - start) / 1e6
-                if dtype == .float32 { times.fp32.append(milliseconds) } else { times.bf16.append(milliseconds) }
+                let reduced = Timeline.now
+                _ = (stage == 0 ? sent : output).converted(to: .float32)
+                let end = Timeline.now
+                let round = (total: Double(end - start) / 1e6, collective: Double(reduced - launched) / 1e6)
+                if dtype == .float32 { times.fp32.append(round) } else { times.bf16.append(round) }
             }
         }
         return times
+    }
+
+    /// Milliseconds per round: the whole reduction (conversions included) and the collective alone.
+    struct ReductionTimes {
+        var fp32: [(total: Double, collective: Double)] = []
+        var bf16: [(total: Double, collective: Double)] = []
     }
 
     /// The benchmark's AdamW (lr 3e-4, decay 0.1 on matrices): per-tensor, or the flat-buffer kind with the
@@ -123,7 +130,7 @@ struct BenchZeROCommand: ParsableCommand {
         chosen.gradientReduceDType = Self.dtype(gradReduceDType)
         let options = chosen
         let computePrecision = Self.dtype(precision)
-        let results = try LocalWorld.run(size: dp, threadsPerRank: 1) { local -> (Double, (Int, Int, Int), Int, (Double, Double)?, (Int, Int), (fp32: [Double], bf16: [Double])) in
+        let results = try LocalWorld.run(size: dp, threadsPerRank: 1) { local -> (Double, (Int, Int, Int), Int, (Double, Double)?, (Int, Int), ReductionTimes) in
             let group = CountingProcessGroup(local)
             let model = try GPT(configuration, seed: 1)
             let groups = ParameterGroup.decayingMatrices(of: model, weightDecay: 0.1)
@@ -220,15 +227,18 @@ struct BenchZeROCommand: ParsableCommand {
                      measured.reductionBytesPerStep, gradReduceDType))
         let reduction = measured.reductionMilliseconds
         func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
-        let ratios = zip(reduction.fp32, reduction.bf16).map { $0 / $1 }
-        print(String(format: "gradient %@ of %d elements, rank 0, %d alternating rounds: fp32 median %.2f ms, bf16 median %.2f ms (conversions included); fp32 ÷ bf16 per round: %@",
-                     zeroStage == 0 ? "all-reduce" : "reduce-scatter", parameterCount, rounds, median(reduction.fp32), median(reduction.bf16),
-                     ratios.map { String(format: "%.2f", $0) }.joined(separator: " ")))
+        let ratios = zip(reduction.fp32, reduction.bf16).map { $0.total / $1.total }
+        let collectiveRatios = zip(reduction.fp32, reduction.bf16).map { $0.collective / $1.collective }
+        print(String(format: "gradient %@ of %d elements, rank 0, %d alternating rounds: fp32 median %.2f ms (collective %.2f), bf16 median %.2f ms (collective %.2f, the rest rounding and widening); fp32 ÷ bf16 per round: %@; collective alone: %@",
+                     zeroStage == 0 ? "all-reduce" : "reduce-scatter", parameterCount, rounds, median(reduction.fp32.map(\.total)), median(reduction.fp32.map(\.collective)),
+                     median(reduction.bf16.map(\.total)), median(reduction.bf16.map(\.collective)),
+                     ratios.map { String(format: "%.2f", $0) }.joined(separator: " "), collectiveRatios.map { String(format: "%.2f", $0) }.joined(separator: " ")))
         if json {
             var object: [String: Any] = ["precision": precision, "grad_reduce_dtype": gradReduceDType,
                                          "gather_bytes_per_step": measured.gatherBytesPerStep, "reduction_bytes_per_step": measured.reductionBytesPerStep,
-                                         "reduction_ms_fp32": reduction.fp32, "reduction_ms_bf16": reduction.bf16,
-                                         "reduction_fp32_over_bf16_median": median(ratios),"zero_stage": zeroStage, "dp": dp, "state_bytes_measured": worst, "state_bytes_formula": plan.totalBytes,
+                                         "reduction_ms_fp32": reduction.fp32.map(\.total), "reduction_ms_bf16": reduction.bf16.map(\.total),
+                                         "collective_ms_fp32": reduction.fp32.map(\.collective), "collective_ms_bf16": reduction.bf16.map(\.collective),
+                                         "reduction_fp32_over_bf16_median": median(ratios), "collective_fp32_over_bf16_median": median(collectiveRatios),"zero_stage": zeroStage, "dp": dp, "state_bytes_measured": worst, "state_bytes_formula": plan.totalBytes,
                                          "tokens_per_s": measured.tokensPerSecond, "tokens_per_s_stage0": baseline.tokensPerSecond,
                                          "measured_over_formula": ratio, "peak_gathered_parameter_bytes": measured.peakGatheredBytes,
                                          "fused_optimizer": fused, "buckets_per_group": bucketsPerGroup, "bucket_cap_mb": bucketCapMB]
