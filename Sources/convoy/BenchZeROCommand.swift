@@ -22,6 +22,10 @@ struct BenchZeROCommand: ParsableCommand {
     var fuseOptimizer: String = "auto"
     @Option(name: .customLong("bucket-cap-mb"), help: "Bucket cap in MiB (stage 0 and stages 1–2).") var bucketCapMB: Double = 25
     @Option(name: .customLong("buckets-per-group"), help: "ZeRO: consecutive buckets reduced (and gathered) by one collective.") var bucketsPerGroup: Int = 1
+    @Option(help: "Compute precision: fp32, or bf16 (bf16 GEMM operands; every parameter computes with its fp32 master rounded to bf16, so ZeRO gathers bf16).")
+    var precision: String = "fp32"
+    @Option(name: .customLong("grad-reduce-dtype"), help: "Element type gradients are reduced in during the run: fp32 or bf16.") var gradReduceDType: String = "fp32"
+    @Option(help: "Rounds of the gradient-reduction timing (fp32 and bf16 alternately, after the run).") var rounds: Int = 5
     @Flag(help: "End with one JSON line of the results.") var json = false
 
     /// Whether the runs use the flat-buffer optimizer, as training would with the same fuse_optimizer.
@@ -32,7 +36,9 @@ struct BenchZeROCommand: ParsableCommand {
         guard (0...3).contains(zeroStage) else { throw ValidationError("--zero-stage must be 0, 1, 2 or 3, got \(zeroStage)") }
         guard bucketCapMB > 0, bucketsPerGroup >= 1 else { throw ValidationError("--bucket-cap-mb must be positive and --buckets-per-group at least 1") }
         guard FusionChoice(rawValue: fuseOptimizer) != nil else { throw ValidationError("--fuse-optimizer must be auto, on or off, got \(fuseOptimizer)") }
-        for (name, value) in [("--batch-per-rank", batchPerRank), ("--steps", steps)] where value <= 0 {
+        guard ["fp32", "bf16"].contains(precision) else { throw ValidationError("--precision must be fp32 or bf16, got \(precision)") }
+        guard ["fp32", "bf16"].contains(gradReduceDType) else { throw ValidationError("--grad-reduce-dtype must be fp32 or bf16, got \(gradReduceDType)") }
+        for (name, value) in [("--batch-per-rank", batchPerRank), ("--steps", steps), ("--rounds", rounds)] where value <= 0 {
             throw ValidationError("\(name) must be positive, got \(value)")
         }
     }
@@ -46,6 +52,50 @@ struct BenchZeROCommand: ParsableCommand {
         /// Stages 1–3, rank 0: milliseconds of one AdamW step over the rank's shard slices, per-tensor and
         /// fused in place, timed alternately on the same slices after the run.
         var shardStepMilliseconds: (perTensor: Double, fused: Double)?
+        /// Rank 0, per timed step: bytes of the parameter all-gathers and of the gradient reductions it issued.
+        var gatherBytesPerStep: Int
+        var reductionBytesPerStep: Int
+        /// Rank 0: milliseconds of each round's gradient reduction (the run's collective over the whole gradient),
+        /// fp32 and bf16 alternately.
+        var reductionMilliseconds: ReductionTimes
+    }
+
+    static func dtype(_ name: String) -> DType { name == "bf16" ? .bfloat16 : .float32 }
+
+    /// Times the gradient reduction of `count` elements as the run does it — an all-reduce at stage 0, a
+    /// reduce-scatter at stages 1–3 — in fp32 and in bf16 (a rounded copy reduced and widened back), alternately
+    /// for `rounds` rounds after a barrier each; milliseconds per reduction on this rank.
+    static func timeGradientReduction(group: any ProcessGroup, count: Int, stage: Int, rounds: Int) throws -> ReductionTimes {
+        let padded = (count + group.size - 1) / group.size * group.size
+        let gradients = Tensor.zeros([padded])
+        for index in 0..<padded { gradients.floatPointer[index] = Float(index % 97) * 1e-3 }
+        var times = ReductionTimes()
+        for _ in 0..<rounds {
+            for dtype in [DType.float32, .bfloat16] {
+                try group.barrier()
+                let start = Timeline.now
+                let sent = gradients.converted(to: dtype)
+                let output = Tensor(uninitializedShape: [stage == 0 ? padded : padded / group.size], dtype: dtype)
+                let launched = Timeline.now
+                if stage == 0 {
+                    try group.allReduceAsync(CommunicationBuffer(sent), operation: .average).wait()
+                } else {
+                    try group.reduceScatterAsync(input: CommunicationBuffer(sent), output: CommunicationBuffer(output), operation: .average).wait()
+                }
+                let reduced = Timeline.now
+                _ = (stage == 0 ? sent : output).converted(to: .float32)
+                let end = Timeline.now
+                let round = (total: Double(end - start) / 1e6, collective: Double(reduced - launched) / 1e6)
+                if dtype == .float32 { times.fp32.append(round) } else { times.bf16.append(round) }
+            }
+        }
+        return times
+    }
+
+    /// Milliseconds per round: the whole reduction (conversions included) and the collective alone.
+    struct ReductionTimes {
+        var fp32: [(total: Double, collective: Double)] = []
+        var bf16: [(total: Double, collective: Double)] = []
     }
 
     /// The benchmark's AdamW (lr 3e-4, decay 0.1 on matrices): per-tensor, or the flat-buffer kind with the
@@ -72,12 +122,16 @@ struct BenchZeROCommand: ParsableCommand {
 
     func measure(stage: Int) throws -> Measurement {
         let configuration = shape.configuration
-        let (warmup, steps, batch, time, fused) = (self.warmup, self.steps, batchPerRank, shape.context, self.fused)
+        let (warmup, steps, batch, time, fused, rounds) = (self.warmup, self.steps, batchPerRank, shape.context, self.fused, self.rounds)
         var chosen = DataParallelOptions()
         chosen.bucketCapMB = bucketCapMB
         chosen.bucketsPerGroup = bucketsPerGroup
+        chosen.parameterDType = Self.dtype(precision)
+        chosen.gradientReduceDType = Self.dtype(gradReduceDType)
         let options = chosen
-        let results = try LocalWorld.run(size: dp, threadsPerRank: 1) { group -> (Double, (Int, Int, Int), Int, (Double, Double)?) in
+        let computePrecision = Self.dtype(precision)
+        let results = try LocalWorld.run(size: dp, threadsPerRank: 1) { local -> (Double, (Int, Int, Int), Int, (Double, Double)?, (Int, Int), ReductionTimes) in
+            let group = CountingProcessGroup(local)
             let model = try GPT(configuration, seed: 1)
             let groups = ParameterGroup.decayingMatrices(of: model, weightDecay: 0.1)
             var parallel: DataParallel?
@@ -98,13 +152,20 @@ struct BenchZeROCommand: ParsableCommand {
             }
             let generator = PhiloxRandom(seed: 5, stream: UInt64(group.rank))
             var start: UInt64 = 0
+            // Without ZeRO the parameters are their own masters, rounded for each step (as the training runtime does).
+            let copies = stage == 0 && computePrecision == .bfloat16 ? BFloat16ComputeCopies(parameters: model.parameters) : nil
             for step in 0..<(warmup + steps) {
                 if step == warmup {
                     try group.barrier()
+                    group.reset()
                     start = Timeline.now
                 }
                 let tokens = (0..<(batch * time)).map { Int32(generator.block(UInt64(step * batch * time + $0)).0 % 256) }
-                try model.loss(tokens, targets: tokens.map { ($0 + 1) % 256 }, batch: batch, time: time, context: ForwardContext(training: true, step: step)).backward()
+                copies?.roundParameters()
+                try ComputePrecision.with(computePrecision) {
+                    try model.loss(tokens, targets: tokens.map { ($0 + 1) % 256 }, batch: batch, time: time, context: ForwardContext(training: true, step: step)).backward()
+                }
+                copies?.restoreMasters()
                 if let zero {
                     try zero.finishBackward()
                     try zero.finishGradientSynchronization()
@@ -118,6 +179,9 @@ struct BenchZeROCommand: ParsableCommand {
             }
             try group.barrier()
             let seconds = Double(Timeline.now - start) / 1e9
+            let records = group.records
+            let gatherBytes = records.filter { $0.kind == .allGather }.reduce(0) { $0 + $1.bytes } / steps
+            let reductionBytes = records.filter { $0.kind == .allReduce || $0.kind == .reduceScatter }.reduce(0) { $0 + $1.bytes } / steps
             let allocator = TensorAllocator.shared
             let rank = group.rank
             let bytes = (allocator.liveBytes(of: .parameters, owner: rank), allocator.liveBytes(of: .gradients, owner: rank),
@@ -126,10 +190,13 @@ struct BenchZeROCommand: ParsableCommand {
             let shardSteps = zero == nil ? nil : Self.timeShardSteps(
                 perTensor: Self.adamW(shardGroups, fused: false),
                 fused: Self.adamW(shardGroups, fused: true, gradientLayout: .external, placement: .inPlace))
-            return (Double(steps * batch * time * group.size) / seconds, bytes, zero?.peakGatheredParameterBytes ?? 0, shardSteps)
+            let reduction = try Self.timeGradientReduction(group: local, count: model.parameterCount, stage: stage, rounds: rounds)
+            return (Double(steps * batch * time * group.size) / seconds, bytes, zero?.peakGatheredParameterBytes ?? 0, shardSteps,
+                    (gatherBytes, reductionBytes), reduction)
         }
         return Measurement(tokensPerSecond: results[0].0, bytes: results.map(\.1), peakGatheredBytes: results.map(\.2).max() ?? 0,
-                           shardStepMilliseconds: results[0].3)
+                           shardStepMilliseconds: results[0].3, gatherBytesPerStep: results[0].4.0, reductionBytesPerStep: results[0].4.1,
+                           reductionMilliseconds: results[0].5)
     }
 
     func run() throws {
@@ -155,8 +222,23 @@ struct BenchZeROCommand: ParsableCommand {
             print(String(format: "AdamW step over rank 0's shard slices (after the run, alternating, ranks stepping concurrently): per-tensor %.2f ms, fused in place %.2f ms (%.2f ×)",
                          shardStep.perTensor, shardStep.fused, shardStep.perTensor / shardStep.fused))
         }
+        print(String(format: "rank 0 per step: parameter all-gathers %d B (%.3f B per parameter; %@ compute copies), gradient reductions %d B (%@)",
+                     measured.gatherBytesPerStep, Double(measured.gatherBytesPerStep) / Double(parameterCount), precision,
+                     measured.reductionBytesPerStep, gradReduceDType))
+        let reduction = measured.reductionMilliseconds
+        func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+        let ratios = zip(reduction.fp32, reduction.bf16).map { $0.total / $1.total }
+        let collectiveRatios = zip(reduction.fp32, reduction.bf16).map { $0.collective / $1.collective }
+        print(String(format: "gradient %@ of %d elements, rank 0, %d alternating rounds: fp32 median %.2f ms (collective %.2f), bf16 median %.2f ms (collective %.2f, the rest rounding and widening); fp32 ÷ bf16 per round: %@; collective alone: %@",
+                     zeroStage == 0 ? "all-reduce" : "reduce-scatter", parameterCount, rounds, median(reduction.fp32.map(\.total)), median(reduction.fp32.map(\.collective)),
+                     median(reduction.bf16.map(\.total)), median(reduction.bf16.map(\.collective)),
+                     ratios.map { String(format: "%.2f", $0) }.joined(separator: " "), collectiveRatios.map { String(format: "%.2f", $0) }.joined(separator: " ")))
         if json {
-            var object: [String: Any] = ["zero_stage": zeroStage, "dp": dp, "state_bytes_measured": worst, "state_bytes_formula": plan.totalBytes,
+            var object: [String: Any] = ["precision": precision, "grad_reduce_dtype": gradReduceDType,
+                                         "gather_bytes_per_step": measured.gatherBytesPerStep, "reduction_bytes_per_step": measured.reductionBytesPerStep,
+                                         "reduction_ms_fp32": reduction.fp32.map(\.total), "reduction_ms_bf16": reduction.bf16.map(\.total),
+                                         "collective_ms_fp32": reduction.fp32.map(\.collective), "collective_ms_bf16": reduction.bf16.map(\.collective),
+                                         "reduction_fp32_over_bf16_median": median(ratios), "collective_fp32_over_bf16_median": median(collectiveRatios),"zero_stage": zeroStage, "dp": dp, "state_bytes_measured": worst, "state_bytes_formula": plan.totalBytes,
                                          "tokens_per_s": measured.tokensPerSecond, "tokens_per_s_stage0": baseline.tokensPerSecond,
                                          "measured_over_formula": ratio, "peak_gathered_parameter_bytes": measured.peakGatheredBytes,
                                          "fused_optimizer": fused, "buckets_per_group": bucketsPerGroup, "bucket_cap_mb": bucketCapMB]

@@ -3,6 +3,7 @@ import ConvoyNN
 import ConvoyParallel
 import ConvoyTensor
 import Foundation
+import Synchronization
 import Testing
 
 /// The optimizer a ZeRO test runs over its shard slices: per-tensor, or fused in place over ZeRO's buffers.
@@ -159,6 +160,50 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
             #expect(count.reduceScatters == count.groups, "one reduce-scatter per bucket group")
             // Stage 3 gathers per layer in the next forward, not in the step.
             #expect(count.allGathers == (stage == 3 ? 0 : count.groups), "one all-gather per bucket group after the step")
+        }
+    }
+
+    /// With bf16 compute copies (the buffer keyed (bf16, fp32)) every parameter all-gather moves bf16: the same
+    /// collectives as fp32 with exactly half the bytes (stages 1–2 after each step, stage 3 per layer in forward
+    /// and backward). Every forward sees bf16-representable parameters (the masters rounded), and
+    /// gatherFullParameters() returns the fp32 masters, which are not.
+    @Test(arguments: [1, 2, 3])
+    func bf16ComputeCopiesGatherHalfTheBytes(stage: Int) throws {
+        func run(_ parameterDType: DType) throws -> [(gathers: Int, bytes: Int, forwardsSawCopies: Bool, mastersAreRounded: Bool)] {
+            try LocalWorld.run(size: 2, threadsPerRank: 1) { local in
+                let group = ConvoyComm.CountingProcessGroup(local)
+                let model = try GPT(dpConfiguration, seed: 3)
+                var options = DataParallelOptions()
+                options.firstBucketCapMB = 0.002
+                options.bucketCapMB = 0.01
+                options.parameterDType = parameterDType
+                let zero = try DistributedOptimizer(module: model, group: group, stage: stage, options: options, weightDecay: 0) { SGD($0, learningRate: 0.1) }
+                #expect(zero.buffer.parameterDType == parameterDType && zero.buffer.gradientDType == .float32)
+                func rounded(_ parameters: [Parameter]) -> Bool { parameters.allSatisfy { $0.toArray().allSatisfy { BFloat16($0).floatValue == $0 } } }
+                let seen = RecordedFlags()
+                let hook = model.layers[0].registerForwardPreHook { layer in seen.append(rounded(layer.parameters)) }
+                defer { model.layers[0].removeForwardHook(hook) }
+                group.reset()
+                for step in 0..<2 {
+                    let data = globalBatch(step: step, batch: 4)
+                    try model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8).backward()
+                    try zero.finishBackward()
+                    try zero.finishGradientSynchronization()
+                    try zero.step()
+                    try zero.waitForParameters()
+                    zero.zeroGradients()
+                }
+                let gathers = group.records.filter { $0.kind == .allGather }
+                try zero.gatherFullParameters()
+                return (gathers.count, gathers.reduce(0) { $0 + $1.bytes }, seen.values.count == 2 && seen.values.allSatisfy { $0 }, rounded(model.parameters))
+            }
+        }
+        let fp32 = try run(.float32), bf16 = try run(.bfloat16)
+        for (rank, (full, half)) in zip(fp32, bf16).enumerated() {
+            #expect(half.gathers == full.gathers && half.gathers > 0, "stage \(stage) rank \(rank): \(half.gathers) bf16 gathers vs \(full.gathers) fp32")
+            #expect(half.bytes * 2 == full.bytes, "stage \(stage) rank \(rank): bf16 gathers moved \(half.bytes) B, fp32 \(full.bytes) B")
+            #expect(half.forwardsSawCopies, "stage \(stage) rank \(rank): a forward saw parameters that are not bf16 values")
+            #expect(!half.mastersAreRounded, "stage \(stage) rank \(rank): gatherFullParameters() must give the fp32 masters")
         }
     }
 
@@ -404,4 +449,11 @@ final class CountingProcessGroup: ProcessGroup, @unchecked Sendable {
     func barrierAsync() -> Work { inner.barrierAsync() }
     func probeAsync(tag: Int, dtype: DType) -> Work { inner.probeAsync(tag: tag, dtype: dtype) }
     func split(color: Int, key: Int, name: String?) throws -> (any ProcessGroup)? { try inner.split(color: color, key: key, name: name) }
+}
+
+/// Booleans appended from hooks (which may run on a rank's compute threads).
+final class RecordedFlags: Sendable {
+    private let storage = Mutex<[Bool]>([])
+    func append(_ value: Bool) { storage.withLock { $0.append(value) } }
+    var values: [Bool] { storage.withLock { $0 } }
 }

@@ -39,9 +39,11 @@ import Testing
         return results[0]
     }
 
-    /// The bf16 loss curve follows fp32's: over 200 steps every logged loss is within 0.05 + 5 % of fp32's at
-    /// the same step (bf16 keeps 8 significant bits in the GEMM operands; the master weights, the optimizer and
-    /// the loss are fp32, so the curves differ by rounding noise, not by drift), and both fall.
+    /// The bf16 loss curve follows fp32's: over 200 steps the mean of every 50 steps' logged losses is within
+    /// 0.05 + 5 % of fp32's, and every single logged loss within 0.05 + 15 % (bf16 keeps 8 significant bits in
+    /// the GEMM operands and in every parameter's compute copy; the master weights, the optimizer and the loss
+    /// are fp32, so the trajectories differ by rounding noise, not by drift — a logged loss is one batch's, and
+    /// that noise moves single points by up to ~12 % while the windows and the end agree), and both fall.
     @Test func bf16LossCurveFollowsFP32() throws {
         let fp32Output = scratchDirectory("curve-fp32"), bf16Output = scratchDirectory("curve-bf16")
         defer { for path in [fp32Output, bf16Output] { try? FileManager.default.removeItem(atPath: path) } }
@@ -59,17 +61,23 @@ import Testing
         let fp32 = try curve(fp32Output, precision: "fp32"), bf16 = try curve(bf16Output, precision: "bf16")
         #expect(fp32.count == 20 && bf16.count == 20)
         for (step, (a, b)) in zip(fp32, bf16).enumerated() {
-            #expect(abs(a - b) <= 0.05 + 0.05 * a, "step \((step + 1) * 10): fp32 loss \(a), bf16 \(b)")
+            #expect(abs(a - b) <= 0.05 + 0.15 * a, "step \((step + 1) * 10): fp32 loss \(a), bf16 \(b)")
+        }
+        for window in stride(from: 0, to: 20, by: 5) {
+            let a = fp32[window..<(window + 5)].reduce(0, +) / 5, b = bf16[window..<(window + 5)].reduce(0, +) / 5
+            #expect(abs(a - b) <= 0.05 + 0.05 * a, "steps \(window * 10 + 10)–\(window * 10 + 50): mean fp32 loss \(a), bf16 \(b)")
         }
         #expect(bf16.last! < bf16.first! * 0.7 && fp32.last! < fp32.first! * 0.7)
         #expect(fp32 != bf16, "bf16 must actually change the arithmetic")
     }
 
-    /// DDP, ZeRO 1–3 and a 2-stage pipeline in bf16 train what one bf16 process trains. Tolerance 2e-3
-    /// (relative, normwise per parameter) rather than fp32's 1e-5: the operands are rounded to bf16 alike on
-    /// every layout, but the fp32 sums under them are ordered differently (an all-reduce, split GEMM rows),
-    /// and a last-bit difference in a weight or activation that sits near a bf16 rounding boundary rounds the
-    /// other way: a 2^-9 relative change in that element, which later steps carry.
+    /// DDP, ZeRO 1–3 and a 2-stage pipeline in bf16 train what one bf16 process trains. Every layout computes
+    /// with the same compute copies (each parameter's fp32 master rounded to bf16: ZeRO gathers them in bf16,
+    /// the others round their masters for each step). Tolerance 1e-4 (relative, normwise per parameter; measured
+    /// 2.5e-5 on every layout) rather than fp32's 1e-5: the fp32 sums under the bf16 operands are ordered
+    /// differently (an all-reduce, split GEMM rows), and a last-bit difference in a master or activation that
+    /// sits near a bf16 rounding boundary rounds the other way — a 2^-9 relative change in that element, which
+    /// later steps carry.
     @Test(arguments: [("dp", 2, 0), ("zero", 2, 1), ("zero", 2, 2), ("zero", 2, 3), ("pp", 2, 0)])
     func bf16StrategiesMatchOneBF16Process(kind: String, ranks: Int, stage: Int) throws {
         let single = scratchDirectory("bf16-single"), parallel = scratchDirectory("bf16-parallel")
@@ -88,7 +96,7 @@ import Testing
         }
         let result = try trainDistributed(distributed, ranks: ranks)
         let error = relativeError(result, one.model.parameters.map { $0.toArray() })
-        #expect(error <= 2e-3, "\(kind) \(ranks) stage \(stage) in bf16: relative error \(error)")
+        #expect(error <= 1e-4, "\(kind) \(ranks) stage \(stage) in bf16: relative error \(error)")
     }
 
     /// A non-finite gradient on one rank skips that step on every rank and halves the dynamic loss scale; the
@@ -181,7 +189,7 @@ import Testing
     }
 
     /// DDP with gradients all-reduced in bf16 trains close to the fp32 reduction (each reduced gradient element
-    /// carries one bf16 rounding, relative 2^-9) and keeps the replicas identical; ZeRO refuses it.
+    /// carries one bf16 rounding, relative 2^-9) and keeps the replicas identical.
     @Test func bf16GradientReductionStaysCloseToFP32() throws {
         let fp32Output = scratchDirectory("reduce-fp32"), bf16Output = scratchDirectory("reduce-bf16")
         defer { for path in [fp32Output, bf16Output] { try? FileManager.default.removeItem(atPath: path) } }
@@ -201,9 +209,47 @@ import Testing
         #expect(ranks[0] == ranks[1])
         let error = relativeError(ranks[0], reference)
         #expect(error > 0 && error <= 1e-2, "bf16 reduction vs fp32: \(error)")
-        #expect(throws: ConvoyError.self) {
-            try TrainingSettings.resolve(configFile: nil, flags: [("--dp", "2"), ("--zero-stage", "1"), ("--grad-reduce-dtype", "bf16")])
-        }
+    }
+
+    /// ZeRO 1–3 reduce-scatter bf16 gradients as DDP all-reduces them: each rank rounds its fp32 gradient to bf16,
+    /// the reduction adds in fp32 and rounds once, and the result is widened into fp32 gradients that are
+    /// clipped and stepped in fp32 — per element the same arithmetic as DDP's bf16 all-reduce, so a bf16 ZeRO run
+    /// with bf16 reduction trains what DDP with bf16 reduction trains within fp32's 1e-5 (measured: stages 1 and
+    /// 2 bit-identical, stage 3 9e-8).
+    @Test(arguments: [1, 2, 3])
+    func zeroReducesGradientsInBF16LikeDDP(stage: Int) throws {
+        let ddpOutput = scratchDirectory("reduce-bf16-ddp"), zeroOutput = scratchDirectory("reduce-bf16-zero\(stage)")
+        defer { for path in [ddpOutput, zeroOutput] { try? FileManager.default.removeItem(atPath: path) } }
+        var configuration = try configuration(output: ddpOutput)
+        configuration.dp = 2
+        try TrainingSettings.applyFlag("--grad-reduce-dtype", "bf16", to: &configuration)
+        let reference = try trainDistributed(configuration, ranks: 2)
+        configuration.output = zeroOutput
+        configuration.zeroStage = stage
+        let result = try trainDistributed(configuration, ranks: 2)
+        let error = relativeError(result, reference)
+        #expect(error <= 1e-5, "ZeRO-\(stage) with bf16 reduction vs DDP with bf16 reduction: relative error \(error)")
+    }
+
+    /// A bf16 run resumed from its checkpoint continues bit for bit as the run that was not interrupted: the
+    /// checkpoint holds the fp32 masters (and the optimizer state), from which the bf16 compute copies are
+    /// made again exactly.
+    @Test(arguments: ["single", "zero1", "zero3", "dp"])
+    func bf16ResumeIsBitIdentical(layout: String) throws {
+        let whole = scratchDirectory("bf16-whole-\(layout)"), resumed = scratchDirectory("bf16-resumed-\(layout)")
+        defer { for path in [whole, resumed] { try? FileManager.default.removeItem(atPath: path) } }
+        var configuration = try configuration(output: whole, steps: 6)
+        configuration.checkpointEvery = 3
+        let ranks = layout == "single" ? 1 : 2
+        if layout != "single" { configuration.dp = 2 }
+        if layout.hasPrefix("zero") { configuration.zeroStage = Int(layout.dropFirst(4))! }
+        let uninterrupted = try trainDistributed(configuration, ranks: ranks)
+        var again = configuration
+        again.output = resumed
+        again.checkpointEvery = 0
+        let continued = try trainDistributed(again, ranks: ranks, resume: whole + "/checkpoint")
+        #expect(continued.map { $0.map(\.bitPattern) } == uninterrupted.map { $0.map(\.bitPattern) },
+                "\(layout): resumed bf16 run differs from the uninterrupted one (relative \(relativeError(continued, uninterrupted)))")
     }
 
     @Test func settingsParseAndRefuseBadValues() throws {

@@ -27,14 +27,13 @@ enum BufferReduction {
                 let widened = scratch + blockElements
                 var first = true
                 for source in sources {
-                    let bits = source.assumingMemoryBound(to: UInt16.self) + start
-                    for i in 0..<count { widened[i] = Float(bitPattern: UInt32(bits[i]) << 16) }
+                    // The SIMD conversions (no pool: a block is small, and ranks reduce their ranges concurrently).
+                    BFloat16.widen(source.assumingMemoryBound(to: BFloat16.self) + start, to: widened, count: count, pool: nil)
                     if first { scratch.update(from: widened, count: count); first = false } else { combine(scratch, widened, count: count, operation: operation) }
                 }
                 if operation == .average { scale(scratch, count: count, by: 1 / Float(groupSize)) }
                 for destination in destinations {
-                    let bits = destination.assumingMemoryBound(to: UInt16.self) + start - range.lowerBound + destinationOffset
-                    for i in 0..<count { bits[i] = BFloat16(scratch[i]).bitPattern }
+                    BFloat16.round(scratch, to: destination.assumingMemoryBound(to: BFloat16.self) + start - range.lowerBound + destinationOffset, count: count, pool: nil)
                 }
             }
             start += count

@@ -60,6 +60,7 @@ extension ParallelRuntime {
         try synchronizer.finishPendingUpdates()
         let optimized = synchronizer.checkpointSlices, mapped = try checkpointSlices(optimized)
         var state = try reader.load(parametersInto: try checkpointSlices(synchronizer.residentParameterSlices), optimizerStateOf: mapped)
+        synchronizer.parameterValuesLoaded()
         // Tensor-parallel padding is not stored: its optimizer state comes back as zeros in the piece's shape.
         for (piece, stored) in zip(optimized, mapped) where stored.count < piece.count {
             for (key, tensor) in state.tensors where key.hasPrefix(piece.optimizerKey + ".") && !key.dropFirst(piece.optimizerKey.count + 1).contains(".") {

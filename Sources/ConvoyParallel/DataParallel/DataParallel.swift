@@ -21,7 +21,7 @@ import Foundation
 /// - ``withoutSynchronization(_:)`` skips communication for the micro-steps of gradient accumulation before
 ///   the last one; ``finishGradientSynchronization()`` (before the optimizer step) handles parameters that
 ///   received no gradient and waits for every reduction.
-/// - `gradientReduceDType` bf16 rounds each bucket group to bf16 into a staging copy, all-reduces that (half the
+/// - A buffer whose gradient dtype is bf16 (`gradientReduceDType`) rounds each bucket group to bf16 into a staging copy, all-reduces that (half the
 ///   bytes; the reduction itself adds in fp32 and rounds once) and widens the result back into the fp32
 ///   gradient buffer, which backward keeps accumulating in fp32.
 /// - Parameters not replicated along dp (``ConvoyTensor/Tensor/placement``) are skipped; a parameter shared by
@@ -65,7 +65,7 @@ public final class DataParallel {
         buffer = try ParamAndGradBuffer(parameters: parameters, dataParallelSize: 1,
                                         firstBucketCapBytes: Int(options.firstBucketCapMB * 1_048_576),
                                         bucketCapBytes: Int(options.bucketCapMB * 1_048_576), bucketsPerGroup: options.bucketsPerGroup,
-                                        keepsFullGradients: true, keepsFullParameters: false,
+                                        gradientDType: options.gradientReduceDType, keepsFullGradients: true, keepsFullParameters: false,
                                         bucketAssignment: options.bucketing ? nil : parameters.indices.reversed().map { [$0] })
         var groupOf = [Int](repeating: 0, count: buffer.buckets.count)
         for (index, members) in buffer.bucketGroups.enumerated() { for bucket in members { groupOf[bucket] = index } }
@@ -125,7 +125,7 @@ public final class DataParallel {
         let ranges = fused
             ? [buffer.buckets[members.first!].range.lowerBound..<buffer.buckets[members.last!].range.upperBound]
             : members.flatMap { buffer.buckets[$0].parameterRanges }
-        guard options.gradientReduceDType == .bfloat16 else {
+        guard buffer.gradientDType == .bfloat16 else {
             inFlight[index] = (ranges.map { self.group.allReduceAsync(gradients.slice($0), operation: .average) }, Timeline.now, [])
             return
         }
@@ -178,7 +178,7 @@ public final class DataParallel {
             for (copy, range) in entry.staged {
                 BFloat16.widen(copy.storage.pointer.assumingMemoryBound(to: BFloat16.self), to: buffer.gradientBuffer.floatPointer + range.lowerBound, count: range.count)
             }
-            let bytes = buffer.bucketGroups[index].reduce(0) { $0 + buffer.buckets[$1].range.count } * options.gradientReduceDType.byteSize
+            let bytes = buffer.bucketGroups[index].reduce(0) { $0 + buffer.buckets[$1].range.count } * buffer.gradientDType.byteSize
             timeline?.record("all-reduce bucket group \(index) (\(bytes) B)", category: "allreduce", rank: worldRank, lane: "comm",
                              start: entry.launchedAt, end: entry.works.compactMap(\.completionTime).max() ?? Timeline.now)
         }

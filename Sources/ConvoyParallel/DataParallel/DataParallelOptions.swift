@@ -43,9 +43,14 @@ public struct DataParallelOptions: Sendable, Equatable {
     /// all-gathered) by one collective once all its buckets are ready: fewer, larger collectives (less
     /// per-message latency) for a later start of the first one and a transient rank-major copy of the group.
     public var bucketsPerGroup = 1
-    /// The element type gradients are all-reduced in: float32, or bfloat16 (half the bytes; data parallelism
-    /// without ZeRO only). Gradients are accumulated and stepped in float32 either way.
+    /// The element type gradients are reduced in (all-reduced by DDP, reduce-scattered by ZeRO 1–3): float32,
+    /// or bfloat16 (half the bytes). Gradients are accumulated, clipped and stepped in float32 either way.
     public var gradientReduceDType: DType = .float32
+    /// The element type of the parameters' compute copies (not a setting of its own: `training.precision`
+    /// decides it). bfloat16: every parameter computes with its fp32 master rounded to bf16 — ZeRO 1–3 gather
+    /// bf16 (half the bytes) from fp32 master shards; without ZeRO the runtime rounds the parameters for each
+    /// step and restores the masters before the optimizer step.
+    public var parameterDType: DType = .float32
 
     public init() {}
 }

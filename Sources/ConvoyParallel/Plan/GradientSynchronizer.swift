@@ -60,4 +60,8 @@ public protocol GradientSynchronizer: AnyObject {
     /// Where this rank keeps parameter values at rest, as slices of the global parameters: whole parameters,
     /// or (ZeRO-3) the rank's shards. A checkpoint loads parameter values into these.
     var residentParameterSlices: [CheckpointSlice] { get }
+    /// Called after fp32 values were loaded into ``residentParameterSlices``: a synchronizer that keeps fp32
+    /// masters apart from bf16 compute copies (ZeRO 1–2 under `--precision bf16`) takes its masters from them
+    /// and refreshes the copies.
+    func parameterValuesLoaded()
 }

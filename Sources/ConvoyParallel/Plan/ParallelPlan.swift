@@ -164,7 +164,7 @@ public struct ParallelPlan: Sendable {
             let schedule = AccumulationSchedule(model: model, microBatches: settings.microBatches, timeline: timeline)
             let synchronizer = try makeSynchronizer(module: model, dataParallelGroup: nil, weightDecay: weightDecay, timeline: timeline,
                                                     makeOptimizer: makeOptimizer, makeShardOptimizer: makeShardOptimizer)
-            return ParallelRuntime(schedule: schedule, synchronizer: synchronizer, mesh: mesh, world: world)
+            return ParallelRuntime(schedule: schedule, synchronizer: synchronizer, mesh: mesh, world: world, parameterDType: settings.dataParallel.parameterDType)
         }
         try mesh.checkWorldSize(world.size)
         let groups = try mesh.groups(of: world)
@@ -179,6 +179,7 @@ public struct ParallelPlan: Sendable {
         }
         let synchronizer = try makeSynchronizer(module: schedule.module, dataParallelGroup: groups.dp, weightDecay: weightDecay, timeline: timeline,
                                                 makeOptimizer: makeOptimizer, makeShardOptimizer: makeShardOptimizer)
-        return ParallelRuntime(schedule: schedule, synchronizer: synchronizer, mesh: mesh, world: world, tensorParallel: tensorParallel)
+        return ParallelRuntime(schedule: schedule, synchronizer: synchronizer, mesh: mesh, world: world, tensorParallel: tensorParallel,
+                               parameterDType: settings.dataParallel.parameterDType)
     }
 }

@@ -16,9 +16,19 @@ public final class ParallelRuntime {
     private let tensorCoordinates: [String: Int]
     /// Tensor parallelism of this rank's model (nil with tp 1).
     public let tensorParallel: TensorParallelism?
+    /// bf16 compute copies made for each step, when the parameters compute in bf16 and the synchronizer keeps
+    /// them as their own fp32 masters (every layout without ZeRO; ZeRO gathers its copies in bf16 itself).
+    private let computeCopies: BFloat16ComputeCopies?
 
+    /// `parameterDType`: the element type the parameters compute in (``DataParallelOptions/parameterDType``):
+    /// with bfloat16, every parameter computes with its fp32 master rounded to bf16.
     public init(schedule: any StepSchedule, synchronizer: any GradientSynchronizer, mesh: DeviceMesh, world: (any ProcessGroup)?,
-                tensorParallel: TensorParallelism? = nil) {
+                tensorParallel: TensorParallelism? = nil, parameterDType: DType = .float32) {
+        if parameterDType == .bfloat16, let replicated = synchronizer as? any ReplicatedGradients {
+            computeCopies = BFloat16ComputeCopies(parameters: replicated.module.parameters)
+        } else {
+            computeCopies = nil
+        }
         self.schedule = schedule
         self.synchronizer = synchronizer
         self.mesh = mesh
@@ -58,6 +68,10 @@ public final class ParallelRuntime {
     public func trainStep(maxGradientNorm: Float, lossScaler: LossScaler? = nil, load: (Int) throws -> MicroBatch) throws -> StepResult {
         var norm = 0.0
         var skipped = false
+        // The step computes with bf16 copies of the masters, which are back in place for the optimizer step (and
+        // whenever the step ends, also by an error).
+        computeCopies?.roundParameters()
+        defer { computeCopies?.restoreMasters() }
         func run() throws -> (weightedLoss: Double, peakStashed: Int) {
             try schedule.run(load: load, synchronizer: synchronizer,
                              reduceGradients: {
@@ -65,6 +79,7 @@ public final class ParallelRuntime {
                                  skipped = !norm.isFinite && (lossScaler?.skipsNonFiniteSteps ?? false)
                              },
                              optimizerStep: {
+                                 computeCopies?.restoreMasters()
                                  if !skipped { try synchronizer.step() }
                                  synchronizer.zeroGradients()
                              })

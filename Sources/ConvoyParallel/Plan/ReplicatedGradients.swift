@@ -34,4 +34,6 @@ extension ReplicatedGradients {
     public func finishPendingUpdates() throws {}
     public var checkpointSlices: [CheckpointSlice] { module.namedParameters().map { CheckpointSlice(whole: $0.parameter, name: $0.name) } }
     public var residentParameterSlices: [CheckpointSlice] { checkpointSlices }
+    /// The parameters are their own masters at rest (``BFloat16ComputeCopies`` rounds them only during a step).
+    public func parameterValuesLoaded() {}
 }

@@ -27,6 +27,15 @@ import Foundation
 /// one collective each, sent in rank-major order (``BucketGroupLayout``) so every rank still gets exactly its
 /// same-offset shards.
 ///
+/// Mixed precision (``DataParallelOptions/parameterDType`` bf16, the buffer's parameter dtype): the optimizer updates an
+/// fp32 master shard (stage 3: ``ShardedParameters/shard``; stages 1–2: ``masterShard``, apart from the parameter
+/// buffer), each rank rounds it to bf16 and the all-gathers move bf16, widened into the parameters — so every
+/// parameter computes with its master rounded to bf16, as under every other layout. Checkpoints save the masters;
+/// ``gatherFullParameters()`` gathers the fp32 masters (evaluation, saving, export) until
+/// ``releaseFullParameters(copyingBack:)`` rounds them again. With a bf16 gradient dtype
+/// (``DataParallelOptions/gradientReduceDType``) each reduce-scatter sends a bf16 copy of the fp32 gradients
+/// and the result is widened back into the fp32 gradient shard.
+///
 /// Per rank with Adam: stage 1 holds 4Ψ parameters + 4Ψ gradients + 8Ψ/N state; stage 2 holds 4Ψ + 12Ψ/N
 /// (plus the staging of buckets in flight); stage 3 holds 16Ψ/N at rest (plus the gathered layers in use).
 public final class DistributedOptimizer {
@@ -65,6 +74,13 @@ public final class DistributedOptimizer {
     private(set) var shardSlices: [(values: Tensor, parameter: Parameter, name: String, range: Range<Int>)] = []
     /// Stage 3: the sharded parameters and their per-layer gathering.
     private let sharded: ShardedParameters?
+    /// Stages 1 and 2 with bf16 compute copies: this rank's fp32 master weights, bucket after bucket (the layout
+    /// of `gradientShard`), which the optimizer updates and checkpoints save; the parameter buffer then holds the
+    /// gathered bf16-rounded copies. Nil otherwise: the optimizer updates the parameter buffer's shard regions.
+    private let masterShard: Tensor?
+    /// Stages 1 and 2 with a ``masterShard``: whether the parameter buffer holds the fp32 masters
+    /// (``gatherFullParameters()``) rather than their bf16 compute copies.
+    private var holdsFullPrecisionParameters = false
 
     /// Wraps `module` (collective: every rank must call it). Parameters are broadcast from rank 0 first, so
     /// replicas start identical. `makeOptimizer` receives the shard slices grouped like
@@ -83,6 +99,7 @@ public final class DistributedOptimizer {
         buffer = try ParamAndGradBuffer(parameters: parameters, dataParallelSize: group.size,
                                         firstBucketCapBytes: Int(options.firstBucketCapMB * 1_048_576),
                                         bucketCapBytes: Int(options.bucketCapMB * 1_048_576), bucketsPerGroup: options.bucketsPerGroup,
+                                        parameterDType: options.parameterDType, gradientDType: options.gradientReduceDType,
                                         keepsFullGradients: stage == 1,
                                         keepsFullParameters: stage < 3, bucketAssignment: units?.buckets)
         let layout = buffer
@@ -101,6 +118,13 @@ public final class DistributedOptimizer {
         for (index, members) in buffer.bucketGroups.enumerated() { for bucket in members { groupOf[bucket] = index } }
         groupOfBucket = groupOf
         incoming = Array(repeating: nil, count: buffer.bucketGroups.count)
+        if stage < 3 && buffer.parameterDType == .bfloat16 {
+            let masterCount = buffer.shardElementCount
+            masterShard = TensorAllocator.withCategory(.parameters) { Tensor.zeros([masterCount]) }
+        } else {
+            masterShard = nil
+        }
+        takeMastersFromParameterBuffer()
 
         // Views of this rank's slices: values in the parameter buffer (stage 3: the parameter shard), gradients
         // in the gradient shard.
@@ -110,7 +134,7 @@ public final class DistributedOptimizer {
         for slice in buffer.ownedSlices(rank: group.rank) {
             let bucket = buffer.bucketIndex(of: slice.parameter)!
             let shardStart = buffer.shardRange(of: bucket, rank: group.rank).lowerBound
-            let values = sharded.map { Tensor(storage: $0.shard.storage, shape: [slice.bufferRange.count], offset: offsets[bucket] + slice.bufferRange.lowerBound - shardStart) }
+            let values = (sharded?.shard ?? masterShard).map { Tensor(storage: $0.storage, shape: [slice.bufferRange.count], offset: offsets[bucket] + slice.bufferRange.lowerBound - shardStart) }
                 ?? Tensor(storage: buffer.parameterBuffer.storage, shape: [slice.bufferRange.count], offset: buffer.parameterBuffer.offset + slice.bufferRange.lowerBound)
             values.grad = stage >= 2
                 ? Tensor(storage: gradientShard.storage, shape: [slice.bufferRange.count], offset: offsets[bucket] + slice.bufferRange.lowerBound - shardStart)
@@ -151,12 +175,38 @@ public final class DistributedOptimizer {
             guard let pending = pendingGathers.removeValue(forKey: index) else { continue }
             do {
                 try pending.work.wait()
-                if let output = pending.output {
-                    groupLayouts[index].unpackRankMajor(output.floatPointer, into: bucketStarts(in: buffer.parameterBuffer, group: index))
-                }
+                if let output = pending.output { placeGathered(output, group: index) }
             } catch { if gatherError == nil { gatherError = error } }
             withExtendedLifetime(pending) {}
         }
+    }
+
+    /// Puts group `index`'s gathered parameters (rank-major; bf16 compute copies are widened) into the parameter buffer.
+    private func placeGathered(_ output: Tensor, group index: Int) {
+        let layout = groupLayouts[index]
+        if layout.isSingleBucket && output.dtype == .bfloat16 {
+            let start = buffer.parameterBuffer.floatPointer + buffer.buckets[layout.buckets[0]].range.lowerBound
+            BFloat16.widen(output.storage.pointer.assumingMemoryBound(to: BFloat16.self) + output.offset, to: start, count: output.count)
+            return
+        }
+        let values = output.converted(to: .float32)
+        layout.unpackRankMajor(values.floatPointer, into: bucketStarts(in: buffer.parameterBuffer, group: index))
+        withExtendedLifetime(values) {}
+    }
+
+    /// Stages 1 and 2 with a ``masterShard``: copies the parameter buffer's shard regions (fp32 values every rank
+    /// holds alike: at construction, after loading, or gathered by ``gatherFullParameters()``) into the master
+    /// shard and rounds the whole buffer to the bf16 compute copies — what a bf16 gather would give, with no
+    /// communication.
+    private func takeMastersFromParameterBuffer() {
+        guard let masterShard else { return }
+        let parameters = buffer.parameterBuffer
+        for bucket in buffer.buckets.indices {
+            let range = buffer.shardRange(of: bucket, rank: group.rank)
+            (masterShard.floatPointer + shardOffsets[bucket]).update(from: parameters.floatPointer + range.lowerBound, count: range.count)
+        }
+        BFloat16.roundToFloat(parameters.floatPointer, to: parameters.floatPointer, count: parameters.count)
+        holdsFullPrecisionParameters = false
     }
 
     /// Where each bucket of group `index` starts in `full` (the parameter or the full gradient buffer, which
@@ -184,13 +234,33 @@ public final class DistributedOptimizer {
     /// keeps them until ``releaseFullParameters(copyingBack:)`` or the next ``step()``.
     public func gatherFullParameters() throws {
         try waitForParameters()
+        if let masterShard, !holdsFullPrecisionParameters {
+            // The fp32 masters, so evaluation and export read the weights themselves, not their bf16 copies.
+            for (index, layout) in groupLayouts.enumerated() {
+                let first = shardOffsets[layout.buckets[0]]
+                let input = CommunicationBuffer(masterShard).slice(first..<(first + layout.shardCount))
+                let output = layout.isSingleBucket ? nil : Tensor(uninitializedShape: [layout.totalCount])
+                let destination = output.map { CommunicationBuffer($0) } ?? CommunicationBuffer(buffer.parameterBuffer).slice(buffer.buckets[layout.buckets[0]].range)
+                try group.allGatherAsync(input: input, output: destination).wait()
+                if let output { placeGathered(output, group: index) }
+            }
+            holdsFullPrecisionParameters = true
+        }
         try sharded?.gatherAll()
+    }
+
+    /// Called after parameter values were written into ``ConvoyParallel/GradientSynchronizer/residentParameterSlices``
+    /// (a loaded checkpoint): stages 1 and 2 with bf16 compute copies take their master shard from the loaded fp32
+    /// values and round the parameters again.
+    public func parameterValuesLoaded() {
+        takeMastersFromParameterBuffer()
     }
 
     /// Stage 3: releases what ``gatherFullParameters()`` gathered. With `copyingBack`, each rank first takes its
     /// shard from the full parameters — after the same values were written into the model on every rank (e.g.
     /// a loaded checkpoint). Stages 1 and 2 keep full parameters anyway: nothing to do.
     public func releaseFullParameters(copyingBack: Bool = false) {
+        if masterShard != nil && (copyingBack || holdsFullPrecisionParameters) { takeMastersFromParameterBuffer() }
         sharded?.releaseAll(copyingBack: copyingBack)
     }
 
@@ -249,9 +319,10 @@ public final class DistributedOptimizer {
             // The staged buffers must outlive the copy: their pointers escape the array.
             withExtendedLifetime(staged) { layout.packRankMajor(staged.map { UnsafePointer($0.floatPointer) }, into: input.floatPointer) }
         }
-        let output = Tensor(uninitializedShape: [layout.shardCount])
-        let work = group.reduceScatterAsync(input: CommunicationBuffer(input), output: CommunicationBuffer(output), operation: .average)
-        incoming[index] = (work, output, input)
+        let sent = input.converted(to: buffer.gradientDType)
+        let output = Tensor(uninitializedShape: [layout.shardCount], dtype: buffer.gradientDType)
+        let work = group.reduceScatterAsync(input: CommunicationBuffer(sent), output: CommunicationBuffer(output), operation: .average)
+        incoming[index] = (work, output, sent)
     }
 
     /// Stages 2 and 3: call after every backward (each micro-step): launches what is left, waits for every
@@ -272,7 +343,7 @@ public final class DistributedOptimizer {
             try entry.work.wait()
             // The group's shards are consecutive in the gradient shard, in the order the reduce-scatter left them.
             let first = groupLayouts[index].buckets[0]
-            Tensor(storage: gradientShard.storage, shape: [entry.output.count], offset: gradientShard.offset + shardOffsets[first]).addInPlace(entry.output)
+            Tensor(storage: gradientShard.storage, shape: [entry.output.count], offset: gradientShard.offset + shardOffsets[first]).addInPlace(entry.output.converted(to: .float32))
             withExtendedLifetime(entry.input) {}
         }
     }
@@ -286,27 +357,28 @@ public final class DistributedOptimizer {
         // Outputs are transient: the result is copied into the rank's shard region of the gradient buffer, so
         // stage 1 holds no gradient memory beyond the full buffer (and MPI never sees aliased buffers). A group
         // of several buckets is first copied out in rank-major order (transient too).
-        let launched = groupLayouts.enumerated().map { index, layout -> (Work, Tensor, Tensor?) in
-            let output = TensorAllocator.withCategory(.gradients) { Tensor(uninitializedShape: [layout.shardCount]) }
-            var packed: Tensor?
-            let input: CommunicationBuffer
+        // Reducing in bf16, the (rank-major) group is first rounded into a transient bf16 copy.
+        let launched = groupLayouts.enumerated().map { index, layout -> (Work, Tensor, Tensor) in
+            let output = TensorAllocator.withCategory(.gradients) { Tensor(uninitializedShape: [layout.shardCount], dtype: buffer.gradientDType) }
+            let source: Tensor
             if layout.isSingleBucket {
-                input = CommunicationBuffer(gradients).slice(buffer.buckets[layout.buckets[0]].range)
+                let range = buffer.buckets[layout.buckets[0]].range
+                source = Tensor(storage: gradients.storage, shape: [range.count], offset: gradients.offset + range.lowerBound)
             } else {
-                let staged = TensorAllocator.withCategory(.gradients) { Tensor(uninitializedShape: [layout.totalCount]) }
-                layout.packRankMajor(bucketStarts(in: gradients, group: index).map { UnsafePointer($0) }, into: staged.floatPointer)
-                packed = staged
-                input = CommunicationBuffer(staged)
+                source = TensorAllocator.withCategory(.gradients) { Tensor(uninitializedShape: [layout.totalCount]) }
+                layout.packRankMajor(bucketStarts(in: gradients, group: index).map { UnsafePointer($0) }, into: source.floatPointer)
             }
-            return (group.reduceScatterAsync(input: input, output: CommunicationBuffer(output), operation: .average), output, packed)
+            let sent = TensorAllocator.withCategory(.gradients) { source.converted(to: buffer.gradientDType) }
+            return (group.reduceScatterAsync(input: CommunicationBuffer(sent), output: CommunicationBuffer(output), operation: .average), output, sent)
         }
-        for (index, (work, output, packed)) in launched.enumerated() {
+        for (index, (work, output, sent)) in launched.enumerated() {
             try work.wait()
             // Into this rank's shard regions of the gradient buffer (where shardGradient(of:) reads at stage 1).
-            withExtendedLifetime(output) {
-                groupLayouts[index].unpackShards(of: group.rank, from: output.floatPointer, into: bucketStarts(in: gradients, group: index))
+            let reduced = output.converted(to: .float32)
+            withExtendedLifetime(reduced) {
+                groupLayouts[index].unpackShards(of: group.rank, from: reduced.floatPointer, into: bucketStarts(in: gradients, group: index))
             }
-            withExtendedLifetime(packed) {}
+            withExtendedLifetime(sent) {}
         }
     }
 
@@ -335,7 +407,17 @@ public final class DistributedOptimizer {
         }
         optimizer.step()
         let parameters = buffer.parameterBuffer
+        holdsFullPrecisionParameters = false
         for (index, layout) in groupLayouts.enumerated().reversed() {
+            if let masterShard {
+                // Each rank rounds its updated master shard of the group (its shards, bucket after bucket, are
+                // consecutive there) and the gather moves bf16, widened into the parameters when waited for.
+                let first = shardOffsets[layout.buckets[0]]
+                let staged = Tensor(storage: masterShard.storage, shape: [layout.shardCount], offset: first).converted(to: .bfloat16)
+                let output = Tensor(uninitializedShape: [layout.totalCount], dtype: .bfloat16)
+                pendingGathers[index] = (group.allGatherAsync(input: CommunicationBuffer(staged), output: CommunicationBuffer(output)), staged, output)
+                continue
+            }
             // The all-gather's input (the rank's shards of the group, bucket after bucket) is copied out first:
             // MPI forbids aliasing input and output buffers. A group of several buckets arrives rank-major in
             // a transient buffer and is put back into the buckets when waited for.

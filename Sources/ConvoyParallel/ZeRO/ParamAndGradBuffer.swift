@@ -41,10 +41,15 @@ public final class ParamAndGradBuffer {
         public var paddingCount: Int { range.upperBound - (parameterRanges.last?.upperBound ?? range.lowerBound) }
     }
 
-    /// Element type of the parameters (and of ``parameterBuffer``).
+    /// Element type of the parameters' compute copies: what ZeRO all-gathers after each step (and stage 3 before
+    /// each use). Float32, or BFloat16 under `--precision bf16`: each rank rounds its fp32 master shard to bf16
+    /// and gathers that (half the bytes), and the gathered values are widened into ``parameterBuffer``. The
+    /// buffers themselves always hold Float32 (the only kernels are Float32), so a BFloat16 group's parameters
+    /// hold bf16-representable values; its fp32 masters live with the distributed optimizer.
     public let parameterDType: DType
-    /// Element type of the gradients (and of ``gradientBuffer``); kept apart from ``parameterDType`` so that
-    /// reduced-precision gradients can form their own groups later.
+    /// Element type the gradients are reduced in (all-reduce at DDP, reduce-scatter at ZeRO): Float32, or
+    /// BFloat16 (`--grad-reduce-dtype bf16`: a bf16 staging copy is reduced and widened back). Gradients are
+    /// accumulated, clipped and stepped in Float32 either way: ``gradientBuffer`` is Float32.
     public let gradientDType: DType
     /// Ranks the buckets are sharded across; every bucket's padded count is a multiple of it.
     public let dataParallelSize: Int
@@ -76,7 +81,8 @@ public final class ParamAndGradBuffer {
     ///   - firstBucketCapBytes: cap of the first bucket (> 0), counted in unpadded parameter bytes.
     ///   - bucketCapBytes: cap of the other buckets (> 0); a parameter larger than a cap gets a bucket alone.
     ///   - bucketsPerGroup: consecutive buckets reduced by one collective (≥ 1).
-    ///   - gradientDType: element type of the gradient buffer.
+    ///   - parameterDType: element type the parameters' compute copies are gathered in (``parameterDType``).
+    ///   - gradientDType: element type the gradients are reduced in (``gradientDType``).
     ///   - keepsFullGradients: allocate the full gradient buffer and make every gradient a view into it (false
     ///     for ZeRO stages that keep only a gradient shard: the buffer is then empty).
     ///   - keepsFullParameters: copy the parameters into ``parameterBuffer`` and rebind them there (false for
@@ -87,7 +93,7 @@ public final class ParamAndGradBuffer {
     /// - Throws: ``ConvoyTensor/ConvoyError/invalidConfiguration(_:)`` for a size, cap or dtype outside what is
     ///   supported, or a parameter listed twice.
     public init(parameters: [(name: String, parameter: Parameter)], dataParallelSize: Int, firstBucketCapBytes: Int,
-                bucketCapBytes: Int, bucketsPerGroup: Int = 1, gradientDType: DType = .float32, keepsFullGradients: Bool = true,
+                bucketCapBytes: Int, bucketsPerGroup: Int = 1, parameterDType: DType = .float32, gradientDType: DType = .float32, keepsFullGradients: Bool = true,
                 keepsFullParameters: Bool = true, bucketAssignment: [[Int]]? = nil) throws {
         guard dataParallelSize >= 1 else {
             throw ConvoyError.invalidConfiguration("the data-parallel size must be at least 1, got \(dataParallelSize)")
@@ -98,16 +104,16 @@ public final class ParamAndGradBuffer {
         guard bucketsPerGroup >= 1 else {
             throw ConvoyError.invalidConfiguration("buckets per bucket group must be at least 1, got \(bucketsPerGroup)")
         }
-        let parameterDType = parameters.first?.parameter.dtype ?? .float32
-        // Only Float32 kernels exist for accumulation and optimizer steps; other pairs are refused here
-        // rather than failing deep inside backward.
-        guard parameterDType == .float32, gradientDType == .float32 else {
-            throw ConvoyError.invalidConfiguration("parameter/gradient buffers support float32 parameters with float32 gradients, not \(parameterDType)/\(gradientDType)")
+        // The pair decides what the collectives move; storage, accumulation and optimizer steps are Float32
+        // (the only kernels), so other element types are refused here rather than failing deep inside backward.
+        let communicated: Set<DType> = [.float32, .bfloat16]
+        guard communicated.contains(parameterDType), communicated.contains(gradientDType) else {
+            throw ConvoyError.invalidConfiguration("parameter/gradient buffers gather parameters and reduce gradients in float32 or bfloat16, not \(parameterDType)/\(gradientDType)")
         }
         var seen = Set<ObjectIdentifier>()
         for (name, parameter) in parameters {
-            guard parameter.dtype == parameterDType else {
-                throw ConvoyError.invalidConfiguration("parameter \(name) is \(parameter.dtype) but its buffer holds \(parameterDType) parameters; group parameters by dtype")
+            guard parameter.dtype == .float32 else {
+                throw ConvoyError.invalidConfiguration("parameter \(name) is \(parameter.dtype); parameter/gradient buffers hold float32 parameters (a bfloat16 compute copy is chosen by the buffer's parameter dtype)")
             }
             guard seen.insert(ObjectIdentifier(parameter)).inserted else {
                 throw ConvoyError.invalidConfiguration("parameter \(name) is listed twice; each parameter belongs to one buffer once")
@@ -123,7 +129,7 @@ public final class ParamAndGradBuffer {
                 throw ConvoyError.invalidConfiguration("an explicit bucket assignment must list every parameter index 0..<\(parameters.count) exactly once in non-empty buckets")
             }
         }
-        let assignment = bucketAssignment ?? BucketAssignment.assign(byteSizes: parameters.map { $0.parameter.count * parameterDType.byteSize },
+        let assignment = bucketAssignment ?? BucketAssignment.assign(byteSizes: parameters.map { $0.parameter.count * DType.float32.byteSize },
                                                                      firstBucketCapBytes: firstBucketCapBytes, bucketCapBytes: bucketCapBytes)
         // BucketAssignment walks in reverse registration order, so concatenating its buckets gives the
         // buffer order.
@@ -170,8 +176,8 @@ public final class ParamAndGradBuffer {
                                       placement: keepsFullParameters ? .packed : .inPlace, layout: (ranges.map(\.lowerBound), total))
         // ZeRO-2/3 keep only a shard of the gradients and ZeRO-3 only a shard of the parameters: their full
         // buffers are empty.
-        parameterBuffer = packing.values ?? TensorAllocator.withCategory(.parameters) { Tensor(storage: TensorStorage(zeroedDType: parameterDType, count: 0), shape: [0]) }
-        gradientBuffer = packing.gradients ?? TensorAllocator.withCategory(.gradients) { Tensor(storage: TensorStorage(zeroedDType: gradientDType, count: 0), shape: [0]) }
+        parameterBuffer = packing.values ?? TensorAllocator.withCategory(.parameters) { Tensor(storage: TensorStorage(zeroedDType: .float32, count: 0), shape: [0]) }
+        gradientBuffer = packing.gradients ?? TensorAllocator.withCategory(.gradients) { Tensor(storage: TensorStorage(zeroedDType: .float32, count: 0), shape: [0]) }
         self.keepsFullGradients = keepsFullGradients
         self.keepsFullParameters = keepsFullParameters
     }

@@ -20,6 +20,11 @@ import ConvoyTensor
 ///   prefetches the previous unit's;
 /// - once every gradient of the unit is final (the distributed optimizer reports it), the unit is released.
 ///
+/// Under `--precision bf16` (the buffer's parameter dtype bf16) a training gather moves bf16: each rank rounds
+/// its fp32 shard (the master weights) and the gathered copy is widened into the unit's storage, so the layer
+/// computes with its masters rounded to bf16. ``gatherAll()`` gathers the fp32 masters themselves, for
+/// evaluation, saving and loading.
+///
 /// The root unit is gathered when the forward starts and released by ``releaseAll()`` after the backward.
 /// ``gatherAll()`` pins every parameter in memory (for evaluation, saving and loading) until
 /// ``releaseAll(copyingBack:)``.
@@ -35,7 +40,8 @@ final class ShardedParameters {
 
     private enum UnitState {
         case released
-        case gathering(Work)
+        /// The gather in flight, and where a bf16 gather lands before it is widened into the unit's storage.
+        case gathering(Work, received: Tensor?)
         case gathered
     }
 
@@ -51,6 +57,10 @@ final class ShardedParameters {
     /// Full-size memory of each bucket, present only while its unit is gathered.
     private let bucketStorage: [TensorStorage]
     private var states: [UnitState]
+    /// Whether training gathers move bf16 compute copies (the buffer's parameter dtype) rather than fp32.
+    private let gathersBFloat16: Bool
+    /// Per unit: whether its gathered values are the fp32 masters (every gather in fp32, or ``gatherAll()``).
+    private var holdsMasters: [Bool]
     private var unitOfBucket: [Int]
     private var pinned = false
     private var hooks: [(Module, Int)] = []
@@ -91,11 +101,12 @@ final class ShardedParameters {
         self.group = group
         self.buffer = buffer
         self.reshardAfterForward = reshardAfterForward
+        gathersBFloat16 = buffer.parameterDType == .bfloat16
         let offsets = buffer.shardOffsets
         shardOffsets = offsets
         shard = TensorAllocator.withCategory(.parameters) { Tensor.zeros([buffer.shardElementCount]) }
         let storages = buffer.buckets.map { bucket in
-            TensorAllocator.withCategory(.parameters) { TensorStorage(zeroedDType: buffer.parameterDType, count: bucket.range.count) }
+            TensorAllocator.withCategory(.parameters) { TensorStorage(zeroedDType: .float32, count: bucket.range.count) }
         }
         bucketStorage = storages
         for (index, entry) in buffer.parameters.enumerated() {
@@ -120,6 +131,7 @@ final class ShardedParameters {
         unitOfBucket = Array(repeating: 0, count: buffer.buckets.count)
         for (index, unit) in units.enumerated() { unitOfBucket[unit.bucket] = index }
         states = Array(repeating: .gathered, count: units.count)
+        holdsMasters = Array(repeating: true, count: units.count)
         releaseAll()
         installHooks(module: module)
     }
@@ -185,13 +197,23 @@ final class ShardedParameters {
         launchGather(unit)
     }
 
-    private func launchGather(_ unit: Int) {
+    /// Launches `unit`'s all-gather: of the bf16-rounded shard when training in bf16, of the fp32 shard itself
+    /// with `masters` (or when training in fp32).
+    private func launchGather(_ unit: Int, masters: Bool = false) {
         let bucket = units[unit].bucket
         let storage = bucketStorage[bucket]
         storage.restoreMemory()
         let count = buffer.buckets[bucket].range.count
-        let input = CommunicationBuffer(shard).slice(shardOffsets[bucket]..<(shardOffsets[bucket] + count / group.size))
-        states[unit] = .gathering(group.allGatherAsync(input: input, output: CommunicationBuffer(Tensor(storage: storage, shape: [count]))))
+        let shardPart = Tensor(storage: shard.storage, shape: [count / group.size], offset: shard.offset + shardOffsets[bucket])
+        let full = Tensor(storage: storage, shape: [count])
+        if gathersBFloat16 && !masters {
+            let received = Tensor(uninitializedShape: [count], dtype: .bfloat16)
+            states[unit] = .gathering(group.allGatherAsync(input: CommunicationBuffer(shardPart.converted(to: .bfloat16)), output: CommunicationBuffer(received)),
+                                      received: received)
+        } else {
+            states[unit] = .gathering(group.allGatherAsync(input: CommunicationBuffer(shardPart), output: CommunicationBuffer(full)), received: nil)
+        }
+        holdsMasters[unit] = masters || !gathersBFloat16
         gatherCount += 1
         peakGatheredBytes = max(peakGatheredBytes, gatheredBytes)
     }
@@ -200,9 +222,12 @@ final class ShardedParameters {
     /// the gather failed (the unit then counts as gathered, with whatever the failed gather left in it).
     func ensureGathered(_ unit: Int) throws {
         if case .released = states[unit] { launchGather(unit) }
-        if case .gathering(let work) = states[unit] {
+        if case .gathering(let work, let received) = states[unit] {
             defer { states[unit] = .gathered }
             try work.wait()
+            if let received {
+                BFloat16.widen(received.storage.pointer.assumingMemoryBound(to: BFloat16.self), to: bucketStorage[units[unit].bucket].floats, count: received.count)
+            }
         }
     }
 
@@ -260,7 +285,13 @@ final class ShardedParameters {
     /// Gathers every unit and keeps all of them until ``releaseAll(copyingBack:)`` (collective).
     func gatherAll() throws {
         for unit in units.indices {
-            if case .released = states[unit] { launchGather(unit) }
+            if case .released = states[unit] {
+                launchGather(unit, masters: true)
+            } else if !holdsMasters[unit] {
+                // Gathered (or gathering) as bf16 compute copies for training: the masters replace them.
+                ensureGatheredRecordingFailure(unit)
+                launchGather(unit, masters: true)
+            }
         }
         // Every gather is waited for, even after one failed, so none is left in flight.
         var firstFailure: Error?

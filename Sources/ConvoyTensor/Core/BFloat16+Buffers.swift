@@ -7,15 +7,11 @@ extension BFloat16 {
         pool: ComputePool? = ComputePool.current
     ) {
         let output = UnsafeMutableRawPointer(destination).assumingMemoryBound(to: UInt16.self)
+        let input = UnsafeRawPointer(source).assumingMemoryBound(to: UInt32.self)
+        // A plain loop over the bit patterns: the compiler vectorises it (an explicit SIMD16 version with a
+        // NaN mask ran about 13× slower).
         forEachChunk(count, pool: pool) { range in
-            var i = range.lowerBound
-            while i + 16 <= range.upperBound {
-                let bits = UnsafeRawPointer(source + i).loadUnaligned(as: SIMD16<UInt32>.self)
-                let result = SIMD16<UInt16>(truncatingIfNeeded: roundedHalves(bits))
-                UnsafeMutableRawPointer(output + i).storeBytes(of: result, as: SIMD16<UInt16>.self)
-                i += 16
-            }
-            while i < range.upperBound { destination[i] = BFloat16(source[i]); i += 1 }
+            for i in range { output[i] = UInt16(truncatingIfNeeded: roundedHalf(input[i])) }
         }
     }
 
@@ -26,24 +22,18 @@ extension BFloat16 {
         _ source: UnsafePointer<Float>, to destination: UnsafeMutablePointer<Float>, count: Int,
         pool: ComputePool? = ComputePool.current
     ) {
+        let input = UnsafeRawPointer(source).assumingMemoryBound(to: UInt32.self)
+        let output = UnsafeMutableRawPointer(destination).assumingMemoryBound(to: UInt32.self)
         forEachChunk(count, pool: pool) { range in
-            var i = range.lowerBound
-            while i + 16 <= range.upperBound {
-                let bits = UnsafeRawPointer(source + i).loadUnaligned(as: SIMD16<UInt32>.self)
-                UnsafeMutableRawPointer(destination + i).storeBytes(of: roundedHalves(bits) &<< 16, as: SIMD16<UInt32>.self)
-                i += 16
-            }
-            while i < range.upperBound { destination[i] = BFloat16(source[i]).floatValue; i += 1 }
+            for i in range { output[i] = roundedHalf(input[i]) &<< 16 }
         }
     }
 
-    /// The BFloat16 bit patterns (in the low halves) nearest to 16 Float32 bit patterns, ties to even.
+    /// The BFloat16 bit pattern (in the low half) nearest to a Float32 bit pattern, ties to even.
     @inline(__always)
-    private static func roundedHalves(_ bits: SIMD16<UInt32>) -> SIMD16<UInt32> {
-        let rounded = (bits &+ (0x7FFF &+ ((bits &>> 16) & 1))) &>> 16
+    private static func roundedHalf(_ bits: UInt32) -> UInt32 {
         // NaN: exponent all ones and a non-zero mantissa; rounding could carry it into infinity.
-        let isNaN = (bits & 0x7FFF_FFFF) .> 0x7F80_0000
-        return rounded.replacing(with: (bits &>> 16) | 0x0040, where: isNaN)
+        (bits & 0x7FFF_FFFF) > 0x7F80_0000 ? (bits &>> 16) | 0x0040 : (bits &+ (0x7FFF &+ ((bits &>> 16) & 1))) &>> 16
     }
 
     /// Widens `count` BFloat16 values to Float32 (exact).

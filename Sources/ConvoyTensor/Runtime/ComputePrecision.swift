@@ -4,8 +4,9 @@
 /// Only the GEMMs change: ``Tensor/matmul(_:)``, ``Tensor/linear(_:weight:bias:)`` and the two GEMMs of each
 /// head in ``Tensor/causalSelfAttention(qkv:heads:dropout:key:)`` round their operands to bf16 (ties to even)
 /// and accumulate in fp32. Everything else — layer norm, softmax, the loss, the optimizer and the gradient
-/// norm — stays fp32, and tensors (weights included) stay fp32: the fp32 parameters are the master weights,
-/// and their bf16 compute copies are made from them at each use, so they always reflect the last step.
+/// norm — stays fp32, and tensors stay fp32. Training in bf16 also gives every parameter a bf16 compute copy
+/// of its fp32 master weight (ConvoyParallel rounds the parameters for each step, or ZeRO gathers them in
+/// bf16), held as an fp32 tensor of bf16 values: rounding such a weight again at a GEMM changes nothing.
 ///
 /// The precision is per thread (ranks of the Local backend are threads); an operation reads it when it runs
 /// forward and runs its backward at the same precision whichever thread executes it.

@@ -176,9 +176,6 @@ public struct TrainingConfiguration: Sendable, Equatable {
         default:
             throw ConvoyError.invalidConfiguration("data.dataset must be \"arithmetic\" or \"text\", got \"\(dataset)\"")
         }
-        guard ddp.gradientReduceDType == .float32 || zeroStage == 0 else {
-            throw ConvoyError.invalidConfiguration("parallel.ddp.grad_reduce_dtype bf16 is implemented for data parallelism without ZeRO; use --grad-reduce-dtype fp32 with --zero-stage \(zeroStage), or --zero-stage 0")
-        }
         guard minLearningRate <= learningRate else {
             throw ConvoyError.invalidConfiguration("training.min_lr \(minLearningRate) exceeds training.lr \(learningRate)")
         }
@@ -196,6 +193,7 @@ public struct TrainingConfiguration: Sendable, Equatable {
         settings.order = try DeviceMesh.parseOrder(meshOrder)
         settings.zeroStage = zeroStage
         settings.dataParallel = ddp
+        settings.dataParallel.parameterDType = computePrecision
         settings.pipeline = pipeline
         settings.microBatches = accumulateSteps
         settings.microBatchSize = microBatchSize

@@ -187,7 +187,7 @@ public enum TrainingSettings {
         optionalPath("training.save", "--save", \.save, "Directory of the final checkpoint (default: <output>/final)."),
         boolean("training.overwrite", "--overwrite", \.overwrite, "Replace the metrics and checkpoints of an earlier run in --output/--save (without it they are refused; nothing Convoy did not write is ever replaced)."),
         optionalPath("training.trace", "--trace", \.trace, "Write a Chrome trace (chrome://tracing, Perfetto) of forward, backward, all-reduces and optimizer steps."),
-        choice("training.precision", "--precision", \.precision, ["fp32", "bf16"], "Compute precision: bf16 runs matrix products with bf16 operands and fp32 accumulation; layer norm, softmax, loss, optimizer and fp32 master weights stay fp32."),
+        choice("training.precision", "--precision", \.precision, ["fp32", "bf16"], "Compute precision: bf16 runs matrix products with bf16 operands and fp32 accumulation, and every parameter computes with its fp32 master weight rounded to bf16 (ZeRO gathers bf16); layer norm, softmax, loss, optimizer, gradients and the masters stay fp32."),
         Setting(key: "training.loss_scale", flag: "--loss-scale", type: .text("dynamic|none|NUMBER"), help: "Loss scaling: dynamic (2^16, ×2 after 2000 good steps, ×0.5 and skip the step on Inf/NaN gradients), none, or a fixed factor (steps with Inf/NaN gradients are skipped).", apply: { configuration, value throws(SettingProblem) in
             let text: String
             switch value {
@@ -223,7 +223,7 @@ public enum TrainingSettings {
         boolean("parallel.ddp.find_unused_parameters", "--find-unused-parameters", \.ddp.findUnusedParameters, "Allow parameters without gradients."),
         boolean("parallel.ddp.overlap_param_gather", "--overlap-param-gather", \.ddp.overlapParamGather, "ZeRO: gather updated parameters in the background, each layer waiting for its own."),
         boolean("parallel.ddp.reshard_after_forward", "--reshard-after-forward", \.ddp.reshardAfterForward, "ZeRO-3: release each layer's parameters after its forward and gather them again for backward (true) or keep them (false)."),
-        Setting(key: "parallel.ddp.grad_reduce_dtype", flag: "--grad-reduce-dtype", type: .choice(["fp32", "bf16"]), help: "Element type gradients are all-reduced in (bf16: half the bytes; DDP without ZeRO); they are accumulated and stepped in fp32.", apply: { configuration, value throws(SettingProblem) in
+        Setting(key: "parallel.ddp.grad_reduce_dtype", flag: "--grad-reduce-dtype", type: .choice(["fp32", "bf16"]), help: "Element type gradients are reduced in (all-reduce under DDP, reduce-scatter under ZeRO 1–3; bf16: half the bytes); they are accumulated, clipped and stepped in fp32.", apply: { configuration, value throws(SettingProblem) in
             guard case .text(let text) = value, ["fp32", "bf16"].contains(text) else { throw SettingProblem("expected \"fp32\" or \"bf16\", got \(value)") }
             configuration.ddp.gradientReduceDType = text == "bf16" ? .bfloat16 : .float32
         }, read: { .text($0.ddp.gradientReduceDType == .bfloat16 ? "bf16" : "fp32") }),
