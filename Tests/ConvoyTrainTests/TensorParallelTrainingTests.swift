@@ -18,6 +18,15 @@ import Testing
         return configuration
     }
 
+    /// `parameters` (whole, in `model`'s order) with each attention's key-bias slice of c_attn.bias removed.
+    static func withoutKeyBias(_ parameters: [[Float]], of model: Module) -> [[Float]] {
+        zip(model.namedParameters(), parameters).map { named, values in
+            guard named.name.hasSuffix("attn.c_attn.bias") else { return values }
+            let width = values.count / 3
+            return Array(values[..<width] + values[(2 * width)...])
+        }
+    }
+
     func relativeError(_ a: [[Float]], _ b: [[Float]]) -> Float {
         zip(a, b).map { x, y in zip(x, y).map { abs($0 - $1) }.max()! / max(y.map(abs).max()!, 1e-6) }.max()!
     }
@@ -51,7 +60,13 @@ import Testing
             return (group.rank == 0 ? trainer.model.parameters.map { $0.toArray() } : [], summary.finalLoss)
         }
         let label = "tp \(tp) × dp \(dp) × pp \(pp), zero \(zeroStage), sequence parallel \(sequenceParallel), \(optimizer)"
-        let error = relativeError(results[0].0, one.model.parameters.map { $0.toArray() })
+        // The key bias's gradient is zero in exact arithmetic (softmax ignores a constant added to a row of scores,
+        // and q·b_k is one), so what each run computes for it is rounding noise alone, which AdamW scales up to
+        // lr-sized steps of random sign: under AdamW it measures that noise, not the layout's equivalence (it
+        // was the largest difference of the dp-only case, 2.2e-4, once the fused kernels changed the noise's
+        // bits). SGD still compares it.
+        let compared = { (parameters: [[Float]]) in optimizer == "sgd" ? parameters : Self.withoutKeyBias(parameters, of: one.model) }
+        let error = relativeError(compared(results[0].0), compared(one.model.parameters.map { $0.toArray() }))
         // SGD: the design's 1e-5. AdamW divides each update by √v, so an element whose gradient is near zero in
         // both runs turns the GEMMs' different summation order (pieces of the width instead of all of it) into a
         // visible update difference: 1.0e-4 measured over 6 steps — as for data parallelism alone on this run

@@ -17,4 +17,12 @@ public final class LayerNorm: Module {
     public func callAsFunction(_ x: Tensor) -> Tensor {
         forward { Tensor.layerNorm(x, weight: weight, bias: bias, epsilon: epsilon) }
     }
+
+    /// The residual step of a pre-LN block: (residual + delta, layer norm of that sum), in one pass
+    /// (``Tensor/residualLayerNorm(_:_:weight:bias:epsilon:)``).
+    public func callAsFunction(_ residual: Tensor, plus delta: Tensor) -> (sum: Tensor, normalized: Tensor) {
+        runForwardPreHooks()
+        let (sum, normalized) = Tensor.residualLayerNorm(residual, delta, weight: weight, bias: bias, epsilon: epsilon)
+        return (sum, runForwardPostHooks(normalized))
+    }
 }

@@ -21,4 +21,14 @@ public final class Linear: Module {
     public func callAsFunction(_ x: Tensor) -> Tensor {
         forward { Tensor.linear(x, weight: weight, bias: bias) }
     }
+
+    /// GELU of the layer's output, with the bias add fused into GELU's pass (``Tensor/biasGELU(_:bias:)``):
+    /// the GEMM writes x·W and one pass adds the bias and applies GELU. Under tensor parallelism the sharded
+    /// layer keeps its bias and GELU runs on its own (the operators the placement rules cover).
+    public func gelu(_ x: Tensor) -> Tensor {
+        forward {
+            guard let bias, !PlacementDeduction.wouldDispatch([x, weight, bias]) else { return Tensor.linear(x, weight: weight, bias: bias).gelu() }
+            return Tensor.biasGELU(Tensor.linear(x, weight: weight, bias: nil), bias: bias)
+        }
+    }
 }

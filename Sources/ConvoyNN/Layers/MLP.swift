@@ -18,7 +18,7 @@ public final class MLP: Module {
 
     public func callAsFunction(_ x: Tensor, context: ForwardContext) -> Tensor {
         forward {
-            let y = projection(fullyConnected(x).gelu())
+            let y = projection(fullyConnected.gelu(x))
             guard context.training && dropout > 0 else { return y }
             return Tensor.dropout(y, probability: dropout, key: context.dropoutKey(layer: layerIndex, site: .mlpOutput))
         }

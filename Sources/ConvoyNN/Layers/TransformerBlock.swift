@@ -36,7 +36,8 @@ public final class TransformerBlock: Module {
     }
 
     private func body(_ x: Tensor, context: ForwardContext) -> Tensor {
-        let afterAttention = x + attention(attentionNorm(x), context: context)
-        return afterAttention + mlp(mlpNorm(afterAttention), context: context)
+        // The residual add and ln_2 run as one pass over each row.
+        let (afterAttention, normalized) = mlpNorm(x, plus: attention(attentionNorm(x), context: context))
+        return afterAttention + mlp(normalized, context: context)
     }
 }

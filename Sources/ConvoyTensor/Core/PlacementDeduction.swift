@@ -26,6 +26,13 @@ public enum PlacementDeduction {
         guard made.operands.contains(where: \.isDistributed) else { return nil }
         return active.withValue(nil) { deducer.run(made) }
     }
+
+    /// Whether an operator on `operands` would be handed to the deducer: a fused operator with no placement
+    /// rules of its own then runs as the composition of operators that have them.
+    @inline(__always)
+    public static func wouldDispatch(_ operands: [Tensor]) -> Bool {
+        active.value != nil && operands.contains(where: \.isDistributed)
+    }
 }
 
 extension Tensor {

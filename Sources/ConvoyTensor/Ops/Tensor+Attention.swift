@@ -149,8 +149,12 @@ private struct AttentionCore {
                 var weights = UnsafePointer(p)
                 if let scratch {
                     // The probabilities stay exact for backward; the GEMM gets the dropped and/or rounded copy.
-                    if probability > 0 { dropped(p, into: scratch, pair: pair) } else { scratch.update(from: p, count: time * time) }
-                    roundInPlace(scratch, count: time * time)
+                    if probability > 0 {
+                        dropped(p, into: scratch, pair: pair)
+                        roundInPlace(scratch, count: time * time)
+                    } else {
+                        BFloat16.roundToFloat(p, to: scratch, count: time * time, pool: nil)
+                    }
                     weights = UnsafePointer(scratch)
                 }
                 let y = yp + b * time * width + h * headSize
@@ -190,10 +194,10 @@ private struct AttentionCore {
                 if let droppedWeights {
                     if probability > 0 {
                         dropped(p, into: droppedWeights, pair: pair, alsoScaling: dProbabilities)
+                        roundInPlace(droppedWeights, count: time * time)
                     } else {
-                        droppedWeights.update(from: p, count: time * time)
+                        BFloat16.roundToFloat(p, to: droppedWeights, count: time * time, pool: nil)
                     }
-                    roundInPlace(droppedWeights, count: time * time)
                     weights = UnsafePointer(droppedWeights)
                 }
                 // dV = Pᵀ·dY: keys [c0, c1) are attended by queries c0..<T only.

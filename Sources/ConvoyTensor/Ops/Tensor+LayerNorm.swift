@@ -3,71 +3,74 @@ extension Tensor {
     /// y = (x − mean) / sqrt(var + eps) · weight + bias over the last axis (biased variance, as PyTorch).
     public static func layerNorm(_ x: Tensor, weight: Tensor, bias: Tensor, epsilon: Float = 1e-5) -> Tensor {
         if let placed = PlacementDeduction.dispatch(.layerNorm(x: x, weight: weight, bias: bias, epsilon: epsilon)) { return placed }
-        let n = x.shape.last ?? 1
-        precondition(weight.shape == [n] && bias.shape == [n], "layerNorm: weight \(weight.shape) and bias \(bias.shape) must be [\(n)]")
-        let input = x.contiguous()
-        let rows = input.count / n
-        let result = Tensor(uninitializedShape: x.shape)
-        let means = Tensor(uninitializedShape: [rows]), inverseStds = Tensor(uninitializedShape: [rows])
-        let xp = input.floatPointer, yp = result.floatPointer
-        // Parameters are contiguous leaves; the closure below keeps these alive for backward.
+        return normalized(x.contiguous(), recordingAs: x, weight: weight, bias: bias, epsilon: epsilon)
+    }
+
+    /// The pre-LN transformer's residual step in one pass: sum = residual + delta, and layerNorm(sum).
+    ///
+    /// Each row is added and normalised while it is in cache, where the unfused composition writes the sum and
+    /// reads it back. Both results are bit-identical to `residual + delta` followed by
+    /// ``layerNorm(_:weight:bias:epsilon:)`` (the same addition, then the same row kernel), and so are their
+    /// gradients: the sum is recorded as an addition, the normalised output as a layer norm of it. On distributed
+    /// tensors (tensor or sequence parallelism) it is that composition, whose operators have placement rules.
+    public static func residualLayerNorm(_ residual: Tensor, _ delta: Tensor, weight: Tensor, bias: Tensor,
+                                         epsilon: Float = 1e-5) -> (sum: Tensor, normalized: Tensor) {
+        guard residual.shape == delta.shape, !PlacementDeduction.wouldDispatch([residual, delta, weight, bias]) else {
+            let sum = residual + delta
+            return (sum, layerNorm(sum, weight: weight, bias: bias, epsilon: epsilon))
+        }
+        let n = residual.shape.last ?? 1
+        precondition(weight.shape == [n] && bias.shape == [n], "residualLayerNorm: weight \(weight.shape) and bias \(bias.shape) must be [\(n)]")
+        let left = residual.contiguous(), right = delta.contiguous()
+        let rows = left.count / n
+        let sum = Tensor(uninitializedShape: residual.shape), result = Tensor(uninitializedShape: residual.shape)
+        let statistics = Statistics(rows: rows)
         let contiguousWeight = weight.contiguous(), contiguousBias = bias.contiguous()
+        let ap = left.floatPointer, dp = right.floatPointer, sp = sum.floatPointer, yp = result.floatPointer
         let wp = contiguousWeight.floatPointer, bp = contiguousBias.floatPointer
-        let mp = means.floatPointer, sp = inverseStds.floatPointer
+        let mp = statistics.means.floatPointer, ip = statistics.inverseStds.floatPointer
         ComputePool.current.parallelFor(rows, minimumChunk: 16) { range in
             for r in range {
-                let row = xp + r * n, out = yp + r * n
-                let mean = VectorMath.sum(row, n) / Float(n)
-                var variance: Float = 0
-                for j in 0..<n { let d = row[j] - mean; variance += d * d }
-                let inverseStd = 1 / (variance / Float(n) + epsilon).squareRoot()
-                mp[r] = mean; sp[r] = inverseStd
-                for j in 0..<n { out[j] = (row[j] - mean) * inverseStd * wp[j] + bp[j] }
+                let a = ap + r * n, d = dp + r * n, s = sp + r * n
+                var j = 0
+                while j + 8 <= n { VectorMath.store(VectorMath.load(a + j) + VectorMath.load(d + j), s + j); j += 8 }
+                while j < n { s[j] = a[j] + d[j]; j += 1 }
+                (mp[r], ip[r]) = LayerNormKernel.normalize(s, yp + r * n, n, weight: wp, bias: bp, epsilon: epsilon)
             }
         }
+        let savedSum = sum.detached()
+        record(sum, operation: "add", inputs: [residual, delta]) { [$0, $0] }
+        let normalized = record(result, operation: "layerNorm", inputs: [sum, weight, bias]) { gradient in
+            LayerNormKernel.backward(input: savedSum, weight: contiguousWeight, means: statistics.means,
+                                     inverseStds: statistics.inverseStds, gradient: gradient)
+        }
+        return (sum, normalized)
+    }
+
+    /// Layer norm of the contiguous `input`, recorded on the tape as an operation on `x`.
+    private static func normalized(_ input: Tensor, recordingAs x: Tensor, weight: Tensor, bias: Tensor, epsilon: Float) -> Tensor {
+        let n = x.shape.last ?? 1
+        precondition(weight.shape == [n] && bias.shape == [n], "layerNorm: weight \(weight.shape) and bias \(bias.shape) must be [\(n)]")
+        let rows = input.count / n
+        let result = Tensor(uninitializedShape: x.shape)
+        let statistics = Statistics(rows: rows)
+        // Parameters are contiguous leaves; the closure below keeps these alive for backward.
+        let contiguousWeight = weight.contiguous(), contiguousBias = bias.contiguous()
+        LayerNormKernel.forward(input.floatPointer, result.floatPointer, rows: rows, n: n,
+                                weight: contiguousWeight.floatPointer, bias: contiguousBias.floatPointer, epsilon: epsilon,
+                                means: statistics.means.floatPointer, inverseStds: statistics.inverseStds.floatPointer)
         return record(result, operation: "layerNorm", inputs: [x, weight, bias]) { gradient in
-            // Pointers are re-derived from the tensors so the closure keeps the saved tensors alive.
-            let xp = input.floatPointer, wp = contiguousWeight.floatPointer
-            let mp = means.floatPointer, sp = inverseStds.floatPointer
-            let g = gradient.contiguous()
-            let gp = g.floatPointer
-            let dx = Tensor(uninitializedShape: x.shape)
-            let dxp = dx.floatPointer
-            let pool = ComputePool.current
-            // Per-thread partial sums for dweight/dbias, reduced after the loop (deterministic order).
-            let parts = pool.threadCount
-            let partials = Tensor.zeros([parts, 2, n])
-            let pp = partials.floatPointer
-            pool.runParts { part in
-                let start = rows * part / parts, end = rows * (part + 1) / parts
-                let dw = pp + part * 2 * n, db = dw + n
-                for r in start..<end {
-                    let row = xp + r * n, gr = gp + r * n, out = dxp + r * n
-                    let mean = mp[r], inverseStd = sp[r]
-                    var sumG: Float = 0, sumGXhat: Float = 0
-                    for j in 0..<n {
-                        let xhat = (row[j] - mean) * inverseStd
-                        let gw = gr[j] * wp[j]
-                        sumG += gw
-                        sumGXhat += gw * xhat
-                        dw[j] += gr[j] * xhat
-                        db[j] += gr[j]
-                    }
-                    let meanG = sumG / Float(n), meanGXhat = sumGXhat / Float(n)
-                    for j in 0..<n {
-                        let xhat = (row[j] - mean) * inverseStd
-                        out[j] = inverseStd * (gr[j] * wp[j] - meanG - xhat * meanGXhat)
-                    }
-                }
-            }
-            let dWeight = Tensor.zeros([n]), dBias = Tensor.zeros([n])
-            for part in 0..<parts {
-                for j in 0..<n {
-                    dWeight.floatPointer[j] += pp[part * 2 * n + j]
-                    dBias.floatPointer[j] += pp[part * 2 * n + n + j]
-                }
-            }
-            return [dx, dWeight, dBias]
+            LayerNormKernel.backward(input: input, weight: contiguousWeight, means: statistics.means,
+                                     inverseStds: statistics.inverseStds, gradient: gradient)
+        }
+    }
+
+    /// Each row's mean and inverse standard deviation, saved for backward.
+    private struct Statistics {
+        let means: Tensor, inverseStds: Tensor
+        init(rows: Int) {
+            means = Tensor(uninitializedShape: [rows])
+            inverseStds = Tensor(uninitializedShape: [rows])
         }
     }
 }

@@ -10,7 +10,7 @@ public enum VectorMath {
         let low = Vector(repeating: -87.3), high = Vector(repeating: 88.3)
         let x = input.replacing(with: low, where: input .< low).replacing(with: high, where: input .> high)
         // Split x = n·ln2 + r with |r| ≤ ln2/2.
-        var n = (x * 1.442_695_04 + 0.5).rounded(.down)
+        var n = floor(x * 1.442_695_04 + 0.5)
         var r = x - n * 0.693_359_375
         r = r - n * -2.121_944_4e-4
         var y = Vector(repeating: 1.987_569_15e-4)
@@ -25,6 +25,17 @@ public enum VectorMath {
         let integer = unsafeBitCast(n, to: SIMD8<Int32>.self) &- 0x4B40_0000
         let scale = unsafeBitCast((integer &+ 127) &<< 23, to: Vector.self)
         return y * scale
+    }
+
+    /// ⌊x⌋ for |x| < 2^22 (exp's argument range), exactly as `rounded(.down)`: the generic `rounded` calls
+    /// `floorf` once per lane on x86-64's baseline (no SSE4.1 `roundps`), which made exp — and so GELU and
+    /// softmax — several times slower. Adding and subtracting 1.5·2^23 rounds to the nearest integer in the
+    /// vector unit; one subtraction where that went up gives the floor.
+    @inline(__always)
+    public static func floor(_ x: Vector) -> Vector {
+        let magic = Vector(repeating: 12_582_912)
+        let nearest = (x + magic) - magic
+        return nearest - Vector(repeating: 1).replacing(with: 0, where: nearest .<= x)
     }
 
     /// tanh(x) = 1 − 2 / (e^{2x} + 1).
