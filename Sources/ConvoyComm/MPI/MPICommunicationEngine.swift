@@ -30,6 +30,10 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
     private var shuttingDown = false
     /// Threads polling the group in ``drive(until:deadline:)``; the communication thread sleeps while any do.
     private var drivers = 0
+    /// Set when the communication thread has something to look at: a submission (which the issuing thread may
+    /// already have started, so `submitted` can be empty again by the time the thread wakes) or operations a
+    /// driver left in flight.
+    private var wakeRequested = false
 
     // The stepping state, guarded by `stepLock` (whoever holds it runs ``step()``).
     private let stepLock = NSLock()
@@ -73,6 +77,7 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
     func submit(_ operation: MPIOperation) {
         condition.lock()
         submitted.append(operation)
+        wakeRequested = true
         condition.signal()
         condition.unlock()
         guard stepLock.try() else { return }  // the stepping thread admits it in its next step
@@ -120,7 +125,10 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
         drivers -= 1
         // The communication thread takes over what remains in flight; with nothing left it sleeps on until
         // the next submission wakes it.
-        if drivers == 0 && stillBusy { condition.signal() }
+        if drivers == 0 && stillBusy {
+            wakeRequested = true
+            condition.signal()
+        }
         condition.unlock()
     }
 
@@ -143,7 +151,8 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
             condition.lock()
             while drivers > 0 && !shuttingDown { condition.wait() }
             let stopping = shuttingDown
-            let arrived = !submitted.isEmpty
+            let arrived = wakeRequested
+            wakeRequested = false
             condition.unlock()
 
             stepLock.lock()
@@ -167,7 +176,7 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
                 sched_yield()
             } else {
                 condition.lock()
-                while submitted.isEmpty && !shuttingDown && drivers == 0 {
+                while !wakeRequested && !shuttingDown && drivers == 0 {
                     if holdsAbandoned {
                         _ = condition.wait(until: Date(timeIntervalSinceNow: 0.01))
                         break
