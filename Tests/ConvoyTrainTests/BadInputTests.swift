@@ -45,10 +45,11 @@ import Glibc
     @Test func theMemoryEstimateCountsZeROShardingAndLocalRanks() throws {
         let shape = ModelShape(layers: 4, width: 256, heads: 4, contextLength: 64, vocabularySize: 256, layerSequenceName: "h",
                                inputModuleNames: ["wte", "wpe"], outputModuleNames: ["ln_f"])
-        func estimate(dp: Int, stage: Int, ranks: Int) throws -> MemoryEstimate {
+        func estimate(dp: Int, stage: Int, ranks: Int, bf16: Bool = false) throws -> MemoryEstimate {
             var settings = ParallelSettings()
             settings.dataParallelSize = dp
             settings.zeroStage = stage
+            if bf16 { settings.dataParallel.parameterDType = .bfloat16 }
             let plan = try ParallelPlan(settings: settings, worldSize: dp, model: shape)
             return MemoryEstimate(plan: plan, optimizerStateBytesPerParameter: 8, microBatchSize: 2, ranksInProcess: ranks)
         }
@@ -57,6 +58,11 @@ import Glibc
         #expect(try estimate(dp: 4, stage: 3, ranks: 4).bytesPerProcess == 4 * sharded.bytesPerProcess)
         #expect(throws: ConvoyError.self) { try whole.check(limit: whole.bytesPerProcess - 1) }
         try whole.check(limit: whole.bytesPerProcess)
+        // bf16 keeps the fp32 masters apart: 4 bytes per parameter without ZeRO, 4/N at stages 1–2, none at stage 3.
+        let parameters = whole.stateBytesPerRank / 16
+        #expect(abs(try estimate(dp: 1, stage: 0, ranks: 1, bf16: true).stateBytesPerRank - whole.stateBytesPerRank - 4 * parameters) < 1)
+        #expect(abs(try estimate(dp: 4, stage: 2, ranks: 1, bf16: true).stateBytesPerRank - estimate(dp: 4, stage: 2, ranks: 1).stateBytesPerRank - parameters) < 1)
+        #expect(try estimate(dp: 4, stage: 3, ranks: 1, bf16: true).stateBytesPerRank == sharded.stateBytesPerRank)
     }
 
     @Test func nonFiniteWeightsInACheckpointAreRefusedNamingTheTensor() throws {

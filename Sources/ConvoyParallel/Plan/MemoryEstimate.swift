@@ -7,13 +7,13 @@ import Foundation
 /// (or being killed by the kernel) minutes later.
 ///
 /// The estimate is a lower bound: fp32 parameters, gradients and optimizer state after ZeRO sharding (DESIGN.md
-/// §7), plus the activations one micro-batch keeps for backward on this rank's layers (Korthikanti et al.'s
+/// §7) — and, in bf16, the fp32 master weights kept apart from the compute copies — plus the activations one micro-batch keeps for backward on this rank's layers (Korthikanti et al.'s
 /// per-layer count, doubled for fp32, and the logits on the last stage). Workspace, the allocator's cache and
 /// further stashed pipeline micro-batches come on top. Arithmetic is in `Double`, so no user-given size can
 /// overflow it.
 public struct MemoryEstimate: Sendable, Equatable {
     /// Bytes of parameters, gradients and optimizer state one rank holds.
-    public let stateBytesPerRank: Double
+    public private(set) var stateBytesPerRank: Double
     /// Bytes of activations one micro-batch keeps for backward on one rank.
     public let activationBytesPerRank: Double
     /// Ranks that share this process's memory (every rank of the Local backend; one under MPI).
@@ -41,6 +41,11 @@ public struct MemoryEstimate: Sendable, Equatable {
         case 1: stateBytesPerRank = 8 * parameters + state * parameters / n
         case 2: stateBytesPerRank = 4 * parameters + (4 + state) * parameters / n
         default: stateBytesPerRank = (8 + state) * parameters / n
+        }
+        // bf16 compute copies keep the fp32 masters apart from the parameters: in one side buffer without ZeRO
+        // (``BFloat16ComputeCopies``), as a master shard at stages 1–2; stage 3's shard is itself the master.
+        if plan.settings.dataParallel.parameterDType == .bfloat16 {
+            stateBytesPerRank += plan.settings.zeroStage == 0 ? 4 * parameters : plan.settings.zeroStage < 3 ? 4 * parameters / n : 0
         }
         let perLayer = 2 * (34 * t * b * d + 5 * a * t * t * b)
         activationBytesPerRank = layersPerRank * perLayer + 2 * 4 * t * b * v
