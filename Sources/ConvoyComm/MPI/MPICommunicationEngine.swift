@@ -43,8 +43,8 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
     private var abandoned: [MPIOperation] = []
     private var brokenBy: String?
 
-    /// How long a poller tests with only a yield in between after the last sign of progress, before it sleeps
-    /// between tests. Open MPI advances a non-blocking collective only inside MPI calls, so polling tightly
+    /// How long a poller tests without sleeping after the last sign of progress (the communication thread
+    /// yields between tests, a driving waiter does not), before it sleeps between tests. Open MPI advances a non-blocking collective only inside MPI calls, so polling tightly
     /// while data moves keeps large transfers as fast as a blocking call (which spins as well).
     private static let spinWindow = Duration.milliseconds(20)
     /// Microseconds to sleep between tests once `idle` has passed without progress (beyond the spin window).
