@@ -20,10 +20,10 @@ import Testing
 /// `GradientCheckSelfTests` confirm the checker catches. Inputs are chosen away from kinks and singularities
 /// (relu at 0, max ties, log/sqrt/div near 0) by more than ε.
 ///
-/// Between the forward of `op` and the backward pass the checker grabs the most recently freed allocator
-/// blocks of every size class up to 16 KiB and fills them with NaN ("poisoning"). A backward that reads a
-/// temporary of the forward it did not keep alive then produces NaN and fails the check instead of passing
-/// by luck.
+/// The analytic forward and backward run inside `TensorAllocator.withFreedMemoryPoisoned`: every block the
+/// checking thread frees is filled with NaN and held out of reuse until the backward has run ("poisoning"). A
+/// backward that reads a temporary of the forward it did not keep alive then produces NaN and fails the check
+/// instead of passing by luck, whatever other tests allocate meanwhile.
 struct GradientCheckReport: CustomStringConvertible {
     struct Element {
         var input: Int
@@ -89,13 +89,18 @@ enum GradientCheck {
         }
 
         // Analytic gradients.
-        let output = function(inputs)
-        // Poison first, while the op's freed temporaries are still on top of the allocator's free lists.
-        let poison = poisonFreedMemory ? AllocatorPoison.grabRecentlyFreedBlocks() : []
-        let weights = outputWeights(output.shape, seed: weightSeed)
-        let loss = (output * weights).sum()
-        try loss.backward()
-        withExtendedLifetime(poison) {}
+        let weights: Tensor
+        func forwardAndBackward() throws -> Tensor {
+            let output = function(inputs)
+            let weights = outputWeights(output.shape, seed: weightSeed)
+            try (output * weights).sum().backward()
+            return weights
+        }
+        if poisonFreedMemory {
+            weights = try TensorAllocator.shared.withFreedMemoryPoisoned(forwardAndBackward)
+        } else {
+            weights = try forwardAndBackward()
+        }
         let analytic = inputs.map { $0.grad?.toArray() }
 
         // Numeric gradients.
@@ -164,20 +169,6 @@ func expectGradientsMatch(
     #expect(report.passed, "\(comment.map { "\($0): " } ?? "")\(report)", sourceLocation: sourceLocation)
     // A check where every gradient is ~0 would pass for any backward that returns zeros.
     #expect(report.largestNumericMagnitude > 10 * absoluteTolerance, "numeric gradients are all ~0; the check is vacuous", sourceLocation: sourceLocation)
-}
-
-/// Takes over recently freed tensor memory so that use-after-free in a backward pass becomes visible.
-enum AllocatorPoison {
-    /// Allocates `depth` tensors of every 64-byte size class up to 16 KiB, filled with NaN, and returns them;
-    /// keep them alive until the backward pass has run.
-    static func grabRecentlyFreedBlocks(depth: Int = 8) -> [Tensor] {
-        var held: [Tensor] = []
-        held.reserveCapacity(256 * depth)
-        for floats in stride(from: 16, through: 4096, by: 16) {
-            for _ in 0..<depth { held.append(Tensor.full([floats], value: .nan)) }
-        }
-        return held
-    }
 }
 
 // MARK: - Test data

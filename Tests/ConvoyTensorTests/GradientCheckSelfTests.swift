@@ -59,7 +59,8 @@ import Testing
 
     @Test func poisoningExposesABackwardThatReadsFreedMemory() throws {
         // A deliberately broken op: its backward reads a forward temporary through a raw pointer without
-        // keeping the tensor alive. An unusual size (1000 floats) keeps other tests off its size class.
+        // keeping the tensor alive. The checker's quarantine keeps the block poisoned and out of other tests'
+        // reach until the backward has read it.
         func leaky(_ x: Tensor) -> Tensor {
             let doubled = withNoGrad { x * 2 }
             let saved = doubled.floatPointer

@@ -133,12 +133,16 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         var first = try tinyConfiguration(output: scratch + "/run-a", steps: 1)
         first.save = scratch + "/shared-checkpoint"
-        let held = try RunDirectory.claim(for: first, resuming: false)
         var second = first
         second.output = scratch + "/run-b"
-        expectRefusal({ _ = try RunDirectory.claim(for: second, resuming: false) }, mentioning: ["--save", scratch + "/shared-checkpoint", "in use", "pid \(getpid())"])
-        #expect(!FileManager.default.fileExists(atPath: second.output), "a refused run creates no output directory")
-        withExtendedLifetime(held) {}
+        // The first run's locks live to the end of this block (a debug build keeps a local to its scope's end,
+        // so the scope, not the last use, must say when the first run lets go).
+        do {
+            let held = try RunDirectory.claim(for: first, resuming: false)
+            expectRefusal({ _ = try RunDirectory.claim(for: second, resuming: false) }, mentioning: ["--save", scratch + "/shared-checkpoint", "in use", "pid \(getpid())"])
+            #expect(!FileManager.default.fileExists(atPath: second.output), "a refused run creates no output directory")
+            withExtendedLifetime(held) {}
+        }
         // Released with the first run: the second may go now.
         _ = try RunDirectory.claim(for: second, resuming: false)
     }

@@ -117,15 +117,62 @@ public final class TensorAllocator: Sendable {
 
     /// Returns a block obtained from ``allocate(bytes:tag:)`` with the same tag.
     public func deallocate(_ pointer: UnsafeMutableRawPointer, capacity: Int, tag: MemoryTag) {
+        if let quarantine = Self.quarantine.value, quarantine.allocator === self {
+            state.withLock { state in
+                state.liveBytes -= capacity
+                state.liveBytesByTag[tag, default: 0] -= capacity
+            }
+            pointer.initializeMemory(as: UInt8.self, repeating: 0xFF, count: capacity)
+            quarantine.blocks.append((UInt(bitPattern: pointer), capacity))
+            return
+        }
         let keep = state.withLock { state -> Bool in
             state.liveBytes -= capacity
             state.liveBytesByTag[tag, default: 0] -= capacity
-            guard state.cachedBytes + capacity <= cacheLimitBytes else { return false }
-            state.freeBlocks[capacity, default: []].append(UInt(bitPattern: pointer))
-            state.cachedBytes += capacity
-            return true
+            return Self.cache(UInt(bitPattern: pointer), capacity: capacity, in: &state, limit: cacheLimitBytes)
         }
         if !keep { free(pointer) }
+    }
+
+    /// Puts a freed block on its size's free list, unless the cache is full; says whether it did.
+    private static func cache(_ address: UInt, capacity: Int, in state: inout State, limit: Int) -> Bool {
+        guard state.cachedBytes + capacity <= limit else { return false }
+        state.freeBlocks[capacity, default: []].append(address)
+        state.cachedBytes += capacity
+        return true
+    }
+
+    /// Blocks one thread freed inside ``withFreedMemoryPoisoned(_:)``, held back from reuse.
+    private final class Quarantine {
+        let allocator: TensorAllocator
+        var blocks: [(address: UInt, capacity: Int)] = []  // addresses, as in the free lists
+        init(allocator: TensorAllocator) { self.allocator = allocator }
+    }
+
+    /// This thread's quarantine, while it runs ``withFreedMemoryPoisoned(_:)``.
+    private static let quarantine = ThreadLocal<Quarantine?> { nil }
+
+    /// Runs `body` with every block this thread frees filled with all-ones bytes (NaN in fp32 and in bf16) and
+    /// kept out of reuse until `body` returns; then the blocks go back to the cache.
+    ///
+    /// Code that reads memory it no longer holds then reads NaN, deterministically, instead of whatever the
+    /// next tensor happened to write there: the gradient checker runs an op's forward and backward inside this,
+    /// so a backward that reads a forward temporary it did not keep alive fails the check. Only this thread's
+    /// frees are held, so other threads (parallel tests, other ranks) can neither see the poison nor take a
+    /// poisoned block. Nested calls share the outermost quarantine.
+    public func withFreedMemoryPoisoned<Result>(_ body: () throws -> Result) rethrows -> Result {
+        if Self.quarantine.value != nil { return try body() }
+        let quarantine = Quarantine(allocator: self)
+        Self.quarantine.value = quarantine
+        defer {
+            Self.quarantine.value = nil
+            let blocks = quarantine.blocks
+            let uncached = state.withLock { state in
+                blocks.filter { !Self.cache($0.address, capacity: $0.capacity, in: &state, limit: cacheLimitBytes) }.map(\.address)
+            }
+            for address in uncached { free(UnsafeMutableRawPointer(bitPattern: address)) }
+        }
+        return try body()
     }
 
     /// Bytes currently held by live tensors.
