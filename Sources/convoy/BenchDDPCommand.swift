@@ -48,7 +48,7 @@ struct BenchDDPCommand: ParsableCommand {
             // As in training: the flat-buffer optimizer when the world has more than one rank (fuse_optimizer auto).
             let groups = ParameterGroup.decayingMatrices(of: model, weightDecay: 0.1)
             let optimizer: any Optimizer = options.fuseOptimizer.isEnabled(ranks: group.size)
-                ? FusedAdam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1, gradientLayout: parallel?.fusedGradients != nil ? .external : .flat)
+                ? try FusedAdam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1, gradientLayout: parallel?.fusedGradients != nil ? .external : .flat)
                 : Adam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1)
             let generator = PhiloxRandom(seed: 5, stream: UInt64(group.rank))
             var start: UInt64 = 0

@@ -101,8 +101,8 @@ struct BenchZeROCommand: ParsableCommand {
     /// The benchmark's AdamW (lr 3e-4, decay 0.1 on matrices): per-tensor, or the flat-buffer kind with the
     /// given gradient layout and placement.
     static func adamW(_ groups: [ParameterGroup], fused: Bool, gradientLayout: FlatParameterBuffer.GradientLayout = .flat,
-                      placement: FlatParameterBuffer.Placement = .packed) -> any Optimizer {
-        fused ? FusedAdam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1, gradientLayout: gradientLayout, placement: placement)
+                      placement: FlatParameterBuffer.Placement = .packed) throws -> any Optimizer {
+        fused ? try FusedAdam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1, gradientLayout: gradientLayout, placement: placement)
             : Adam.adamW(groups, learningRate: 3e-4, weightDecay: 0.1)
     }
 
@@ -141,11 +141,11 @@ struct BenchZeROCommand: ParsableCommand {
             if stage == 0 {
                 // As training does: fused gradients when there are several ranks.
                 parallel = group.size > 1 ? try DataParallel(module: model, group: group, options: options) : nil
-                optimizer = Self.adamW(groups, fused: fused, gradientLayout: parallel?.fusedGradients != nil ? .external : .flat)
+                optimizer = try Self.adamW(groups, fused: fused, gradientLayout: parallel?.fusedGradients != nil ? .external : .flat)
             } else {
-                let distributed = try DistributedOptimizer(module: model, group: group, stage: stage, options: options, weightDecay: 0.1) { groups -> any Optimizer in
+                let distributed = try DistributedOptimizer(module: model, group: group, stage: stage, options: options, weightDecay: 0.1) { groups throws -> any Optimizer in
                     shardGroups = groups
-                    return Self.adamW(groups, fused: fused, gradientLayout: .external, placement: .inPlace)
+                    return try Self.adamW(groups, fused: fused, gradientLayout: .external, placement: .inPlace)
                 }
                 zero = distributed
                 optimizer = distributed.optimizer
@@ -153,7 +153,7 @@ struct BenchZeROCommand: ParsableCommand {
             let generator = PhiloxRandom(seed: 5, stream: UInt64(group.rank))
             var start: UInt64 = 0
             // Without ZeRO the parameters are their own masters, rounded for each step (as the training runtime does).
-            let copies = stage == 0 && computePrecision == .bfloat16 ? BFloat16ComputeCopies(parameters: model.parameters) : nil
+            let copies = stage == 0 && computePrecision == .bfloat16 ? try BFloat16ComputeCopies(parameters: model.parameters) : nil
             for step in 0..<(warmup + steps) {
                 if step == warmup {
                     try group.barrier()
@@ -188,8 +188,8 @@ struct BenchZeROCommand: ParsableCommand {
                          allocator.liveBytes(of: .optimizerState, owner: rank))
             // Counted above first: these two optimizers' moments are extra state, for the timing only.
             let shardSteps = zero == nil ? nil : Self.timeShardSteps(
-                perTensor: Self.adamW(shardGroups, fused: false),
-                fused: Self.adamW(shardGroups, fused: true, gradientLayout: .external, placement: .inPlace))
+                perTensor: try Self.adamW(shardGroups, fused: false),
+                fused: try Self.adamW(shardGroups, fused: true, gradientLayout: .external, placement: .inPlace))
             let reduction = try Self.timeGradientReduction(group: local, count: model.parameterCount, stage: stage, rounds: rounds)
             return (Double(steps * batch * time * group.size) / seconds, bytes, zero?.peakGatheredParameterBytes ?? 0, shardSteps,
                     (gatherBytes, reductionBytes), reduction)

@@ -50,7 +50,7 @@ extension MPIBackendSuite {
                 options.overlapParamGather = overlapGather
                 options.reshardAfterForward = reshard
                 let zero = try DistributedOptimizer(module: model, group: world, stage: stage, options: options, weightDecay: 0.1) { groups -> any Optimizer in
-                    fused ? FusedSGD(groups, learningRate: 0.1, momentum: 0.9, gradientLayout: .external, placement: .inPlace)
+                    fused ? try FusedSGD(groups, learningRate: 0.1, momentum: 0.9, gradientLayout: .external, placement: .inPlace)
                         : SGD(groups, learningRate: 0.1, momentum: 0.9)
                 }
                 let perMicro = batch / world.size / microSteps

@@ -64,20 +64,20 @@ private let fixtureCases = ["sgd", "sgd_momentum", "sgd_nesterov_decay", "sgd_da
 
 /// The fixture case's optimizer, per-tensor or fused.
 private func makeOptimizer(_ c: FusedReference.Case, _ groups: [ParameterGroup], fused: Bool,
-                           layout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) -> any Optimizer {
+                           layout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) throws -> any Optimizer {
     switch (c.optimizer, fused) {
     case ("sgd", false):
         return SGD(groups, learningRate: c.lr, momentum: c.momentum, dampening: c.dampening, nesterov: c.nesterov, weightDecay: c.weight_decay)
     case ("sgd", true):
-        return FusedSGD(groups, learningRate: c.lr, momentum: c.momentum, dampening: c.dampening, nesterov: c.nesterov, weightDecay: c.weight_decay, gradientLayout: layout, placement: placement)
+        return try FusedSGD(groups, learningRate: c.lr, momentum: c.momentum, dampening: c.dampening, nesterov: c.nesterov, weightDecay: c.weight_decay, gradientLayout: layout, placement: placement)
     case ("adam", false):
         return Adam(groups, learningRate: c.lr, beta1: c.beta1, beta2: c.beta2, epsilon: c.eps, weightDecay: c.weight_decay)
     case ("adam", true):
-        return FusedAdam(groups, learningRate: c.lr, beta1: c.beta1, beta2: c.beta2, epsilon: c.eps, weightDecay: c.weight_decay, gradientLayout: layout, placement: placement)
+        return try FusedAdam(groups, learningRate: c.lr, beta1: c.beta1, beta2: c.beta2, epsilon: c.eps, weightDecay: c.weight_decay, gradientLayout: layout, placement: placement)
     case ("adamw", false):
         return Adam.adamW(groups, learningRate: c.lr, beta1: c.beta1, beta2: c.beta2, epsilon: c.eps, weightDecay: c.weight_decay)
     case ("adamw", true):
-        return FusedAdam.adamW(groups, learningRate: c.lr, beta1: c.beta1, beta2: c.beta2, epsilon: c.eps, weightDecay: c.weight_decay, gradientLayout: layout, placement: placement)
+        return try FusedAdam.adamW(groups, learningRate: c.lr, beta1: c.beta1, beta2: c.beta2, epsilon: c.eps, weightDecay: c.weight_decay, gradientLayout: layout, placement: placement)
     default:
         fatalError("unknown optimizer \(c.optimizer)")
     }
@@ -164,20 +164,20 @@ enum FusedGPTCase: String, CaseIterable, CustomTestStringConvertible {
     case sgd, momentum, nesterovDecay, dampening, adam, adamW
     var testDescription: String { rawValue }
 
-    func make(_ groups: [ParameterGroup], fused: Bool) -> any Optimizer {
+    func make(_ groups: [ParameterGroup], fused: Bool) throws -> any Optimizer {
         switch (self, fused) {
         case (.sgd, false): return SGD(groups, learningRate: 0.1)
-        case (.sgd, true): return FusedSGD(groups, learningRate: 0.1)
+        case (.sgd, true): return try FusedSGD(groups, learningRate: 0.1)
         case (.momentum, false): return SGD(groups, learningRate: 0.05, momentum: 0.9)
-        case (.momentum, true): return FusedSGD(groups, learningRate: 0.05, momentum: 0.9)
+        case (.momentum, true): return try FusedSGD(groups, learningRate: 0.05, momentum: 0.9)
         case (.nesterovDecay, false): return SGD(groups, learningRate: 0.05, momentum: 0.9, nesterov: true, weightDecay: 0.01)
-        case (.nesterovDecay, true): return FusedSGD(groups, learningRate: 0.05, momentum: 0.9, nesterov: true, weightDecay: 0.01)
+        case (.nesterovDecay, true): return try FusedSGD(groups, learningRate: 0.05, momentum: 0.9, nesterov: true, weightDecay: 0.01)
         case (.dampening, false): return SGD(groups, learningRate: 0.05, momentum: 0.8, dampening: 0.3)
-        case (.dampening, true): return FusedSGD(groups, learningRate: 0.05, momentum: 0.8, dampening: 0.3)
+        case (.dampening, true): return try FusedSGD(groups, learningRate: 0.05, momentum: 0.8, dampening: 0.3)
         case (.adam, false): return Adam(groups, learningRate: 3e-3, weightDecay: 0.01)
-        case (.adam, true): return FusedAdam(groups, learningRate: 3e-3, weightDecay: 0.01)
+        case (.adam, true): return try FusedAdam(groups, learningRate: 3e-3, weightDecay: 0.01)
         case (.adamW, false): return Adam.adamW(groups, learningRate: 3e-3, beta2: 0.95)
-        case (.adamW, true): return FusedAdam.adamW(groups, learningRate: 3e-3, beta2: 0.95)
+        case (.adamW, true): return try FusedAdam.adamW(groups, learningRate: 3e-3, beta2: 0.95)
         }
     }
 }
@@ -186,6 +186,21 @@ enum FusedGPTCase: String, CaseIterable, CustomTestStringConvertible {
 
 @Suite("FusedOptimizer")
 struct FusedOptimizerTests {
+    @Test func aFlatBufferTheSystemCannotHoldIsRefusedWithAnErrorNamingIt() {
+        let parameter = Tensor(shape: [4], values: [1, 2, 3, 4], requiresGrad: true)
+        parameter.name = "w"
+        // A layout far larger than memory: the flat gradient buffer is refused before anything is rebound.
+        do {
+            _ = try FlatParameterBuffer([parameter], layout: (offsets: [0], totalCount: 1 << 60))
+            Issue.record("a flat buffer of 2^60 elements should have been refused")
+        } catch ConvoyError.outOfMemory(let message) {
+            #expect(message.contains("the flat gradient buffer"), "\(message)")
+        } catch {
+            Issue.record("expected ConvoyError.outOfMemory, got \(error)")
+        }
+        #expect(parameter.toArray() == [1, 2, 3, 4], "the parameter keeps its values and storage")
+    }
+
     private let reference = FusedReference.shared
     private let gptConfiguration = GPTConfiguration(vocabularySize: 32, contextLength: 8, layers: 2, heads: 2, width: 16)
 
@@ -194,8 +209,8 @@ struct FusedOptimizerTests {
         let plainModel = try GPT(gptConfiguration, seed: 3)
         let fusedModel = try GPT(gptConfiguration, seed: 3)
         expectSameBits(plainModel.parameters, fusedModel.parameters, "same seed, same initial values")
-        let plain = which.make(ParameterGroup.decayingMatrices(of: plainModel, weightDecay: 0.1), fused: false)
-        let fused = which.make(ParameterGroup.decayingMatrices(of: fusedModel, weightDecay: 0.1), fused: true)
+        let plain = try which.make(ParameterGroup.decayingMatrices(of: plainModel, weightDecay: 0.1), fused: false)
+        let fused = try which.make(ParameterGroup.decayingMatrices(of: fusedModel, weightDecay: 0.1), fused: true)
         #expect(flatBuffers(fused).count == 2, "matrices (decay 0.1) and vectors (decay 0) are two fused groups")
         expectSameBits(plainModel.parameters, fusedModel.parameters, "packing preserves values")
         expectViews(fused, gradients: true, "after construction")
@@ -226,11 +241,11 @@ struct FusedOptimizerTests {
     }
 
     @Test("matches torch.optim (fixture) and the per-tensor optimizer bit for bit", arguments: fixtureCases)
-    func matchesFixture(_ name: String) {
+    func matchesFixture(_ name: String) throws {
         let c = reference.testCase(name)
         let plainParameters = reference.makeParameters(), fusedParameters = reference.makeParameters()
-        let plain = makeOptimizer(c, [ParameterGroup(plainParameters)], fused: false)
-        let fused = makeOptimizer(c, [ParameterGroup(fusedParameters)], fused: true)
+        let plain = try makeOptimizer(c, [ParameterGroup(plainParameters)], fused: false)
+        let fused = try makeOptimizer(c, [ParameterGroup(fusedParameters)], fused: true)
         for (step, expected) in c.steps.enumerated() {
             reference.setGradients(plainParameters, step: step)
             reference.setGradients(fusedParameters, step: step)
@@ -247,11 +262,11 @@ struct FusedOptimizerTests {
     }
 
     @Test("fixture gradients written into the flat gradient views: one segment, same results", arguments: fixtureCases)
-    func matchesFixtureThroughFlatGradients(_ name: String) {
+    func matchesFixtureThroughFlatGradients(_ name: String) throws {
         let c = reference.testCase(name)
         let plainParameters = reference.makeParameters(), fusedParameters = reference.makeParameters()
-        let plain = makeOptimizer(c, [ParameterGroup(plainParameters)], fused: false)
-        let fused = makeOptimizer(c, [ParameterGroup(fusedParameters)], fused: true)
+        let plain = try makeOptimizer(c, [ParameterGroup(plainParameters)], fused: false)
+        let fused = try makeOptimizer(c, [ParameterGroup(fusedParameters)], fused: true)
         for step in c.steps.indices {
             reference.setGradients(plainParameters, step: step)
             reference.writeGradients(fusedParameters, step: step)
@@ -266,7 +281,7 @@ struct FusedOptimizerTests {
     }
 
     @Test("external gradients (views into another buffer, reversed): per-segment kernel, same results", arguments: fixtureCases)
-    func externalGradients(_ name: String) {
+    func externalGradients(_ name: String) throws {
         let c = reference.testCase(name)
         let plainParameters = reference.makeParameters(), fusedParameters = reference.makeParameters()
         // A "bucket" holding the gradients in reverse parameter order, as data parallelism lays them out.
@@ -278,8 +293,8 @@ struct FusedOptimizerTests {
             offset += parameter.count
         }
         let views = fusedParameters.map { $0.grad! }
-        let plain = makeOptimizer(c, [ParameterGroup(plainParameters)], fused: false)
-        let fused = makeOptimizer(c, [ParameterGroup(fusedParameters)], fused: true, layout: .external)
+        let plain = try makeOptimizer(c, [ParameterGroup(plainParameters)], fused: false)
+        let fused = try makeOptimizer(c, [ParameterGroup(fusedParameters)], fused: true, layout: .external)
         #expect(flatBuffers(fused)[0].gradients == nil)
         #expect(zip(fusedParameters, views).allSatisfy { $0.grad === $1 }, "external gradients are left alone")
         for step in c.steps.indices {
@@ -303,18 +318,18 @@ struct FusedOptimizerTests {
             parameter.grad = Tensor(storage: ordered.storage, shape: parameter.shape, offset: offset)
             offset += parameter.count
         }
-        let merged = makeOptimizer(c, [ParameterGroup(inOrder)], fused: true, layout: .external)
+        let merged = try makeOptimizer(c, [ParameterGroup(inOrder)], fused: true, layout: .external)
         reference.writeGradients(inOrder, step: 0)
         merged.step()
         #expect(segmentCounts(merged) == [1])
     }
 
     @Test("a parameter with a nil gradient is untouched and gets no state", arguments: fixtureCases)
-    func nilGradientIsSkipped(_ name: String) {
+    func nilGradientIsSkipped(_ name: String) throws {
         let c = reference.testCase(name)
         let plainParameters = reference.makeParameters(), fusedParameters = reference.makeParameters()
-        let plain = makeOptimizer(c, [ParameterGroup(plainParameters)], fused: false)
-        let fused = makeOptimizer(c, [ParameterGroup(fusedParameters)], fused: true)
+        let plain = try makeOptimizer(c, [ParameterGroup(plainParameters)], fused: false)
+        let fused = try makeOptimizer(c, [ParameterGroup(fusedParameters)], fused: true)
         let before = bits(fusedParameters)
         for step in 0..<3 {
             reference.writeGradients(fusedParameters, step: step)
@@ -349,7 +364,7 @@ struct FusedOptimizerTests {
     func stateRoundTrip(_ name: String) throws {
         let c = reference.testCase(name)
         let original = reference.makeParameters()
-        let fused = makeOptimizer(c, [ParameterGroup(original)], fused: true)
+        let fused = try makeOptimizer(c, [ParameterGroup(original)], fused: true)
         for step in 0..<3 {
             reference.writeGradients(original, step: step)
             if step == 0 { original[1].grad = nil }  // p2's state starts one step late
@@ -361,14 +376,14 @@ struct FusedOptimizerTests {
 
         let values = Dictionary(uniqueKeysWithValues: original.map { ($0.name!, $0.toArray()) })
         let plainParameters = reference.makeParameters(values)
-        let plain = makeOptimizer(c, [ParameterGroup(plainParameters)], fused: false)
+        let plain = try makeOptimizer(c, [ParameterGroup(plainParameters)], fused: false)
         try plain.load(saved)
         let viaPlain = plain.state()
         expectSameState(viaPlain, saved, "via per-tensor")
         #expect(viaPlain.scalars == saved.scalars)
 
         let restoredParameters = reference.makeParameters(values)
-        let restored = makeOptimizer(c, [ParameterGroup(restoredParameters)], fused: true)
+        let restored = try makeOptimizer(c, [ParameterGroup(restoredParameters)], fused: true)
         try restored.load(viaPlain)
         expectSameState(restored.state(), saved, "\(name)")
         #expect(restored.state().scalars == saved.scalars)
@@ -390,8 +405,8 @@ struct FusedOptimizerTests {
     func loadValidatesAndIsAtomic(_ name: String) throws {
         let c = reference.testCase(name)
         let parameters = reference.makeParameters(), twinParameters = reference.makeParameters()
-        let fused = makeOptimizer(c, [ParameterGroup(parameters)], fused: true)
-        let twin = makeOptimizer(c, [ParameterGroup(twinParameters)], fused: true)
+        let fused = try makeOptimizer(c, [ParameterGroup(parameters)], fused: true)
+        let twin = try makeOptimizer(c, [ParameterGroup(twinParameters)], fused: true)
         for step in 0..<2 {
             reference.writeGradients(parameters, step: step)
             reference.writeGradients(twinParameters, step: step)
@@ -425,7 +440,7 @@ struct FusedOptimizerTests {
     }
 
     @Test("a parallel pass over large, scattered segments (3 threads, chunk edges inside segments) is bit-identical", arguments: fixtureCases)
-    func parallelSegments(_ name: String) {
+    func parallelSegments(_ name: String) throws {
         let c = reference.testCase(name)
         let shapes = [[97, 211], [5], [40_013], [3, 7]]
         func makeParameters() -> [Parameter] {
@@ -450,10 +465,10 @@ struct FusedOptimizerTests {
             parameter.grad = Tensor(storage: bucket.storage, shape: parameter.shape, offset: start)
         }
         let pool = ComputePool(threadCount: 3)
-        ComputePool.withPool(pool) {
-            let plain = makeOptimizer(c, [ParameterGroup(plainParameters)], fused: false)
-            let fused = makeOptimizer(c, [ParameterGroup(fusedParameters)], fused: true)
-            let external = makeOptimizer(c, [ParameterGroup(externalParameters)], fused: true, layout: .external)
+        try ComputePool.withPool(pool) {
+            let plain = try makeOptimizer(c, [ParameterGroup(plainParameters)], fused: false)
+            let fused = try makeOptimizer(c, [ParameterGroup(fusedParameters)], fused: true)
+            let external = try makeOptimizer(c, [ParameterGroup(externalParameters)], fused: true, layout: .external)
             for step in 0..<4 {
                 let g = gradients(step: step)
                 for (index, values) in g.enumerated() {
@@ -478,7 +493,7 @@ struct FusedOptimizerTests {
     }
 
     @Test("in place over slices of one shard buffer (ZeRO's layout): nothing moves, bit-identical, adjacent slices merge", arguments: fixtureCases)
-    func inPlaceSlices(_ name: String) {
+    func inPlaceSlices(_ name: String) throws {
         let c = reference.testCase(name)
         // A shard as ZeRO lays it out: slices of matrices (decaying) and vectors (not) interleaved, each
         // parameter a view into one values buffer with its gradient at the same offset of a gradient buffer.
@@ -505,9 +520,9 @@ struct FusedOptimizerTests {
              ParameterGroup(parameters.indices.filter { !decays[$0] }.map { parameters[$0] }, weightDecay: 0)]
         }
         let pool = ComputePool(threadCount: 3)
-        ComputePool.withPool(pool) {
-            let plain = makeOptimizer(c, groups(plainParameters), fused: false)
-            let fused = makeOptimizer(c, groups(inPlace), fused: true, layout: .external, placement: .inPlace)
+        try ComputePool.withPool(pool) {
+            let plain = try makeOptimizer(c, groups(plainParameters), fused: false)
+            let fused = try makeOptimizer(c, groups(inPlace), fused: true, layout: .external, placement: .inPlace)
             #expect(flatBuffers(fused).allSatisfy { $0.values == nil && $0.placement == .inPlace })
             for step in 0..<4 {
                 for index in counts.indices {
@@ -539,7 +554,7 @@ struct FusedOptimizerTests {
         let gradients = Tensor(shape: [6], values: [1, 1, 1, 2, 3, 4])
         a.grad = Tensor(storage: gradients.storage, shape: [2], offset: 0)
         b.grad = Tensor(storage: gradients.storage, shape: [2, 2], offset: 2)
-        let fused = FusedAdam([a, b], learningRate: 0.1, gradientLayout: .external, placement: .inPlace)
+        let fused = try FusedAdam([a, b], learningRate: 0.1, gradientLayout: .external, placement: .inPlace)
         let plainA = Tensor(shape: [2], values: [1, 2], requiresGrad: true), plainB = Tensor(shape: [2, 2], values: [3, 4, 5, 6], requiresGrad: true)
         plainA.name = "a"
         plainB.name = "b"
@@ -565,7 +580,7 @@ struct FusedOptimizerTests {
         let half = matrices.count / 2
 
         // Two groups with the same decay (one explicit, one the optimizer default) fuse; a third does not.
-        let sgd = FusedSGD([ParameterGroup(Array(matrices[..<half]), weightDecay: 0.1),
+        let sgd = try FusedSGD([ParameterGroup(Array(matrices[..<half]), weightDecay: 0.1),
                             ParameterGroup(vectors, weightDecay: 0),
                             ParameterGroup(Array(matrices[half...]))],
                            learningRate: 0.1, momentum: 0.9, weightDecay: 0.1)
@@ -575,12 +590,12 @@ struct FusedOptimizerTests {
         #expect(sgd.flatBuffers[1].parameters.map(ObjectIdentifier.init) == vectors.map(ObjectIdentifier.init))
         #expect(sgd.flatBuffers[0].totalCount == matrices.reduce(0) { $0 + $1.count })
 
-        let adam = FusedAdam.adamW([ParameterGroup(matrices, weightDecay: 0.1), ParameterGroup(vectors, weightDecay: 0.2),
+        let adam = try FusedAdam.adamW([ParameterGroup(matrices, weightDecay: 0.1), ParameterGroup(vectors, weightDecay: 0.2),
                                     ParameterGroup([], weightDecay: 0.3)], learningRate: 1e-3)
         #expect(adam.fusedGroupCount == 2, "different decays stay apart; empty groups vanish")
         #expect(adam.fusedWeightDecays == [0.1, 0.2])
 
-        let single = FusedAdam(all, learningRate: 1e-3)
+        let single = try FusedAdam(all, learningRate: 1e-3)
         #expect(single.fusedGroupCount == 1)
     }
 
@@ -590,7 +605,7 @@ struct FusedOptimizerTests {
         let b = Tensor(shape: [4], values: [7, 8, 9, 10], requiresGrad: true)
         b.grad = Tensor(shape: [4], values: [0.5, 0.25, 0.125, 1])
         let identityA = ObjectIdentifier(a)
-        let flat = FlatParameterBuffer([a, b])
+        let flat = try FlatParameterBuffer([a, b])
         #expect(flat.offsets == [0, 6])
         #expect(flat.counts == [6, 4])
         #expect(flat.totalCount == 10)
@@ -622,7 +637,7 @@ struct FusedOptimizerTests {
         let c = Tensor(shape: [3], values: [1, 2, 3], requiresGrad: true)
         let external = Tensor(shape: [3], values: [4, 5, 6])
         c.grad = external
-        let other = FlatParameterBuffer([c], gradientLayout: .external)
+        let other = try FlatParameterBuffer([c], gradientLayout: .external)
         #expect(other.gradients == nil)
         #expect(c.grad === external)
         #expect(!other.gradientIsView(0))

@@ -10,12 +10,12 @@ import Testing
 enum ShardOptimizerKind: String, CaseIterable, Sendable {
     case momentum, fusedMomentum, adamW, fusedAdamW
 
-    func make(_ groups: [ParameterGroup]) -> any Optimizer {
+    func make(_ groups: [ParameterGroup]) throws -> any Optimizer {
         switch self {
         case .momentum: return SGD(groups, learningRate: 0.1, momentum: 0.9)
-        case .fusedMomentum: return FusedSGD(groups, learningRate: 0.1, momentum: 0.9, gradientLayout: .external, placement: .inPlace)
+        case .fusedMomentum: return try FusedSGD(groups, learningRate: 0.1, momentum: 0.9, gradientLayout: .external, placement: .inPlace)
         case .adamW: return Adam.adamW(groups, learningRate: 3e-3)
-        case .fusedAdamW: return FusedAdam.adamW(groups, learningRate: 3e-3, gradientLayout: .external, placement: .inPlace)
+        case .fusedAdamW: return try FusedAdam.adamW(groups, learningRate: 3e-3, gradientLayout: .external, placement: .inPlace)
         }
     }
 }
@@ -35,7 +35,7 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
             options.overlapParamGather = overlapParamGather
             options.reshardAfterForward = reshardAfterForward
             options.bucketsPerGroup = bucketsPerGroup
-            let zero = try DistributedOptimizer(module: model, group: group, stage: stage, options: options, weightDecay: 0.1) { optimizer.make($0) }
+            let zero = try DistributedOptimizer(module: model, group: group, stage: stage, options: options, weightDecay: 0.1) { try optimizer.make($0) }
             let perRank = batch / ranks, perMicro = perRank / microSteps
             for step in 0..<steps {
                 let data = globalBatch(step: step, batch: batch)
@@ -97,7 +97,7 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
         _ = try LocalWorld.run(size: 2, threadsPerRank: 1) { group in
             let model = try GPT(dpConfiguration, seed: 1)
             for stage in 1...3 {
-                let zero = try DistributedOptimizer(module: model, group: group, stage: stage, weightDecay: 0.1) { ShardOptimizerKind.fusedAdamW.make($0) }
+                let zero = try DistributedOptimizer(module: model, group: group, stage: stage, weightDecay: 0.1) { try ShardOptimizerKind.fusedAdamW.make($0) }
                 let fused = try #require(zero.optimizer as? FusedAdam)
                 #expect(fused.fusedWeightDecays == [0.1, 0], "matrix slices decay, the others do not")
                 for flat in fused.flatBuffers {
@@ -389,11 +389,11 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
                 var step: () throws -> Void
                 if stage == 0 {
                     let parallel = try DataParallel(module: model, group: group)
-                    let optimizer = FusedAdam.adamW(groups, learningRate: 1e-3, gradientLayout: .external)
+                    let optimizer = try FusedAdam.adamW(groups, learningRate: 1e-3, gradientLayout: .external)
                     step = { try parallel.finishGradientSynchronization(); optimizer.step(); parallel.zeroGradients() }
                 } else {
                     let zero = try DistributedOptimizer(module: model, group: group, stage: stage, weightDecay: 0.1) { groups -> any Optimizer in
-                        fusedShardOptimizer ? FusedAdam.adamW(groups, learningRate: 1e-3, gradientLayout: .external, placement: .inPlace)
+                        fusedShardOptimizer ? try FusedAdam.adamW(groups, learningRate: 1e-3, gradientLayout: .external, placement: .inPlace)
                             : Adam.adamW(groups, learningRate: 1e-3)
                     }
                     padded = zero.buffer.totalCount

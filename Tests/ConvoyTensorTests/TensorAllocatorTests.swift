@@ -43,6 +43,30 @@ import Testing
         }
     }
 
+    @Test func memoryTheSystemRefusesIsAThrownErrorNamingWhatItWasFor() {
+        let allocator = TensorAllocator()
+        let impossible = 1 << 62  // beyond any address space: posix_memalign refuses it every time
+        #expect(throws: ConvoyError.self) { _ = try allocator.allocateOrThrow(bytes: impossible, for: "a test buffer") }
+        do {
+            _ = try allocator.allocateOrThrow(bytes: impossible, for: "a test buffer")
+        } catch let error as ConvoyError {
+            guard case .outOfMemory(let message) = error else { Issue.record("expected outOfMemory, got \(error)"); return }
+            #expect(message.contains("a test buffer") && message.contains("\(impossible) bytes") && message.contains("--zero-stage"), "\(message)")
+        } catch {
+            Issue.record("expected a ConvoyError, got \(error)")
+        }
+        #expect(allocator.liveBytes == 0 && allocator.allocationCount == 0, "a refused allocation is not counted")
+        // The allocator still works afterwards.
+        let block = allocator.allocate(bytes: 64)
+        #expect(allocator.liveBytes == 64)
+        allocator.deallocate(block.pointer, capacity: block.capacity, tag: TensorAllocator.tag)
+    }
+
+    @Test func aTensorForLongLivedStateThrowsWhenTheSystemRefusesIt() throws {
+        #expect(throws: ConvoyError.self) { _ = try Tensor.zeros([1 << 60], for: "a test buffer") }
+        #expect(try Tensor.zeros([3], for: "a test buffer").toArray() == [0, 0, 0])
+    }
+
     @Test func nestedQuarantinesHoldUntilTheOutermostEnds() {
         let allocator = TensorAllocator()
         let (block, capacity) = allocator.allocate(bytes: 256)

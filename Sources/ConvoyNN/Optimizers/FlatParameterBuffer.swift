@@ -80,7 +80,7 @@ public final class FlatParameterBuffer {
     /// parameters and gradients into flat buffers: ``ConvoyParallel/ParamAndGradBuffer`` lays its buckets out
     /// through it.
     public init(_ parameters: [Parameter], gradientLayout: GradientLayout = .flat, placement: Placement = .packed,
-                layout: (offsets: [Int], totalCount: Int)? = nil) {
+                layout: (offsets: [Int], totalCount: Int)? = nil) throws {
         var seen = Set<ObjectIdentifier>()
         for parameter in parameters {
             precondition(seen.insert(ObjectIdentifier(parameter)).inserted,
@@ -110,10 +110,10 @@ public final class FlatParameterBuffer {
         self.totalCount = total
         self.gradientLayout = gradientLayout
         self.placement = placement
-        gradients = gradientLayout == .flat ? TensorAllocator.withCategory(.gradients) { Tensor.zeros([total]) } : nil
+        gradients = gradientLayout == .flat ? try TensorAllocator.withCategory(.gradients) { try Tensor.zeros([total], for: "the flat gradient buffer") } : nil
         switch placement {
         case .packed:
-            let values = TensorAllocator.withCategory(.parameters) { Tensor.zeros([total]) }
+            let values = try TensorAllocator.withCategory(.parameters) { try Tensor.zeros([total], for: "the flat parameter buffer") }
             self.values = values
             homes = offsets.map { Home(storage: values.storage, offset: values.offset + $0) }
         case .inPlace:
@@ -356,9 +356,9 @@ struct FusedGroups {
     /// Each fused group's parameters' positions in the optimizer's parameter list (their state names).
     let stateIndices: [[Int]]
 
-    init(_ groups: [ParameterGroup], weightDecay: Float, gradientLayout: FlatParameterBuffer.GradientLayout, placement: FlatParameterBuffer.Placement) {
+    init(_ groups: [ParameterGroup], weightDecay: Float, gradientLayout: FlatParameterBuffer.GradientLayout, placement: FlatParameterBuffer.Placement) throws {
         let partitions = fusedPartitions(groups) { ($0.weightDecay ?? weightDecay).bitPattern }
-        buffers = partitions.map { FlatParameterBuffer($0.parameters, gradientLayout: gradientLayout, placement: placement) }
+        buffers = try partitions.map { try FlatParameterBuffer($0.parameters, gradientLayout: gradientLayout, placement: placement) }
         weightDecays = partitions.map { Float(bitPattern: $0.key) }
         stateIndices = partitions.map(\.indices)
     }

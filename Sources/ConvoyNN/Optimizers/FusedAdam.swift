@@ -47,7 +47,7 @@ public final class FusedAdam: Optimizer {
     private let stateIndices: [[Int]]
 
     public init(_ groups: [ParameterGroup], learningRate: Float, beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8, weightDecay: Float = 0, decoupledWeightDecay: Bool = false,
-                gradientLayout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) {
+                gradientLayout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) throws {
         self.groups = groups
         self.learningRate = learningRate
         self.beta1 = beta1
@@ -55,27 +55,27 @@ public final class FusedAdam: Optimizer {
         self.epsilon = epsilon
         self.weightDecay = weightDecay
         self.decoupledWeightDecay = decoupledWeightDecay
-        let fused = FusedGroups(groups, weightDecay: weightDecay, gradientLayout: gradientLayout, placement: placement)
+        let fused = try FusedGroups(groups, weightDecay: weightDecay, gradientLayout: gradientLayout, placement: placement)
         flatBuffers = fused.buffers
         fusedWeightDecays = fused.weightDecays
         stateIndices = fused.stateIndices
         let counts = flatBuffers.map(\.totalCount)
-        firstMoments = TensorAllocator.withCategory(.optimizerState) { counts.map { Tensor.zeros([$0]) } }
-        secondMoments = TensorAllocator.withCategory(.optimizerState) { counts.map { Tensor.zeros([$0]) } }
+        firstMoments = try TensorAllocator.withCategory(.optimizerState) { try counts.map { try Tensor.zeros([$0], for: "Adam's first moments") } }
+        secondMoments = try TensorAllocator.withCategory(.optimizerState) { try counts.map { try Tensor.zeros([$0], for: "Adam's second moments") } }
         hasMoments = flatBuffers.map { [Bool](repeating: false, count: $0.parameters.count) }
         lastStepSegmentCounts = [Int](repeating: 0, count: flatBuffers.count)
     }
 
     public convenience init(_ parameters: [Parameter], learningRate: Float, beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8, weightDecay: Float = 0, decoupledWeightDecay: Bool = false,
-                            gradientLayout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) {
-        self.init([ParameterGroup(parameters)], learningRate: learningRate, beta1: beta1, beta2: beta2, epsilon: epsilon, weightDecay: weightDecay,
+                            gradientLayout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) throws {
+        try self.init([ParameterGroup(parameters)], learningRate: learningRate, beta1: beta1, beta2: beta2, epsilon: epsilon, weightDecay: weightDecay,
                   decoupledWeightDecay: decoupledWeightDecay, gradientLayout: gradientLayout, placement: placement)
     }
 
     /// AdamW with PyTorch's default weight decay of 0.01.
     public static func adamW(_ groups: [ParameterGroup], learningRate: Float, beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8, weightDecay: Float = 0.01,
-                             gradientLayout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) -> FusedAdam {
-        FusedAdam(groups, learningRate: learningRate, beta1: beta1, beta2: beta2, epsilon: epsilon, weightDecay: weightDecay,
+                             gradientLayout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) throws -> FusedAdam {
+        try FusedAdam(groups, learningRate: learningRate, beta1: beta1, beta2: beta2, epsilon: epsilon, weightDecay: weightDecay,
                   decoupledWeightDecay: true, gradientLayout: gradientLayout, placement: placement)
     }
 

@@ -43,7 +43,7 @@ public final class FusedSGD: Optimizer {
     private let stateIndices: [[Int]]
 
     public init(_ groups: [ParameterGroup], learningRate: Float, momentum: Float = 0, dampening: Float = 0, nesterov: Bool = false, weightDecay: Float = 0,
-                gradientLayout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) {
+                gradientLayout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) throws {
         precondition(!nesterov || (momentum > 0 && dampening == 0), "Nesterov momentum needs momentum > 0 and dampening 0")
         self.groups = groups
         self.learningRate = learningRate
@@ -51,19 +51,19 @@ public final class FusedSGD: Optimizer {
         self.dampening = dampening
         self.nesterov = nesterov
         self.weightDecay = weightDecay
-        let fused = FusedGroups(groups, weightDecay: weightDecay, gradientLayout: gradientLayout, placement: placement)
+        let fused = try FusedGroups(groups, weightDecay: weightDecay, gradientLayout: gradientLayout, placement: placement)
         flatBuffers = fused.buffers
         fusedWeightDecays = fused.weightDecays
         stateIndices = fused.stateIndices
         let counts = flatBuffers.map(\.totalCount)
-        momentumBuffers = TensorAllocator.withCategory(.optimizerState) { counts.map { momentum != 0 ? Tensor.zeros([$0]) : nil } }
+        momentumBuffers = try TensorAllocator.withCategory(.optimizerState) { try counts.map { momentum != 0 ? try Tensor.zeros([$0], for: "SGD's momentum buffers") : nil } }
         hasMomentum = flatBuffers.map { [Bool](repeating: false, count: $0.parameters.count) }
         lastStepSegmentCounts = [Int](repeating: 0, count: flatBuffers.count)
     }
 
     public convenience init(_ parameters: [Parameter], learningRate: Float, momentum: Float = 0, dampening: Float = 0, nesterov: Bool = false, weightDecay: Float = 0,
-                            gradientLayout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) {
-        self.init([ParameterGroup(parameters)], learningRate: learningRate, momentum: momentum, dampening: dampening, nesterov: nesterov,
+                            gradientLayout: FlatParameterBuffer.GradientLayout = .flat, placement: FlatParameterBuffer.Placement = .packed) throws {
+        try self.init([ParameterGroup(parameters)], learningRate: learningRate, momentum: momentum, dampening: dampening, nesterov: nesterov,
                   weightDecay: weightDecay, gradientLayout: gradientLayout, placement: placement)
     }
 
@@ -112,7 +112,7 @@ public final class FusedSGD: Optimizer {
         }
         for (groupIndex, flat) in flatBuffers.enumerated() {
             if momentumBuffers[groupIndex] == nil && restored[groupIndex].contains(where: { $0 != nil }) {
-                momentumBuffers[groupIndex] = TensorAllocator.withCategory(.optimizerState) { Tensor.zeros([flat.totalCount]) }
+                momentumBuffers[groupIndex] = try TensorAllocator.withCategory(.optimizerState) { try Tensor.zeros([flat.totalCount], for: "SGD's momentum buffers") }
             }
             guard let buffer = momentumBuffers[groupIndex] else { continue }
             buffer.fill(0)

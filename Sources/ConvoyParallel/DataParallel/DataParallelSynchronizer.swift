@@ -16,10 +16,10 @@ public final class DataParallelSynchronizer: ReplicatedGradients {
     /// Wraps `module` for data parallelism over `group` (collective). `makeOptimizer` receives the module and
     /// whether the gradients are views into data parallelism's fused buffer.
     public init(module: Module, group: any ProcessGroup, options: DataParallelOptions, timeline: Timeline? = nil,
-                makeOptimizer: (Module, _ externalGradients: Bool) -> any Optimizer) throws {
+                makeOptimizer: (Module, _ externalGradients: Bool) throws -> any Optimizer) throws {
         self.module = module
         parallel = try DataParallel(module: module, group: group, options: options, timeline: timeline)
-        optimizer = makeOptimizer(module, parallel.fusedGradients != nil)
+        optimizer = try makeOptimizer(module, parallel.fusedGradients != nil)
     }
 
     public var dataParallelGroup: (any ProcessGroup)? { parallel.group }

@@ -60,8 +60,8 @@ public final class PipelineParallel: StepSchedule {
     ///   that is not pp·dp, ZeRO stage 3), or a partition/schedule that does not fit.
     public convenience init(model: any LanguageModel, world: any ProcessGroup, options: PipelineOptions, microBatches: Int, zeroStage: Int = 0,
                             dataParallelOptions: DataParallelOptions = DataParallelOptions(), weightDecay: Float, timeline: Timeline? = nil,
-                            makeOptimizer: (Module, _ externalGradients: Bool) -> any Optimizer,
-                            makeShardOptimizer: ([ParameterGroup]) -> any Optimizer) throws {
+                            makeOptimizer: (Module, _ externalGradients: Bool) throws -> any Optimizer,
+                            makeShardOptimizer: ([ParameterGroup]) throws -> any Optimizer) throws {
         var settings = ParallelSettings()
         settings.pipeline = options
         settings.zeroStage = zeroStage
@@ -81,7 +81,7 @@ public final class PipelineParallel: StepSchedule {
     /// over the global batch, the gradient norm before clipping, the peak stash) — the same on every rank.
     /// `maxGradientNorm` > 0 clips.
     public func trainStep(maxGradientNorm: Float, load: (Int) throws -> MicroBatch) throws -> (loss: Double, gradientNorm: Double, peakStashed: Int) {
-        let runtime = ParallelRuntime(schedule: self, synchronizer: synchronizer!, mesh: mesh, world: world)
+        let runtime = try ParallelRuntime(schedule: self, synchronizer: synchronizer!, mesh: mesh, world: world)
         let result = try runtime.trainStep(maxGradientNorm: maxGradientNorm, load: load)
         return (result.loss, result.gradientNorm, result.peakStashed)
     }

@@ -19,14 +19,14 @@ public final class BFloat16ComputeCopies {
     public private(set) var holdsCopies = false
 
     /// For `parameters` (a parameter listed twice, e.g. a tied weight, is rounded once).
-    public init(parameters: [Parameter]) {
+    public init(parameters: [Parameter]) throws {
         var seen = Set<ObjectIdentifier>()
         self.parameters = parameters.filter { seen.insert(ObjectIdentifier($0)).inserted }
         for parameter in self.parameters {
             precondition(parameter.dtype == .float32 && parameter.isContiguous, "bf16 compute copies are made of contiguous float32 parameters")
         }
         let total = self.parameters.reduce(0) { $0 + $1.count }
-        masters = TensorAllocator.withCategory(.parameters) { Tensor.zeros([total]) }
+        masters = try TensorAllocator.withCategory(.parameters) { try Tensor.zeros([total], for: "the fp32 master weights") }
     }
 
     /// Keeps the masters aside and rounds every parameter to bf16 in place (before a step's first forward).

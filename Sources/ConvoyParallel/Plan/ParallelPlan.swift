@@ -145,9 +145,9 @@ public struct ParallelPlan: Sendable {
     ///     data parallelism's fused buffer).
     ///   - makeShardOptimizer: the optimizer over ZeRO's shard slices.
     public func makeSynchronizer(module: Module, dataParallelGroup: (any ProcessGroup)?, weightDecay: Float, timeline: Timeline?,
-                                 makeOptimizer: (Module, _ externalGradients: Bool) -> any Optimizer,
-                                 makeShardOptimizer: ([ParameterGroup]) -> any Optimizer) throws -> any GradientSynchronizer {
-        guard let group = dataParallelGroup, group.size > 1 else { return LocalGradients(module: module, optimizer: makeOptimizer(module, false)) }
+                                 makeOptimizer: (Module, _ externalGradients: Bool) throws -> any Optimizer,
+                                 makeShardOptimizer: ([ParameterGroup]) throws -> any Optimizer) throws -> any GradientSynchronizer {
+        guard let group = dataParallelGroup, group.size > 1 else { return LocalGradients(module: module, optimizer: try makeOptimizer(module, false)) }
         if settings.zeroStage == 0 {
             return try DataParallelSynchronizer(module: module, group: group, options: effectiveDataParallelOptions, timeline: timeline, makeOptimizer: makeOptimizer)
         }
@@ -158,13 +158,13 @@ public struct ParallelPlan: Sendable {
     /// Shapes `model` for this rank and builds its step schedule and synchronizer (collective over `world`;
     /// nil: one process, one rank).
     public func build(model: any LanguageModel, world: (any ProcessGroup)?, weightDecay: Float, timeline: Timeline? = nil,
-                      makeOptimizer: (Module, _ externalGradients: Bool) -> any Optimizer,
-                      makeShardOptimizer: ([ParameterGroup]) -> any Optimizer) throws -> ParallelRuntime {
+                      makeOptimizer: (Module, _ externalGradients: Bool) throws -> any Optimizer,
+                      makeShardOptimizer: ([ParameterGroup]) throws -> any Optimizer) throws -> ParallelRuntime {
         guard let world, world.size > 1 else {
             let schedule = AccumulationSchedule(model: model, microBatches: settings.microBatches, timeline: timeline)
             let synchronizer = try makeSynchronizer(module: model, dataParallelGroup: nil, weightDecay: weightDecay, timeline: timeline,
                                                     makeOptimizer: makeOptimizer, makeShardOptimizer: makeShardOptimizer)
-            return ParallelRuntime(schedule: schedule, synchronizer: synchronizer, mesh: mesh, world: world, parameterDType: settings.dataParallel.parameterDType)
+            return try ParallelRuntime(schedule: schedule, synchronizer: synchronizer, mesh: mesh, world: world, parameterDType: settings.dataParallel.parameterDType)
         }
         try mesh.checkWorldSize(world.size)
         let groups = try mesh.groups(of: world)
@@ -179,7 +179,7 @@ public struct ParallelPlan: Sendable {
         }
         let synchronizer = try makeSynchronizer(module: schedule.module, dataParallelGroup: groups.dp, weightDecay: weightDecay, timeline: timeline,
                                                 makeOptimizer: makeOptimizer, makeShardOptimizer: makeShardOptimizer)
-        return ParallelRuntime(schedule: schedule, synchronizer: synchronizer, mesh: mesh, world: world, tensorParallel: tensorParallel,
+        return try ParallelRuntime(schedule: schedule, synchronizer: synchronizer, mesh: mesh, world: world, tensorParallel: tensorParallel,
                                parameterDType: settings.dataParallel.parameterDType)
     }
 }

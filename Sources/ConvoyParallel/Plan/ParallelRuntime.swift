@@ -23,9 +23,9 @@ public final class ParallelRuntime {
     /// `parameterDType`: the element type the parameters compute in (``DataParallelOptions/parameterDType``):
     /// with bfloat16, every parameter computes with its fp32 master rounded to bf16.
     public init(schedule: any StepSchedule, synchronizer: any GradientSynchronizer, mesh: DeviceMesh, world: (any ProcessGroup)?,
-                tensorParallel: TensorParallelism? = nil, parameterDType: DType = .float32) {
+                tensorParallel: TensorParallelism? = nil, parameterDType: DType = .float32) throws {
         if parameterDType == .bfloat16, let replicated = synchronizer as? any ReplicatedGradients {
-            computeCopies = BFloat16ComputeCopies(parameters: replicated.module.parameters)
+            computeCopies = try BFloat16ComputeCopies(parameters: replicated.module.parameters)
         } else {
             computeCopies = nil
         }

@@ -86,7 +86,7 @@ public final class DistributedOptimizer {
     /// replicas start identical. `makeOptimizer` receives the shard slices grouped like
     /// ``ConvoyNN/ParameterGroup/decayingMatrices(of:weightDecay:)`` (slices of matrices decay, others not).
     public init(module: Module, group: any ProcessGroup, stage: Int, options: DataParallelOptions = DataParallelOptions(), weightDecay: Float,
-                makeOptimizer: ([ParameterGroup]) -> any Optimizer) throws {
+                makeOptimizer: ([ParameterGroup]) throws -> any Optimizer) throws {
         guard (1...3).contains(stage) else {
             throw ConvoyError.invalidConfiguration("zero_stage \(stage) is not a distributed-optimizer stage; use 1, 2 or 3 (0 is plain data parallelism)")
         }
@@ -103,9 +103,9 @@ public final class DistributedOptimizer {
                                         keepsFullGradients: stage == 1,
                                         keepsFullParameters: stage < 3, bucketAssignment: units?.buckets)
         let layout = buffer
-        sharded = units.map { ShardedParameters(buffer: layout, layers: $0.layers, module: module, group: group, reshardAfterForward: options.reshardAfterForward) }
+        sharded = try units.map { try ShardedParameters(buffer: layout, layers: $0.layers, module: module, group: group, reshardAfterForward: options.reshardAfterForward) }
         let shardElements = stage >= 2 ? buffer.shardElementCount : 0
-        gradientShard = TensorAllocator.withCategory(.gradients) { Tensor.zeros([shardElements]) }
+        gradientShard = try TensorAllocator.withCategory(.gradients) { try Tensor.zeros([shardElements], for: "this rank's ZeRO gradient shard") }
         let offsets = buffer.shardOffsets
         shardOffsets = offsets
         staging = Array(repeating: nil, count: buffer.buckets.count)
@@ -120,7 +120,7 @@ public final class DistributedOptimizer {
         incoming = Array(repeating: nil, count: buffer.bucketGroups.count)
         if stage < 3 && buffer.parameterDType == .bfloat16 {
             let masterCount = buffer.shardElementCount
-            masterShard = TensorAllocator.withCategory(.parameters) { Tensor.zeros([masterCount]) }
+            masterShard = try TensorAllocator.withCategory(.parameters) { try Tensor.zeros([masterCount], for: "this rank's fp32 master-weight shard") }
         } else {
             masterShard = nil
         }
@@ -145,7 +145,7 @@ public final class DistributedOptimizer {
             slices.append((values, slice.parameter, name, slice.parameterRange))
         }
         shardSlices = slices
-        shardOptimizer = makeOptimizer([ParameterGroup(decaying, weightDecay: weightDecay), ParameterGroup(plain, weightDecay: 0)])
+        shardOptimizer = try makeOptimizer([ParameterGroup(decaying, weightDecay: weightDecay), ParameterGroup(plain, weightDecay: 0)])
         if overlapParamGather && stage < 3 {
             // Each layer that owns parameters waits, at the start of its forward, for its buckets' groups only.
             for layer in module.allModules where !layer.localParameters.isEmpty {

@@ -172,7 +172,7 @@ public final class ParamAndGradBuffer {
         // The one flat-buffer packing (ConvoyNN's FlatParameterBuffer) copies and rebinds the parameters and
         // makes the gradients views, at the bucket layout's offsets. Its buffers are zero-filled, so the padding
         // starts (and, never being viewed, stays) zero.
-        packing = FlatParameterBuffer(ordered.map(\.parameter), gradientLayout: keepsFullGradients ? .flat : .external,
+        packing = try FlatParameterBuffer(ordered.map(\.parameter), gradientLayout: keepsFullGradients ? .flat : .external,
                                       placement: keepsFullParameters ? .packed : .inPlace, layout: (ranges.map(\.lowerBound), total))
         // ZeRO-2/3 keep only a shard of the gradients and ZeRO-3 only a shard of the parameters: their full
         // buffers are empty.

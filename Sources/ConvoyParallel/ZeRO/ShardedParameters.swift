@@ -97,14 +97,14 @@ final class ShardedParameters {
 
     /// Moves the (replicated, equal on every rank) parameters of `buffer` into per-bucket storages and keeps
     /// this rank's shard; `layers[b]` is the repeated layer of bucket `b`, nil for the root bucket.
-    init(buffer: ParamAndGradBuffer, layers: [Module?], module: Module, group: any ProcessGroup, reshardAfterForward: Bool) {
+    init(buffer: ParamAndGradBuffer, layers: [Module?], module: Module, group: any ProcessGroup, reshardAfterForward: Bool) throws {
         self.group = group
         self.buffer = buffer
         self.reshardAfterForward = reshardAfterForward
         gathersBFloat16 = buffer.parameterDType == .bfloat16
         let offsets = buffer.shardOffsets
         shardOffsets = offsets
-        shard = TensorAllocator.withCategory(.parameters) { Tensor.zeros([buffer.shardElementCount]) }
+        shard = try TensorAllocator.withCategory(.parameters) { try Tensor.zeros([buffer.shardElementCount], for: "this rank's ZeRO-3 parameter shard") }
         let storages = buffer.buckets.map { bucket in
             TensorAllocator.withCategory(.parameters) { TensorStorage(zeroedDType: .float32, count: bucket.range.count) }
         }

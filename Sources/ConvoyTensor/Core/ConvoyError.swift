@@ -10,6 +10,8 @@ public enum ConvoyError: Error, CustomStringConvertible, Equatable, Sendable {
     case io(String)
     /// A tensor operation was given arguments it cannot handle.
     case invalidArgument(String)
+    /// The system refused memory (how much, for what, what to change).
+    case outOfMemory(String)
 
     public var description: String {
         switch self {
@@ -18,6 +20,7 @@ public enum ConvoyError: Error, CustomStringConvertible, Equatable, Sendable {
         case .incompatible(let message): return "incompatible: \(message)"
         case .io(let message): return "I/O error: \(message)"
         case .invalidArgument(let message): return "invalid argument: \(message)"
+        case .outOfMemory(let message): return "out of memory: \(message)"
         }
     }
 }

@@ -6,6 +6,13 @@ extension Tensor {
         return tensor
     }
 
+    /// A Float32 tensor filled with zeros, for state that lives as long as a run (parameter, gradient and
+    /// optimizer buffers): throws ``ConvoyError/outOfMemory(_:)``, naming `purpose`, when the system refuses
+    /// the memory, rather than stopping the process as an operator's allocation must.
+    public static func zeros(_ shape: [Int], for purpose: String) throws -> Tensor {
+        Tensor(storage: try TensorStorage(zeroedDType: .float32, count: Shape.count(shape), for: purpose), shape: shape)
+    }
+
     /// A Float32 tensor filled with `value`.
     public static func full(_ shape: [Int], value: Float, requiresGrad: Bool = false) -> Tensor {
         let tensor = Tensor(uninitializedShape: shape)

@@ -70,10 +70,12 @@ public final class TensorAllocator: Sendable {
 
     private let state = Mutex(State())
 
-    /// Called with a one-line message when the system refuses memory, before the process stops. An allocation
-    /// deep inside an operator cannot throw to its caller, so the program installs a handler that reports the
-    /// message as an error and ends the run (the CLI prints it and, under MPI, aborts the whole job); without
-    /// one the process traps. Runs that cannot fit are normally refused earlier, by the plan's memory estimate.
+    /// Called with a one-line message when the system refuses memory to ``allocate(bytes:tag:)``, before the
+    /// process stops. An allocation deep inside an operator cannot throw to its caller, so the program installs
+    /// a handler that reports the message as an error and ends the run (the CLI prints it and, under MPI,
+    /// aborts the whole job); without one the process traps. The long-lived state of a run (flat parameter and
+    /// gradient buffers, optimizer state, ZeRO shards) is allocated through ``allocateOrThrow(bytes:tag:)``
+    /// instead, and runs that cannot fit are normally refused before either, by the plan's memory estimate.
     public static let allocationFailureHandler = Mutex<(@Sendable (String) -> Void)?>(nil)
     /// Cached free bytes beyond this are returned to the system.
     private let cacheLimitBytes: Int
@@ -89,8 +91,37 @@ public final class TensorAllocator: Sendable {
         return (minimum + unit - 1) / unit * unit
     }
 
-    /// Allocates `bytes` bytes aligned to 64, counted under `tag`; the contents are undefined.
+    /// Allocates `bytes` bytes aligned to 64, counted under `tag`; the contents are undefined. When the system
+    /// refuses, the ``allocationFailureHandler`` reports it and the process stops.
     public func allocate(bytes: Int, tag: MemoryTag = TensorAllocator.tag) -> (pointer: UnsafeMutableRawPointer, capacity: Int) {
+        switch allocateIfPossible(bytes: bytes, tag: tag) {
+        case .success(let block):
+            return block
+        case .failure(let error):
+            let message = "Convoy could not allocate \(error.size) bytes for a tensor (\(error.reason)); the machine is out of memory for this run: make the model or --batch smaller, or shard it (--zero-stage, --pp)"
+            Self.allocationFailureHandler.withLock { $0 }?(message)
+            fatalError(message)
+        }
+    }
+
+    /// Allocates like ``allocate(bytes:tag:)`` but throws ``ConvoyError/outOfMemory(_:)`` when the system
+    /// refuses, naming `purpose` ("the AdamW moments") in the message.
+    public func allocateOrThrow(bytes: Int, for purpose: String, tag: MemoryTag = TensorAllocator.tag) throws -> (pointer: UnsafeMutableRawPointer, capacity: Int) {
+        switch allocateIfPossible(bytes: bytes, tag: tag) {
+        case .success(let block):
+            return block
+        case .failure(let error):
+            throw ConvoyError.outOfMemory("Convoy could not allocate \(error.size) bytes for \(purpose) (\(error.reason)): make the model or --batch smaller, or shard it (--zero-stage, --pp)")
+        }
+    }
+
+    /// Why the system refused a block: its rounded size and `strerror`'s text.
+    struct Refusal: Error {
+        var size: Int
+        var reason: String
+    }
+
+    private func allocateIfPossible(bytes: Int, tag: MemoryTag) -> Result<(pointer: UnsafeMutableRawPointer, capacity: Int), Refusal> {
         let size = Self.roundedSize(bytes)
         let reused: UInt? = state.withLock { state in
             state.liveBytes += size
@@ -104,15 +135,19 @@ public final class TensorAllocator: Sendable {
             }
             return nil
         }
-        if let reused, let pointer = UnsafeMutableRawPointer(bitPattern: reused) { return (pointer, size) }
+        if let reused, let pointer = UnsafeMutableRawPointer(bitPattern: reused) { return .success((pointer, size)) }
         var raw: UnsafeMutableRawPointer?
         let status = posix_memalign(&raw, 64, size)
         guard status == 0, let raw else {
-            let message = "Convoy could not allocate \(size) bytes for a tensor (\(String(cString: strerror(status)))); the machine is out of memory for this run: make the model or --batch smaller, or shard it (--zero-stage, --pp)"
-            Self.allocationFailureHandler.withLock { $0 }?(message)
-            fatalError(message)
+            // Nothing was handed out: undo the accounting done above.
+            state.withLock { state in
+                state.liveBytes -= size
+                state.liveBytesByTag[tag, default: 0] -= size
+                state.allocationCount -= 1
+            }
+            return .failure(Refusal(size: size, reason: String(cString: strerror(status))))
         }
-        return (raw, size)
+        return .success((raw, size))
     }
 
     /// Returns a block obtained from ``allocate(bytes:tag:)`` with the same tag.

@@ -38,6 +38,18 @@ public final class TensorStorage: @unchecked Sendable {
         pointer.initializeMemory(as: UInt8.self, repeating: 0, count: count * dtype.byteSize)
     }
 
+    /// Allocates storage for `count` elements set to zero, throwing ``ConvoyError/outOfMemory(_:)`` (naming
+    /// `purpose`) when the system refuses the memory.
+    public init(zeroedDType dtype: DType, count: Int, for purpose: String) throws {
+        self.dtype = dtype
+        self.count = count
+        tag = TensorAllocator.tag
+        let block = try TensorAllocator.shared.allocateOrThrow(bytes: count * dtype.byteSize, for: purpose, tag: tag)
+        pointer = block.pointer
+        capacity = block.capacity
+        pointer.initializeMemory(as: UInt8.self, repeating: 0, count: count * dtype.byteSize)
+    }
+
     deinit {
         if isReleased {
             munmap(pointer, capacity)

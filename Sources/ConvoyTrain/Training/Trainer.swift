@@ -81,8 +81,8 @@ public final class Trainer {
         model = try configuration.makeModel()
         let ranks = group?.size ?? 1, dp = plan.dataParallelSize
         runtime = try plan.build(model: model, world: group, weightDecay: Float(configuration.weightDecay), timeline: timeline,
-                                 makeOptimizer: { configuration.makeOptimizer(for: $0, ranks: ranks, externalGradients: $1) },
-                                 makeShardOptimizer: { configuration.makeShardOptimizer($0, dataParallelSize: dp) })
+                                 makeOptimizer: { try configuration.makeOptimizer(for: $0, ranks: ranks, externalGradients: $1) },
+                                 makeShardOptimizer: { try configuration.makeShardOptimizer($0, dataParallelSize: dp) })
         schedule = configuration.learningRateSchedule
         lossScaler = LossScaler(try LossScaling(parsing: configuration.lossScale))
         self.display = (group?.rank ?? 0) == 0 ? display : nil

@@ -218,29 +218,29 @@ public struct TrainingConfiguration: Sendable, Equatable {
     /// The optimizer over a model's parameters (matrices decay, biases and norms do not): the flat-buffer
     /// (fused) kind when `parallel.ddp.fuse_optimizer` says so for `ranks` ranks. `externalGradients`: the
     /// gradients are views owned by data parallelism's fused buffer, which the fused optimizer then reads.
-    public func makeOptimizer(for model: Module, ranks: Int = 1, externalGradients: Bool = false) -> any Optimizer {
+    public func makeOptimizer(for model: Module, ranks: Int = 1, externalGradients: Bool = false) throws -> any Optimizer {
         let groups = ParameterGroup.decayingMatrices(of: model, weightDecay: Float(weightDecay))
         guard ddp.fuseOptimizer.isEnabled(ranks: ranks) else { return makePerTensorOptimizer(groups) }
-        return makeFusedOptimizer(groups, gradientLayout: externalGradients ? .external : .flat, placement: .packed)
+        return try makeFusedOptimizer(groups, gradientLayout: externalGradients ? .external : .flat, placement: .packed)
     }
 
     /// The optimizer a ZeRO stage runs over its shard slices (views into its parameter and gradient buffers,
     /// grouped so matrix slices decay): the flat-buffer kind when `parallel.ddp.fuse_optimizer` says so for
     /// `dataParallelSize` ranks, updating the slices in place — they must stay where ZeRO's collectives read them.
-    public func makeShardOptimizer(_ groups: [ParameterGroup], dataParallelSize: Int) -> any Optimizer {
+    public func makeShardOptimizer(_ groups: [ParameterGroup], dataParallelSize: Int) throws -> any Optimizer {
         guard ddp.fuseOptimizer.isEnabled(ranks: dataParallelSize) else { return makePerTensorOptimizer(groups) }
-        return makeFusedOptimizer(groups, gradientLayout: .external, placement: .inPlace)
+        return try makeFusedOptimizer(groups, gradientLayout: .external, placement: .inPlace)
     }
 
     private func makeFusedOptimizer(_ groups: [ParameterGroup], gradientLayout: FlatParameterBuffer.GradientLayout,
-                                    placement: FlatParameterBuffer.Placement) -> any Optimizer {
+                                    placement: FlatParameterBuffer.Placement) throws -> any Optimizer {
         let lr = Float(learningRate), b1 = Float(beta1), b2 = Float(beta2), m = Float(momentum)
         switch optimizer {
-        case "sgd": return FusedSGD(groups, learningRate: lr, momentum: 0, gradientLayout: gradientLayout, placement: placement)
-        case "momentum": return FusedSGD(groups, learningRate: lr, momentum: m, gradientLayout: gradientLayout, placement: placement)
-        case "nesterov": return FusedSGD(groups, learningRate: lr, momentum: m, nesterov: true, gradientLayout: gradientLayout, placement: placement)
-        case "adam": return FusedAdam(groups, learningRate: lr, beta1: b1, beta2: b2, gradientLayout: gradientLayout, placement: placement)
-        default: return FusedAdam.adamW(groups, learningRate: lr, beta1: b1, beta2: b2, weightDecay: Float(weightDecay),
+        case "sgd": return try FusedSGD(groups, learningRate: lr, momentum: 0, gradientLayout: gradientLayout, placement: placement)
+        case "momentum": return try FusedSGD(groups, learningRate: lr, momentum: m, gradientLayout: gradientLayout, placement: placement)
+        case "nesterov": return try FusedSGD(groups, learningRate: lr, momentum: m, nesterov: true, gradientLayout: gradientLayout, placement: placement)
+        case "adam": return try FusedAdam(groups, learningRate: lr, beta1: b1, beta2: b2, gradientLayout: gradientLayout, placement: placement)
+        default: return try FusedAdam.adamW(groups, learningRate: lr, beta1: b1, beta2: b2, weightDecay: Float(weightDecay),
                                         gradientLayout: gradientLayout, placement: placement)
         }
     }
