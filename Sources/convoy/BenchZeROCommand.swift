@@ -24,7 +24,7 @@ struct BenchZeROCommand: ParsableCommand {
     @Option(name: .customLong("buckets-per-group"), help: "ZeRO: consecutive buckets reduced (and gathered) by one collective.") var bucketsPerGroup: Int = 1
     @Option(help: "Compute precision: fp32, or bf16 (bf16 GEMM operands; every parameter computes with its fp32 master rounded to bf16, so ZeRO gathers bf16).")
     var precision: String = "fp32"
-    @Option(name: .customLong("grad-reduce-dtype"), help: "Element type gradients are reduced in during the run: fp32 or bf16.") var gradReduceDType: String = "fp32"
+    @OptionGroup var gradientReduce: GradientReduceOptions
     @Option(help: "Rounds of the gradient-reduction timing (fp32 and bf16 alternately, after the run).") var rounds: Int = 5
     @Flag(help: "End with one JSON line of the results.") var json = false
 
@@ -37,7 +37,6 @@ struct BenchZeROCommand: ParsableCommand {
         guard bucketCapMB > 0, bucketsPerGroup >= 1 else { throw ValidationError("--bucket-cap-mb must be positive and --buckets-per-group at least 1") }
         guard FusionChoice(rawValue: fuseOptimizer) != nil else { throw ValidationError("--fuse-optimizer must be auto, on or off, got \(fuseOptimizer)") }
         guard ["fp32", "bf16"].contains(precision) else { throw ValidationError("--precision must be fp32 or bf16, got \(precision)") }
-        guard ["fp32", "bf16"].contains(gradReduceDType) else { throw ValidationError("--grad-reduce-dtype must be fp32 or bf16, got \(gradReduceDType)") }
         for (name, value) in [("--batch-per-rank", batchPerRank), ("--steps", steps), ("--rounds", rounds)] where value <= 0 {
             throw ValidationError("\(name) must be positive, got \(value)")
         }
@@ -127,7 +126,7 @@ struct BenchZeROCommand: ParsableCommand {
         chosen.bucketCapMB = bucketCapMB
         chosen.bucketsPerGroup = bucketsPerGroup
         chosen.parameterDType = Self.dtype(precision)
-        chosen.gradientReduceDType = Self.dtype(gradReduceDType)
+        chosen.gradientReduceDType = try gradientReduce.elementType()
         let options = chosen
         let computePrecision = Self.dtype(precision)
         let results = try LocalWorld.run(size: dp, threadsPerRank: 1) { local -> (Double, (Int, Int, Int), Int, (Double, Double)?, (Int, Int), ReductionTimes) in
@@ -224,7 +223,7 @@ struct BenchZeROCommand: ParsableCommand {
         }
         print(String(format: "rank 0 per step: parameter all-gathers %d B (%.3f B per parameter; %@ compute copies), gradient reductions %d B (%@)",
                      measured.gatherBytesPerStep, Double(measured.gatherBytesPerStep) / Double(parameterCount), precision,
-                     measured.reductionBytesPerStep, gradReduceDType))
+                     measured.reductionBytesPerStep, gradientReduce.name))
         let reduction = measured.reductionMilliseconds
         func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
         let ratios = zip(reduction.fp32, reduction.bf16).map { $0.total / $1.total }
@@ -234,7 +233,7 @@ struct BenchZeROCommand: ParsableCommand {
                      median(reduction.bf16.map(\.total)), median(reduction.bf16.map(\.collective)),
                      ratios.map { String(format: "%.2f", $0) }.joined(separator: " "), collectiveRatios.map { String(format: "%.2f", $0) }.joined(separator: " ")))
         if json {
-            var object: [String: Any] = ["precision": precision, "grad_reduce_dtype": gradReduceDType,
+            var object: [String: Any] = ["precision": precision, "grad_reduce_dtype": gradientReduce.name,
                                          "gather_bytes_per_step": measured.gatherBytesPerStep, "reduction_bytes_per_step": measured.reductionBytesPerStep,
                                          "reduction_ms_fp32": reduction.fp32.map(\.total), "reduction_ms_bf16": reduction.bf16.map(\.total),
                                          "collective_ms_fp32": reduction.fp32.map(\.collective), "collective_ms_bf16": reduction.bf16.map(\.collective),

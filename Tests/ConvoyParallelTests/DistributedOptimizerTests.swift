@@ -149,11 +149,11 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
             try model.loss(data.inputs.flatMap { $0 }, targets: data.targets.flatMap { $0 }, batch: 4, time: 8).backward()
             try zero.finishBackward()
             try zero.finishGradientSynchronization()
-            let reduceScatters = group.counts.reduceScatters
+            let reduceScatters = group.records.filter { $0.kind == .reduceScatter }.count
             group.reset()
             try zero.step()
             try zero.waitForParameters()
-            return (zero.groupLayouts.count, zero.buffer.buckets.count, reduceScatters, group.counts.allGathers)
+            return (zero.groupLayouts.count, zero.buffer.buckets.count, reduceScatters, group.records.filter { $0.kind == .allGather }.count)
         }
         for count in counts {
             #expect(count.buckets > count.groups && count.groups == (count.buckets + 1) / 2, "\(count.buckets) buckets in pairs")
@@ -171,7 +171,7 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
     func bf16ComputeCopiesGatherHalfTheBytes(stage: Int) throws {
         func run(_ parameterDType: DType) throws -> [(gathers: Int, bytes: Int, forwardsSawCopies: Bool, mastersAreRounded: Bool)] {
             try LocalWorld.run(size: 2, threadsPerRank: 1) { local in
-                let group = ConvoyComm.CountingProcessGroup(local)
+                let group = CountingProcessGroup(local)
                 let model = try GPT(dpConfiguration, seed: 3)
                 var options = DataParallelOptions()
                 options.firstBucketCapMB = 0.002
@@ -416,39 +416,6 @@ enum ShardOptimizerKind: String, CaseIterable, Sendable {
             #expect(abs(ratio - 1) <= 0.02, "stage \(stage) dp \(ranks) fused \(fusedShardOptimizer): measured \(result.measured) B vs formula \(plan.totalBytes) B")
         }
     }
-}
-
-/// A process group that counts the reduce-scatters and all-gathers launched through it.
-final class CountingProcessGroup: ProcessGroup, @unchecked Sendable {
-    private let inner: any ProcessGroup
-    private let lock = NSLock()
-    private var launched = (reduceScatters: 0, allGathers: 0)
-
-    init(_ inner: any ProcessGroup) { self.inner = inner }
-
-    var counts: (reduceScatters: Int, allGathers: Int) { lock.withLock { launched } }
-    func reset() { lock.withLock { launched = (0, 0) } }
-
-    var rank: Int { inner.rank }
-    var size: Int { inner.size }
-    var name: String { inner.name }
-    var worldRanks: [Int] { inner.worldRanks }
-
-    func allReduceAsync(_ buffer: CommunicationBuffer, operation: ReduceOperation) -> Work { inner.allReduceAsync(buffer, operation: operation) }
-    func reduceScatterAsync(input: CommunicationBuffer, output: CommunicationBuffer, operation: ReduceOperation) -> Work {
-        lock.withLock { launched.reduceScatters += 1 }
-        return inner.reduceScatterAsync(input: input, output: output, operation: operation)
-    }
-    func allGatherAsync(input: CommunicationBuffer, output: CommunicationBuffer) -> Work {
-        lock.withLock { launched.allGathers += 1 }
-        return inner.allGatherAsync(input: input, output: output)
-    }
-    func broadcastAsync(_ buffer: CommunicationBuffer, root: Int) -> Work { inner.broadcastAsync(buffer, root: root) }
-    func sendAsync(_ buffer: CommunicationBuffer, to destination: Int, tag: Int) -> Work { inner.sendAsync(buffer, to: destination, tag: tag) }
-    func receiveAsync(_ buffer: CommunicationBuffer, from source: Int, tag: Int) -> Work { inner.receiveAsync(buffer, from: source, tag: tag) }
-    func barrierAsync() -> Work { inner.barrierAsync() }
-    func probeAsync(tag: Int, dtype: DType) -> Work { inner.probeAsync(tag: tag, dtype: dtype) }
-    func split(color: Int, key: Int, name: String?) throws -> (any ProcessGroup)? { try inner.split(color: color, key: key, name: name) }
 }
 
 /// Booleans appended from hooks (which may run on a rank's compute threads).

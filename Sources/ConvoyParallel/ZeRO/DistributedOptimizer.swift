@@ -215,6 +215,18 @@ public final class DistributedOptimizer {
         groupLayouts[index].buckets.map { full.floatPointer + buffer.buckets[$0].range.lowerBound }
     }
 
+    /// Where an fp32 all-gather of group `index`'s parameters lands: a single bucket straight into its range of the
+    /// parameter buffer (`output` nil); several buckets into a transient rank-major `output`, which
+    /// ``placeGathered(_:group:)`` puts back into the buckets once the gather is complete.
+    private func fullPrecisionGatherDestination(group index: Int) -> (destination: CommunicationBuffer, output: Tensor?) {
+        let layout = groupLayouts[index]
+        guard layout.isSingleBucket else {
+            let output = Tensor(uninitializedShape: [layout.totalCount])
+            return (CommunicationBuffer(output), output)
+        }
+        return (CommunicationBuffer(buffer.parameterBuffer).slice(buffer.buckets[layout.buckets[0]].range), nil)
+    }
+
     /// Parameter all-gathers (one per bucket group) launched by the last step and not yet waited for.
     public var pendingParameterGathers: Int { pendingGathers.count }
 
@@ -239,8 +251,7 @@ public final class DistributedOptimizer {
             for (index, layout) in groupLayouts.enumerated() {
                 let first = shardOffsets[layout.buckets[0]]
                 let input = CommunicationBuffer(masterShard).slice(first..<(first + layout.shardCount))
-                let output = layout.isSingleBucket ? nil : Tensor(uninitializedShape: [layout.totalCount])
-                let destination = output.map { CommunicationBuffer($0) } ?? CommunicationBuffer(buffer.parameterBuffer).slice(buffer.buckets[layout.buckets[0]].range)
+                let (destination, output) = fullPrecisionGatherDestination(group: index)
                 try group.allGatherAsync(input: input, output: destination).wait()
                 if let output { placeGathered(output, group: index) }
             }
@@ -423,8 +434,7 @@ public final class DistributedOptimizer {
             // a transient buffer and is put back into the buckets when waited for.
             let staged = Tensor(uninitializedShape: [layout.shardCount])
             layout.packShards(of: group.rank, from: bucketStarts(in: parameters, group: index).map { UnsafePointer($0) }, into: staged.floatPointer)
-            let output = layout.isSingleBucket ? nil : Tensor(uninitializedShape: [layout.totalCount])
-            let destination = output.map { CommunicationBuffer($0) } ?? CommunicationBuffer(parameters).slice(buffer.buckets[layout.buckets[0]].range)
+            let (destination, output) = fullPrecisionGatherDestination(group: index)
             pendingGathers[index] = (group.allGatherAsync(input: CommunicationBuffer(staged), output: destination), staged, output)
         }
         if !overlapParamGather { try waitForParameters() }

@@ -60,6 +60,24 @@ public final class Timeline: Sendable {
         return total == 0 ? 0 : Double(hidden) / Double(total)
     }
 
+    /// Nanoseconds during which rank `rank` had at least one span of `category` open: the union of those spans, so
+    /// concurrent ones (several all-reduces in flight) count once.
+    public func coveredNanoseconds(category: String, rank: Int) -> UInt64 {
+        let intervals = allSpans.filter { $0.category == category && $0.rank == rank }.map { ($0.start, $0.end) }.sorted { $0.0 < $1.0 }
+        var covered: UInt64 = 0
+        var open: (start: UInt64, end: UInt64)?
+        for (start, end) in intervals {
+            if let current = open, start <= current.end {
+                open = (current.start, Swift.max(current.end, end))
+            } else {
+                if let current = open { covered += current.end - current.start }
+                open = (start, end)
+            }
+        }
+        if let current = open { covered += current.end - current.start }
+        return covered
+    }
+
     /// The spans as Chrome trace JSON (the format chrome://tracing and Perfetto open): one process per rank,
     /// one thread per lane, complete ("X") events in microseconds.
     public func chromeTraceJSON() -> Data {
