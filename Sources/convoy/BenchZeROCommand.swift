@@ -200,7 +200,7 @@ struct BenchZeROCommand: ParsableCommand {
 
     func run() throws {
         let parameterCount = shape.configuration.parameterCount
-        let plan = try ZeROMemoryPlan(parameterCount: parameterCount, dataParallelSize: dp, stage: zeroStage, optimizer: .adamW)
+        let plan = try ZeROMemoryPlan(parameterCount: parameterCount, dataParallelSize: dp, stage: zeroStage, optimizer: .adamW, parameterDType: Self.dtype(precision))
         let measured = try measure(stage: zeroStage)
         let baseline = zeroStage == 0 ? measured : try measure(stage: 0)
         let worst = measured.bytes.map { $0.0 + $0.1 + $0.2 }.max()!
@@ -237,7 +237,7 @@ struct BenchZeROCommand: ParsableCommand {
                                          "gather_bytes_per_step": measured.gatherBytesPerStep, "reduction_bytes_per_step": measured.reductionBytesPerStep,
                                          "reduction_ms_fp32": reduction.fp32.map(\.total), "reduction_ms_bf16": reduction.bf16.map(\.total),
                                          "collective_ms_fp32": reduction.fp32.map(\.collective), "collective_ms_bf16": reduction.bf16.map(\.collective),
-                                         "reduction_fp32_over_bf16_median": median(ratios), "collective_fp32_over_bf16_median": median(collectiveRatios),"zero_stage": zeroStage, "dp": dp, "state_bytes_measured": worst, "state_bytes_formula": plan.totalBytes,
+                                         "reduction_fp32_over_bf16_median": median(ratios), "collective_fp32_over_bf16_median": median(collectiveRatios), "zero_stage": zeroStage, "dp": dp, "state_bytes_measured": worst, "state_bytes_formula": plan.totalBytes,
                                          "tokens_per_s": measured.tokensPerSecond, "tokens_per_s_stage0": baseline.tokensPerSecond,
                                          "measured_over_formula": ratio, "peak_gathered_parameter_bytes": measured.peakGatheredBytes,
                                          "fused_optimizer": fused, "buckets_per_group": bucketsPerGroup, "bucket_cap_mb": bucketCapMB]

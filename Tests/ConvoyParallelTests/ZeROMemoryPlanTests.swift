@@ -36,6 +36,19 @@ private let gptMiniParameters = 10_844_160
         #expect(parts[3] == [4 * psi / n, 4 * psi / n, 8 * psi / n])
     }
 
+    @Test(arguments: [1, 2, 4])
+    func bf16ComputeCopiesAddTheSeparateFP32Masters(dp n: Int) throws {
+        // Masters apart from the parameters: a replicated side buffer at stage 0, a shard at stages 1–2, and
+        // none at stage 3, whose parameter shard is itself the master.
+        let psi = gptMiniParameters
+        let expected = [20 * psi, 8 * psi + 12 * psi / n, 4 * psi + 16 * psi / n, 16 * psi / n]
+        let plans = try (0...3).map { try ZeROMemoryPlan(parameterCount: psi, dataParallelSize: n, stage: $0, parameterDType: .bfloat16) }
+        #expect(plans.map(\.totalBytes) == expected)
+        #expect(plans.map(\.masterBytes) == [4 * psi, 4 * psi / n, 4 * psi / n, 0])
+        #expect(plans.map(\.formula) == ["20Ψ", "8Ψ + 12Ψ/N", "4Ψ + 16Ψ/N", "16Ψ/N"])
+        #expect(try ZeROMemoryPlan(parameterCount: psi, dataParallelSize: n, stage: 2).masterBytes == 0, "fp32 keeps no separate masters")
+    }
+
     @Test func formulaStrings() throws {
         let adam = try ZeROMemoryPlan.allStages(parameterCount: 100, dataParallelSize: 2).map(\.formula)
         #expect(adam == ["16Ψ", "8Ψ + 8Ψ/N", "4Ψ + 12Ψ/N", "16Ψ/N"])

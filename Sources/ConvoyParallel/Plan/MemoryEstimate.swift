@@ -42,11 +42,9 @@ public struct MemoryEstimate: Sendable, Equatable {
         case 2: stateBytesPerRank = 4 * parameters + (4 + state) * parameters / n
         default: stateBytesPerRank = (8 + state) * parameters / n
         }
-        // bf16 compute copies keep the fp32 masters apart from the parameters: in one side buffer without ZeRO
-        // (``BFloat16ComputeCopies``), as a master shard at stages 1–2; stage 3's shard is itself the master.
-        if plan.settings.dataParallel.parameterDType == .bfloat16 {
-            stateBytesPerRank += plan.settings.zeroStage == 0 ? 4 * parameters : plan.settings.zeroStage < 3 ? 4 * parameters / n : 0
-        }
+        // bf16 compute copies keep the fp32 masters apart from the parameters.
+        stateBytesPerRank += parameters * ZeROMemoryPlan.masterBytesPerParameter(
+            stage: plan.settings.zeroStage, dataParallelSize: plan.mesh.dp, parameterDType: plan.settings.dataParallel.parameterDType)
         let perLayer = 2 * (34 * t * b * d + 5 * a * t * t * b)
         activationBytesPerRank = layersPerRank * perLayer + 2 * 4 * t * b * v
         self.ranksInProcess = max(ranksInProcess, 1)

@@ -58,6 +58,8 @@ public struct ZeROMemoryPlan: Sendable, Equatable {
     public let stage: Int
     /// The optimizer whose state is counted.
     public let optimizer: OptimizerKind
+    /// The element type parameters compute in (bfloat16: fp32 masters kept apart, ``masterBytes``).
+    public let parameterDType: DType
 
     /// Parameter bytes on each rank.
     public let parameterBytes: Int
@@ -65,9 +67,20 @@ public struct ZeROMemoryPlan: Sendable, Equatable {
     public let gradientBytes: Int
     /// Optimizer-state bytes on each rank.
     public let optimizerStateBytes: Int
+    /// Bytes of fp32 master weights kept apart from the parameters on each rank: with bf16 compute copies,
+    /// ``masterBytesPerParameter(stage:dataParallelSize:parameterDType:)`` of every parameter; 0 in fp32.
+    public let masterBytes: Int
 
-    /// Parameters, gradients and optimizer state together, per rank.
-    public var totalBytes: Int { parameterBytes + gradientBytes + optimizerStateBytes }
+    /// Parameters, gradients, optimizer state and separate masters together, per rank.
+    public var totalBytes: Int { parameterBytes + gradientBytes + optimizerStateBytes + masterBytes }
+
+    /// Bytes per parameter, on each rank, of the fp32 masters that bf16 compute copies keep apart from the
+    /// parameters: 4 without ZeRO (one side buffer, ``BFloat16ComputeCopies``), 4/N at stages 1–2 (a master
+    /// shard), none at stage 3 (the parameter shard is itself the master) and none in fp32.
+    public static func masterBytesPerParameter(stage: Int, dataParallelSize: Int, parameterDType: DType) -> Double {
+        guard parameterDType == .bfloat16 else { return 0 }
+        return stage == 0 ? 4 : stage < 3 ? 4 / Double(max(dataParallelSize, 1)) : 0
+    }
 
     /// Elements of one rank's shard: ⌈Ψ/N⌉.
     public var shardElementCount: Int { (parameterCount + dataParallelSize - 1) / dataParallelSize }
@@ -76,7 +89,8 @@ public struct ZeROMemoryPlan: Sendable, Equatable {
     ///
     /// - Throws: ``ConvoyError/invalidConfiguration(_:)`` when the stage is outside 0–3, the data-parallel size is
     ///   below 1 or the parameter count is negative.
-    public init(parameterCount: Int, dataParallelSize: Int, stage: Int, optimizer: OptimizerKind = .adamW) throws {
+    /// `parameterDType` bfloat16 adds the separate fp32 masters (``masterBytes``).
+    public init(parameterCount: Int, dataParallelSize: Int, stage: Int, optimizer: OptimizerKind = .adamW, parameterDType: DType = .float32) throws {
         guard Self.stages.contains(stage) else {
             throw ConvoyError.invalidConfiguration(
                 "--zero-stage must be 0, 1, 2 or 3 (0 is plain data parallelism), got \(stage); pick one of those")
@@ -91,11 +105,17 @@ public struct ZeROMemoryPlan: Sendable, Equatable {
         self.dataParallelSize = dataParallelSize
         self.stage = stage
         self.optimizer = optimizer
+        self.parameterDType = parameterDType
         let shard = (parameterCount + dataParallelSize - 1) / dataParallelSize
         func elements(shardedFrom firstShardedStage: Int) -> Int { stage >= firstShardedStage ? shard : parameterCount }
         parameterBytes = elements(shardedFrom: 3) * Self.elementBytes
         gradientBytes = elements(shardedFrom: 2) * Self.elementBytes
         optimizerStateBytes = elements(shardedFrom: 1) * optimizer.stateBytesPerParameter
+        switch Self.masterBytesPerParameter(stage: stage, dataParallelSize: dataParallelSize, parameterDType: parameterDType) {
+        case 0: masterBytes = 0
+        case 4: masterBytes = parameterCount * 4
+        default: masterBytes = shard * 4
+        }
     }
 
     /// Plans every stage, 0 through 3, for the same model, ranks and optimizer.
@@ -106,11 +126,12 @@ public struct ZeROMemoryPlan: Sendable, Equatable {
     /// The formula in Ψ and N this plan follows, e.g. `4Ψ + 12Ψ/N` for Adam at stage 2.
     public var formula: String {
         let state = optimizer.stateBytesPerParameter
+        let masters = parameterDType == .bfloat16 ? Self.elementBytes : 0  // separate fp32 masters, below stage 3
         let replicated: Int, sharded: Int
         switch stage {
-        case 0: (replicated, sharded) = (2 * Self.elementBytes + state, 0)
-        case 1: (replicated, sharded) = (2 * Self.elementBytes, state)
-        case 2: (replicated, sharded) = (Self.elementBytes, Self.elementBytes + state)
+        case 0: (replicated, sharded) = (2 * Self.elementBytes + state + masters, 0)
+        case 1: (replicated, sharded) = (2 * Self.elementBytes, state + masters)
+        case 2: (replicated, sharded) = (Self.elementBytes, Self.elementBytes + state + masters)
         default: (replicated, sharded) = (0, 2 * Self.elementBytes + state)
         }
         let terms = [replicated > 0 ? "\(replicated)Ψ" : nil, sharded > 0 ? "\(sharded)Ψ/N" : nil].compactMap { $0 }
