@@ -35,7 +35,7 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
     /// driver left in flight.
     private var wakeRequested = false
     /// When the last operation was submitted: while that is recent the communication thread naps instead of
-    /// sleeping until signalled (see ``sleepLocked()``).
+    /// sleeping until signalled (see ``sleepLocked(nap:)``).
     private var lastSubmission = ContinuousClock.now
     /// Whether the communication thread sleeps until signalled, so a submission must wake it.
     private var sleepsUntilSignalled = false
@@ -70,6 +70,9 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
     /// How long the communication thread naps while operations keep coming; it then looks for work a
     /// submission left it without being signalled.
     private static let napSeconds = 0.0005
+    /// How long it naps while a waiter drives the group. Each wake-up takes a core from the spinning driver for
+    /// a moment, so these naps are longer; a driver that leaves work in flight signals the thread anyway.
+    private static let napWhileDrivenSeconds = 0.005
     /// How long after the last submission the communication thread stops napping and sleeps until signalled.
     private static let napsFor = Duration.seconds(1)
 
@@ -166,7 +169,7 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
         var lastProgress = ContinuousClock.now
         while true {
             condition.lock()
-            while drivers > 0 && !shuttingDown { sleepLocked() }
+            while drivers > 0 && !shuttingDown { sleepLocked(nap: Self.napWhileDrivenSeconds) }
             let stopping = shuttingDown
             let arrived = wakeRequested
             wakeRequested = false
@@ -196,7 +199,7 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
                 if holdsAbandoned {
                     if !wakeRequested && !shuttingDown && drivers == 0 { _ = condition.wait(until: Date(timeIntervalSinceNow: 0.01)) }
                 } else {
-                    while !wakeRequested && !shuttingDown && drivers == 0 { sleepLocked() }
+                    while !wakeRequested && !shuttingDown && drivers == 0 { sleepLocked(nap: Self.napSeconds) }
                 }
                 condition.unlock()
             }
@@ -204,12 +207,12 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
     }
 
     /// Sleeps on `condition`, which the caller holds, until signalled or, while operations keep being
-    /// submitted, for one nap; the caller then checks again what it waits for. Napping lets a submission skip
+    /// submitted, for one nap of `nap` seconds; the caller then checks again what it waits for. Napping lets a submission skip
     /// the signal (``submit(_:)``); after a second without submissions the thread sleeps until signalled, so
     /// an idle group or a long wait on a late peer costs no CPU.
-    private func sleepLocked() {
+    private func sleepLocked(nap: Double) {
         if ContinuousClock.now - lastSubmission < Self.napsFor {
-            _ = condition.wait(until: Date(timeIntervalSinceNow: Self.napSeconds))
+            _ = condition.wait(until: Date(timeIntervalSinceNow: nap))
         } else {
             sleepsUntilSignalled = true
             condition.wait()
