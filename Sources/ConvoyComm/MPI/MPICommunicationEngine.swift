@@ -35,7 +35,7 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
     /// driver left in flight.
     private var wakeRequested = false
     /// When the last operation was submitted: while that is recent the communication thread naps instead of
-    /// sleeping until signalled (see ``sleepLocked(nap:)``).
+    /// sleeping until signalled (see ``sleepLocked()``).
     private var lastSubmission = ContinuousClock.now
     /// Whether the communication thread sleeps until signalled, so a submission must wake it.
     private var sleepsUntilSignalled = false
@@ -67,12 +67,13 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
 
     /// How long an idle communication thread keeps looking for new work before it sleeps on the queue.
     private static let idleSpinWindow = Duration.microseconds(200)
-    /// How long the communication thread naps while operations keep coming; it then looks for work a
-    /// submission left it without being signalled.
+    /// How long the communication thread naps while operations keep coming (also while a waiter drives the
+    /// group); it then looks for work a submission left it without being signalled. Short on purpose: each
+    /// wake-up takes a core from a spinning driver for a moment (a few percent of a 1 MiB all-reduce over
+    /// shared memory), but naps of 5 ms made a 1 MiB all-reduce across a TCP link between network namespaces
+    /// 5× slower: the frequent timer interrupts are what let the kernel run its deferred network work while
+    /// both cores spin in user space.
     private static let napSeconds = 0.0005
-    /// How long it naps while a waiter drives the group. Each wake-up takes a core from the spinning driver for
-    /// a moment, so these naps are longer; a driver that leaves work in flight signals the thread anyway.
-    private static let napWhileDrivenSeconds = 0.005
     /// How long after the last submission the communication thread stops napping and sleeps until signalled.
     private static let napsFor = Duration.seconds(1)
 
@@ -169,7 +170,7 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
         var lastProgress = ContinuousClock.now
         while true {
             condition.lock()
-            while drivers > 0 && !shuttingDown { sleepLocked(nap: Self.napWhileDrivenSeconds) }
+            while drivers > 0 && !shuttingDown { sleepLocked() }
             let stopping = shuttingDown
             let arrived = wakeRequested
             wakeRequested = false
@@ -199,7 +200,7 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
                 if holdsAbandoned {
                     if !wakeRequested && !shuttingDown && drivers == 0 { _ = condition.wait(until: Date(timeIntervalSinceNow: 0.01)) }
                 } else {
-                    while !wakeRequested && !shuttingDown && drivers == 0 { sleepLocked(nap: Self.napSeconds) }
+                    while !wakeRequested && !shuttingDown && drivers == 0 { sleepLocked() }
                 }
                 condition.unlock()
             }
@@ -207,12 +208,12 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
     }
 
     /// Sleeps on `condition`, which the caller holds, until signalled or, while operations keep being
-    /// submitted, for one nap of `nap` seconds; the caller then checks again what it waits for. Napping lets a submission skip
-    /// the signal (``submit(_:)``); after a second without submissions the thread sleeps until signalled, so
-    /// an idle group or a long wait on a late peer costs no CPU.
-    private func sleepLocked(nap: Double) {
+    /// submitted, for one nap; the caller then checks again what it waits for. Napping lets a
+    /// submission skip the signal (``submit(_:)``); after a second without submissions the thread sleeps until
+    /// signalled, so an idle group or a long wait on a late peer costs no CPU.
+    private func sleepLocked() {
         if ContinuousClock.now - lastSubmission < Self.napsFor {
-            _ = condition.wait(until: Date(timeIntervalSinceNow: nap))
+            _ = condition.wait(until: Date(timeIntervalSinceNow: Self.napSeconds))
         } else {
             sleepsUntilSignalled = true
             condition.wait()
@@ -220,9 +221,8 @@ final class MPICommunicationEngine: WorkDriver, @unchecked Sendable {
         }
     }
 
-    /// Starts what may start, tests what runs, enforces deadlines and hands out finished work in issue order.
-    /// Returns whether anything changed.
-    /// `now` is the time deadlines are judged against.
+    /// Starts what may start, tests what runs, enforces deadlines (against `now`) and hands out finished work
+    /// in issue order. Returns whether anything changed.
     private func step(now: ContinuousClock.Instant) -> Bool {
         var progressed = startWaiting(now: now)
         progressed = poll() || progressed

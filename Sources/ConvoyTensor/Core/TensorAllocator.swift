@@ -74,7 +74,7 @@ public final class TensorAllocator: Sendable {
     /// process stops. An allocation deep inside an operator cannot throw to its caller, so the program installs
     /// a handler that reports the message as an error and ends the run (the CLI prints it and, under MPI,
     /// aborts the whole job); without one the process traps. The long-lived state of a run (flat parameter and
-    /// gradient buffers, optimizer state, ZeRO shards) is allocated through ``allocateOrThrow(bytes:tag:)``
+    /// gradient buffers, optimizer state, ZeRO shards) is allocated through ``allocateOrThrow(bytes:for:tag:)``
     /// instead, and runs that cannot fit are normally refused before either, by the plan's memory estimate.
     public static let allocationFailureHandler = Mutex<(@Sendable (String) -> Void)?>(nil)
     /// Cached free bytes beyond this are returned to the system.
@@ -123,30 +123,25 @@ public final class TensorAllocator: Sendable {
 
     private func allocateIfPossible(bytes: Int, tag: MemoryTag) -> Result<(pointer: UnsafeMutableRawPointer, capacity: Int), Refusal> {
         let size = Self.roundedSize(bytes)
-        let reused: UInt? = state.withLock { state in
+        // Counts a block handed out (so a refused allocation is never counted, not even in the peak).
+        func account(_ state: inout State) {
             state.liveBytes += size
             state.liveBytesByTag[tag, default: 0] += size
             state.peakLiveBytes = Swift.max(state.peakLiveBytes, state.liveBytes)
             state.allocationCount += 1
-            if var list = state.freeBlocks[size], let block = list.popLast() {
-                state.freeBlocks[size] = list
-                state.cachedBytes -= size
-                return block
-            }
-            return nil
+        }
+        let reused: UInt? = state.withLock { state in
+            guard var list = state.freeBlocks[size], let block = list.popLast() else { return nil }
+            state.freeBlocks[size] = list
+            state.cachedBytes -= size
+            account(&state)
+            return block
         }
         if let reused, let pointer = UnsafeMutableRawPointer(bitPattern: reused) { return .success((pointer, size)) }
         var raw: UnsafeMutableRawPointer?
         let status = posix_memalign(&raw, 64, size)
-        guard status == 0, let raw else {
-            // Nothing was handed out: undo the accounting done above.
-            state.withLock { state in
-                state.liveBytes -= size
-                state.liveBytesByTag[tag, default: 0] -= size
-                state.allocationCount -= 1
-            }
-            return .failure(Refusal(size: size, reason: String(cString: strerror(status))))
-        }
+        guard status == 0, let raw else { return .failure(Refusal(size: size, reason: String(cString: strerror(status)))) }
+        state.withLock { account(&$0) }
         return .success((raw, size))
     }
 
