@@ -147,21 +147,19 @@ public final class TensorAllocator: Sendable {
 
     /// Returns a block obtained from ``allocate(bytes:tag:)`` with the same tag.
     public func deallocate(_ pointer: UnsafeMutableRawPointer, capacity: Int, tag: MemoryTag) {
-        if let quarantine = Self.quarantine.value, quarantine.allocator === self {
-            state.withLock { state in
-                state.liveBytes -= capacity
-                state.liveBytesByTag[tag, default: 0] -= capacity
-            }
-            pointer.initializeMemory(as: UInt8.self, repeating: 0xFF, count: capacity)
-            quarantine.blocks.append((UInt(bitPattern: pointer), capacity))
-            return
-        }
+        // The thread-local is read only while some thread quarantines: every tensor's free passes here.
+        let quarantine = Self.activeQuarantines.load(ordering: .relaxed) > 0 ? Self.quarantine.value.flatMap { $0.allocator === self ? $0 : nil } : nil
         let keep = state.withLock { state -> Bool in
             state.liveBytes -= capacity
             state.liveBytesByTag[tag, default: 0] -= capacity
-            return Self.cache(UInt(bitPattern: pointer), capacity: capacity, in: &state, limit: cacheLimitBytes)
+            return quarantine == nil && Self.cache(UInt(bitPattern: pointer), capacity: capacity, in: &state, limit: cacheLimitBytes)
         }
-        if !keep { free(pointer) }
+        if let quarantine {
+            pointer.initializeMemory(as: UInt8.self, repeating: 0xFF, count: capacity)
+            quarantine.blocks.append((UInt(bitPattern: pointer), capacity))
+        } else if !keep {
+            free(pointer)
+        }
     }
 
     /// Puts a freed block on its size's free list, unless the cache is full; says whether it did.
@@ -181,6 +179,9 @@ public final class TensorAllocator: Sendable {
 
     /// This thread's quarantine, while it runs ``withFreedMemoryPoisoned(_:)``.
     private static let quarantine = ThreadLocal<Quarantine?> { nil }
+    /// Threads inside ``withFreedMemoryPoisoned(_:)`` now, so that a free checks its thread's quarantine only
+    /// when there can be one.
+    private static let activeQuarantines = Atomic<Int>(0)
 
     /// Runs `body` with every block this thread frees filled with all-ones bytes (NaN in fp32 and in bf16) and
     /// kept out of reuse until `body` returns; then the blocks go back to the cache.
@@ -194,7 +195,9 @@ public final class TensorAllocator: Sendable {
         if Self.quarantine.value != nil { return try body() }
         let quarantine = Quarantine(allocator: self)
         Self.quarantine.value = quarantine
+        Self.activeQuarantines.add(1, ordering: .relaxed)
         defer {
+            Self.activeQuarantines.subtract(1, ordering: .relaxed)
             Self.quarantine.value = nil
             let blocks = quarantine.blocks
             let uncached = state.withLock { state in

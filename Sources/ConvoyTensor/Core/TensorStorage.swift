@@ -22,14 +22,18 @@ public final class TensorStorage: @unchecked Sendable {
     /// Whether the memory has been given back (``releaseMemory()``) and not restored since.
     public private(set) var isReleased = false
 
-    /// Allocates uninitialised storage for `count` elements.
-    public init(dtype: DType, count: Int) {
+    private init(dtype: DType, count: Int, tag: TensorAllocator.MemoryTag, block: (pointer: UnsafeMutableRawPointer, capacity: Int)) {
         self.dtype = dtype
         self.count = count
-        tag = TensorAllocator.tag
-        let block = TensorAllocator.shared.allocate(bytes: count * dtype.byteSize, tag: tag)
+        self.tag = tag
         pointer = block.pointer
         capacity = block.capacity
+    }
+
+    /// Allocates uninitialised storage for `count` elements.
+    public convenience init(dtype: DType, count: Int) {
+        let tag = TensorAllocator.tag
+        self.init(dtype: dtype, count: count, tag: tag, block: TensorAllocator.shared.allocate(bytes: count * dtype.byteSize, tag: tag))
     }
 
     /// Allocates storage for `count` elements set to zero.
@@ -40,13 +44,10 @@ public final class TensorStorage: @unchecked Sendable {
 
     /// Allocates storage for `count` elements set to zero, throwing ``ConvoyError/outOfMemory(_:)`` (naming
     /// `purpose`) when the system refuses the memory.
-    public init(zeroedDType dtype: DType, count: Int, for purpose: String) throws {
-        self.dtype = dtype
-        self.count = count
-        tag = TensorAllocator.tag
-        let block = try TensorAllocator.shared.allocateOrThrow(bytes: count * dtype.byteSize, for: purpose, tag: tag)
-        pointer = block.pointer
-        capacity = block.capacity
+    public convenience init(zeroedDType dtype: DType, count: Int, for purpose: String) throws {
+        let tag = TensorAllocator.tag
+        self.init(dtype: dtype, count: count, tag: tag,
+                  block: try TensorAllocator.shared.allocateOrThrow(bytes: count * dtype.byteSize, for: purpose, tag: tag))
         pointer.initializeMemory(as: UInt8.self, repeating: 0, count: count * dtype.byteSize)
     }
 
